@@ -1,0 +1,15 @@
+from .arch import ARCHS, RepVGGArch, canonical_arch_name, get_arch
+from .backbone import DILATION_MODES, RepVGG
+from .blocks import RepVGGBlock
+from .classifier import RepVGGClassifier
+
+__all__ = [
+    "ARCHS",
+    "DILATION_MODES",
+    "RepVGG",
+    "RepVGGArch",
+    "RepVGGBlock",
+    "RepVGGClassifier",
+    "canonical_arch_name",
+    "get_arch",
+]

@@ -1,0 +1,44 @@
+"""RepVGG ImageNet classifier: the segmentation backbone + global average pooling + FC."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .arch import RepVGGArch
+from .backbone import RepVGG
+
+
+class RepVGGClassifier(nn.Module):
+    """The paper's classification network.
+
+    Its ``backbone.*`` keys are exactly those of the segmentation backbone, so its state
+    dict initializes ``RepVGG`` in an mmseg config without conversion.
+
+    Args:
+        arch: Variant name or :class:`RepVGGArch`.
+        num_classes: Classes of the FC head.
+        norm_cfg: mmcv norm config of the backbone.
+        deploy: Build fused blocks.
+    """
+
+    def __init__(
+        self,
+        arch: str | RepVGGArch = "A0",
+        num_classes: int = 1000,
+        norm_cfg: dict | None = None,
+        deploy: bool = False,
+    ) -> None:
+        super().__init__()
+        self.backbone = RepVGG(arch, out_indices=(4,), norm_cfg=norm_cfg, deploy=deploy)
+        self.backbone.init_weights()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(self.backbone.arch.channels[-1], num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.backbone(x)[-1]
+        return self.fc(torch.flatten(self.pool(features), 1))
+
+    def switch_to_deploy(self) -> None:
+        """Fuses every block of the backbone. Idempotent."""
+        self.backbone.switch_to_deploy()

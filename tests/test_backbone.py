@@ -1,0 +1,174 @@
+import pytest
+import torch
+from mmengine.model import revert_sync_batchnorm
+
+from repvgg_seg.models import ARCHS, DILATION_MODES, RepVGG, RepVGGClassifier, get_arch
+from repvgg_seg.reparam import reparameterize_model
+
+from helpers import assert_outputs_close, randomize_bn
+
+EXPECTED_OUTPUT_STRIDES = {
+    "classification": (2, 4, 8, 16, 32),
+    "dilated": (2, 4, 8, 8, 8),
+    "fast": (2, 4, 8, 8, 8),
+}
+
+# Paper Table 4: deployed parameters (M) with a 1000-class FC.
+PAPER_PARAMS = {
+    "A0": 8.30,
+    "A1": 12.78,
+    "A2": 25.49,
+    "B0": 14.33,
+    "B1": 51.82,
+    "B1g2": 41.36,
+    "B1g4": 36.12,
+    "B2": 80.31,
+    "B2g4": 55.77,
+    "B3": 110.96,
+}
+
+
+@pytest.mark.parametrize("mode", DILATION_MODES)
+@pytest.mark.parametrize("arch", ARCHS)
+def test_every_variant_and_mode_forward_shapes_and_fuses_exactly(arch, mode):
+    model = RepVGG(arch, dilation_mode=mode, out_indices=(0, 1, 2, 3, 4))
+    model.init_weights()
+    randomize_bn(model).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        outs = model(x)
+        assert len(outs) == 5
+        assert model.output_strides == EXPECTED_OUTPUT_STRIDES[mode]
+        for out, channels, stride in zip(outs, get_arch(arch).channels, model.output_strides):
+            assert out.shape == (1, channels, 64 // stride, 64 // stride)
+        fused = reparameterize_model(model, inplace=False)
+        fused_outs = fused(x)
+    assert model.deploy is False and fused.deploy is True
+    for out, fused_out in zip(outs, fused_outs):
+        assert_outputs_close(fused_out, out)
+
+
+def test_fast_mode_dilates_only_last_five_layers():
+    model = RepVGG("B1g2", dilation_mode="fast")
+    dilations = [model.stem.dilation] + [b.dilation for s in model.stages for b in s]
+    assert dilations[-5:] == [2, 2, 2, 2, 4]
+    assert set(dilations[:-5]) == {1}
+    strides = [model.stem.stride] + [b.stride for s in model.stages for b in s]
+    assert strides.count(2) == 3
+
+
+def test_dilated_mode_dilates_whole_last_two_stages():
+    model = RepVGG("A0", dilation_mode="dilated")
+    assert {b.dilation for b in model.stages[2]} == {2}
+    assert {b.dilation for b in model.stages[3]} == {4}
+    for block in model.stages[2]:
+        assert block.branch_3x3.conv.padding == (2, 2)
+        assert block.branch_1x1.conv.padding == (0, 0)
+
+
+def test_groupwise_layers_follow_paper_layout():
+    model = RepVGG("B1g4")
+    groups = [model.stem.groups] + [b.groups for s in model.stages for b in s]
+    assert groups[0] == 1
+    assert [i for i, g in enumerate(groups) if g == 4] == list(range(2, 27, 2))
+
+
+@pytest.mark.parametrize("arch", PAPER_PARAMS)
+def test_deployed_classifier_parameter_count_matches_paper(arch):
+    model = RepVGGClassifier(arch, deploy=True)
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    assert abs(params - PAPER_PARAMS[arch]) < 0.01, f"{arch}: {params:.3f}M"
+
+
+def test_classifier_fusion_is_exact_on_grouped_variant():
+    model = randomize_bn(RepVGGClassifier("B1g2", num_classes=10)).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(x)
+        reparameterize_model(model)
+        assert_outputs_close(model(x), expected)
+
+
+def test_syncbn_built_backbone_fuses_exactly_after_conversion_to_bn():
+    model = RepVGG("A0", dilation_mode="fast", norm_cfg=dict(type="SyncBN"))
+    assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules())
+    model = randomize_bn(revert_sync_batchnorm(model)).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(x)
+        model.switch_to_deploy()
+        assert_outputs_close(model(x)[-1], expected[-1])
+
+
+def test_syncbn_modules_fuse_directly():
+    sync = RepVGG("A0", norm_cfg=dict(type="SyncBN"))
+    randomize_bn(sync)
+    plain = revert_sync_batchnorm(RepVGG("A0"))
+    plain.load_state_dict(sync.state_dict())
+    plain.eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = plain(x)[-1]
+        sync.switch_to_deploy()
+        assert_outputs_close(sync.eval()(x)[-1], expected)
+
+
+@pytest.mark.parametrize("frozen_stages", [0, 2])
+def test_frozen_stages_have_no_gradient_and_stay_in_eval(frozen_stages):
+    model = RepVGG("A0", frozen_stages=frozen_stages)
+    model.train()
+    sum(o.sum() for o in model(torch.randn(2, 3, 32, 32))).backward()
+    for index in range(5):
+        stage = model.stage(index)
+        frozen = index <= frozen_stages
+        assert all(not p.requires_grad for p in stage.parameters()) == frozen
+        assert all(p.grad is None for p in stage.parameters()) == frozen
+        assert all(not m.training for m in stage.modules()) == frozen
+
+
+def test_norm_eval_keeps_bn_in_eval_and_train_returns_self():
+    model = RepVGG("A0", norm_eval=True)
+    assert model.train() is model
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and all(not bn.training for bn in bns)
+    assert model.stage(4).training
+    assert model.eval() is model
+
+
+def test_with_cp_gives_same_gradients():
+    torch.manual_seed(0)
+    plain = RepVGG("A0", out_indices=(4,))
+    checkpointed = RepVGG("A0", out_indices=(4,), with_cp=True)
+    checkpointed.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    for model in (plain, checkpointed):
+        model.train()
+        model(x)[0].square().mean().backward()
+    torch.testing.assert_close(checkpointed.stem.branch_3x3.conv.weight.grad,
+                               plain.stem.branch_3x3.conv.weight.grad)
+
+
+def test_out_indices_order_and_channels():
+    model = RepVGG("B2", out_indices=(4, 2))
+    outs = model.eval()(torch.randn(1, 3, 32, 32))
+    assert [o.shape[1] for o in outs] == list(model.out_channels) == [2560, 320]
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(arch="B9"), "valid variants are A0, A1"),
+        (dict(dilation_mode="slow"), "classification, dilated, fast"),
+        (dict(out_indices=(5,)), "out_indices"),
+        (dict(frozen_stages=7), "frozen_stages"),
+        (dict(strides=(2, 2, 2)), "strides"),
+    ],
+)
+def test_bad_arguments_raise_clear_value_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        RepVGG(**kwargs)
+
+
+def test_variant_names_accept_paper_and_library_spellings():
+    assert RepVGG("RepVGG-B1g2").arch_name == "B1g2"
+    assert RepVGG("repvgg_a0").arch_name == "A0"
