@@ -1,0 +1,15 @@
+# PSPNet, RepVGG-B2 backbone (dilated: output stride 8), Cityscapes 512x1024, the paper's 40-epoch
+# schedule (RepVGG Table 8). Heads: 512b = 2560 and 256a = 640 input channels.
+_base_ = [
+    "./_base_/models/pspnet_repvgg.py",
+    "./_base_/datasets/cityscapes.py",
+    "./_base_/default_runtime.py",
+    "./_base_/schedules/schedule_paper_40e.py",
+]
+model = dict(
+    backbone=dict(
+        arch="B2", dilation_mode="dilated", init_cfg=dict(type="Pretrained", checkpoint="repvgg:B2")
+    ),
+    decode_head=dict(in_channels=2560),
+    auxiliary_head=dict(in_channels=640),
+)

@@ -1,0 +1,47 @@
+"""Creates the ``*_gtFine_labelTrainIds.png`` files that the configs train on.
+
+    python tools/prepare_cityscapes.py data/cityscapes [--nproc 8]
+
+Reads every ``gtFine/<split>/<city>/*_gtFine_labelIds.png`` of the official
+gtFine_trainvaltest.zip and writes ``*_gtFine_labelTrainIds.png`` beside it, with the
+19 training classes and 255 for ignored ones, mapped through the label table of the official
+``cityscapesscripts`` package. See data/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os.path as osp
+import sys
+
+from mmengine.utils import track_parallel_progress, track_progress
+
+from repvgg_seg.datasets.labels import convert_label_ids_file, find_label_id_files
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("data_root", help="Cityscapes root (holds leftImg8bit/ and gtFine/)")
+    parser.add_argument("--nproc", type=int, default=1, help="worker processes")
+    args = parser.parse_args(argv)
+    gtfine = osp.join(args.data_root, "gtFine")
+    if not osp.isdir(gtfine):
+        sys.exit(
+            f"'{gtfine}' does not exist. Unpack gtFine_trainvaltest.zip into {args.data_root} "
+            "first (see data/README.md)."
+        )
+    sources = find_label_id_files(gtfine)
+    if not sources:
+        sys.exit(
+            f"No '*_gtFine_labelIds.png' files under '{gtfine}'. Is it the gtFine archive "
+            "(gtFine_trainvaltest.zip)? See data/README.md."
+        )
+    if args.nproc > 1:
+        track_parallel_progress(convert_label_ids_file, sources, args.nproc)
+    else:
+        track_progress(convert_label_ids_file, sources)
+    print(f"\nwrote {len(sources)} *_gtFine_labelTrainIds.png files under {gtfine}")
+
+
+if __name__ == "__main__":
+    main()
