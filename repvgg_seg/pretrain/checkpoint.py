@@ -1,0 +1,137 @@
+"""Checkpoints and metrics files of a pretraining run, all written atomically.
+
+Files in the output directory:
+
+- ``checkpoint.pth``: the last epoch, torchvision-style: ``model``, ``optimizer``,
+  ``lr_scheduler``, ``epoch``, ``scaler``, ``args`` and, with ``--model-ema``, ``model_ema``
+  (same keys as ``model``) and ``model_ema_updates``.
+- ``model_best.pth``: the same for the epoch with the best validation top-1.
+- ``model_deploy.pth``: ``{'model': fused state dict, 'deploy': True, 'arch': 'A0',
+  'num_classes': N}``.
+- ``metrics.jsonl``: one JSON object per epoch.
+
+Everything is plain tensors, numbers, strings and lists, so it loads with
+``torch.load(..., weights_only=True)``; the ``model`` entry's ``backbone.*`` keys initialize
+the segmentation backbone directly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "checkpoint.pth"
+BEST_NAME = "model_best.pth"
+DEPLOY_NAME = "model_deploy.pth"
+METRICS_NAME = "metrics.jsonl"
+
+# Keys every training checkpoint written here has; --resume checks them.
+TRAINING_KEYS = ("model", "optimizer", "lr_scheduler", "epoch", "args")
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Calls ``write(temp_path)`` next to ``path``, then renames it over ``path``.
+
+    A run killed mid-write leaves the previous file intact and at most a stray temp file.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(temp)
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(temp)
+        raise
+
+
+def save_atomic(obj: Any, path: str | Path) -> None:
+    """``torch.save`` through a temp file and ``os.replace``."""
+    _atomic_write(Path(path), lambda temp: torch.save(obj, temp))
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Loads a checkpoint on CPU with ``weights_only=True``.
+
+    Raises:
+        FileNotFoundError: No such file.
+        ValueError: The file is not a checkpoint dict.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Checkpoint {path} does not exist.")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ValueError(
+            f"Cannot load checkpoint {path}: {error}. Pass a file written by "
+            "tools/pretrain_imagenet.py (or another torch.save'd dict of tensors)."
+        ) from error
+    if not isinstance(checkpoint, Mapping) or "model" not in checkpoint:
+        raise ValueError(
+            f"Checkpoint {path} has no 'model' entry; it was not written by this tool."
+        )
+    return dict(checkpoint)
+
+
+def check_resumable(checkpoint: Mapping, path: str | Path) -> None:
+    """Raises ValueError naming the missing keys if ``checkpoint`` cannot resume training."""
+    missing = [key for key in TRAINING_KEYS if key not in checkpoint]
+    if missing:
+        raise ValueError(
+            f"--resume {path} is missing {', '.join(missing)}: it is not a training checkpoint "
+            f"(model_deploy.pth or a weights-only file cannot resume). Use {CHECKPOINT_NAME}."
+        )
+
+
+def deploy_checkpoint(fused_state_dict: Mapping, arch: str, num_classes: int) -> dict:
+    """The deployed classifier's file contents."""
+    return {
+        "model": dict(fused_state_dict),
+        "deploy": True,
+        "arch": arch,
+        "num_classes": num_classes,
+    }
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """The per-epoch records of a ``metrics.jsonl`` (empty if it does not exist)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def truncate_metrics(path: str | Path, completed_epochs: int) -> None:
+    """Keeps only the records of epochs ``1..completed_epochs`` (records count from 1).
+
+    A run resumed after N completed epochs re-runs epoch N+1; a record of it written just
+    before the interruption would otherwise appear twice.
+    """
+    path = Path(path)
+    records = read_metrics(path)
+    kept = [r for r in records if r["epoch"] <= completed_epochs]
+    if len(kept) != len(records):
+        text = "".join(json.dumps(r) + "\n" for r in kept)
+        _atomic_write(path, lambda temp: Path(temp).write_text(text))
+
+
+def append_metrics(path: str | Path, record: Mapping[str, Any]) -> None:
+    """Appends one JSON line (a line is small, so an append is effectively atomic)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as file:
+        file.write(json.dumps(dict(record)) + "\n")
+        file.flush()
+        os.fsync(file.fileno())

@@ -1,0 +1,348 @@
+"""ImageNet pretraining on a tiny synthetic ImageFolder (4 colour classes, 32x32 images)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from repvgg_seg.models import RepVGGClassifier
+from repvgg_seg.pretrain import (
+    PretrainConfig,
+    build_optimizer,
+    named_parameter_groups,
+    run_pretraining,
+)
+from repvgg_seg.pretrain.checkpoint import read_metrics
+from repvgg_seg.pretrain.data import build_datasets, load_rgb_image
+from repvgg_seg.pretrain.recipe import lr_factor, scaled_lr
+
+REPO = Path(__file__).resolve().parents[1]
+CLASS_COLOURS = {
+    "red": (200, 40, 40),
+    "green": (40, 200, 40),
+    "blue": (40, 40, 200),
+    "yellow": (200, 200, 40),
+}
+TRAIN_PER_CLASS, VAL_PER_CLASS = 48, 8
+TINY_SIZES = {"train_crop_size": 32, "val_resize_size": 36, "val_crop_size": 32}
+
+
+def make_image_folder(root: Path, seed: int = 0) -> Path:
+    """Colour classes with per-image noise and brightness: learnable in a few steps."""
+    rng = np.random.default_rng(seed)
+    for split, count in (("train", TRAIN_PER_CLASS), ("val", VAL_PER_CLASS)):
+        for name, colour in CLASS_COLOURS.items():
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = np.array(colour, float) * rng.uniform(0.6, 1.2)
+                pixels = pixels + rng.normal(0, 30, (32, 32, 3))
+                image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+                image.save(folder / f"{i}.png")
+    return root
+
+
+def tiny_config(data_path: Path, output_dir: Path | None, **overrides) -> PretrainConfig:
+    values = dict(
+        data_path=str(data_path),
+        model="RepVGG-A0",
+        batch_size=16,
+        workers=0,
+        lr=0.4,  # per 256 images: 0.025 at this batch of 16; learns in 3 x 12 steps
+        print_freq=2,
+        device="cpu",
+        output_dir=str(output_dir) if output_dir else None,
+        **TINY_SIZES,
+    )
+    values.update(overrides)
+    return PretrainConfig(**values)
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # The test machine's cores are shared: several OpenMP threads contending for them make
+    # a training step 20x slower than one thread.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    return make_image_folder(tmp_path_factory.mktemp("imagenet"))
+
+
+@pytest.fixture(scope="module")
+def three_epoch_run(data_root, tmp_path_factory) -> tuple[Path, dict]:
+    output_dir = tmp_path_factory.mktemp("run")
+    torch.manual_seed(0)
+    result = run_pretraining(tiny_config(data_root, output_dir, epochs=3))
+    return output_dir, result
+
+
+def test_three_epochs_lower_the_loss_and_beat_chance(three_epoch_run):
+    output_dir, result = three_epoch_run
+    records = read_metrics(output_dir / "metrics.jsonl")
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    assert set(records[0]) >= {"epoch", "train_loss", "lr", "acc1", "acc5"}
+    assert records[-1]["train_loss"] < records[0]["train_loss"]
+    chance = 100 / len(CLASS_COLOURS)
+    assert records[-1]["acc1"] > chance, records
+    assert result["best_acc1"] == max(r["acc1"] for r in records)
+    # Cosine annealing: the LR falls every epoch.
+    lrs = [r["lr"] for r in records]
+    assert lrs == sorted(lrs, reverse=True) and lrs[0] < 0.1
+
+
+def test_checkpoints_are_complete_and_load_weights_only(three_epoch_run):
+    output_dir, _ = three_epoch_run
+    last = load(output_dir / "checkpoint.pth")
+    assert {"model", "optimizer", "lr_scheduler", "epoch", "scaler", "args"} <= set(last)
+    assert last["epoch"] == 2 and "model_ema" not in last
+    assert json.loads(json.dumps(last["args"])) == last["args"]
+    assert last["args"]["model"] == "A0" and last["args"]["global_batch_size"] == 16
+    best = load(output_dir / "model_best.pth")
+    assert best["best_acc1"] == last["best_acc1"]
+    assert not [p.name for p in output_dir.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_deployed_classifier_matches_unfused_accuracy(three_epoch_run, data_root):
+    output_dir, result = three_epoch_run
+    fused = result["fused"]
+    assert fused["acc1_fused"] == fused["acc1"] == result["last"]["acc1"]
+    assert fused["max_logit_diff"] < 1e-3
+    deployed = load(output_dir / "model_deploy.pth")
+    assert deployed["deploy"] is True and deployed["arch"] == "A0"
+    assert any(".fused_conv." in k for k in deployed["model"])
+    assert not any(".branch_3x3." in k for k in deployed["model"])
+    # --test-only on the deployed file reproduces the same accuracy.
+    metrics = run_pretraining(
+        tiny_config(data_root, None, test_only=True, resume=str(output_dir / "model_deploy.pth"))
+    )
+    assert metrics["acc1"] == fused["acc1"]
+
+
+def test_checkpoint_initializes_mmseg_backbone(three_epoch_run):
+    from mmseg.registry import MODELS
+    from mmseg.utils import register_all_modules
+
+    import repvgg_seg  # noqa: F401  (registers RepVGG)
+
+    register_all_modules(init_default_scope=False)
+    output_dir, _ = three_epoch_run
+    checkpoint = output_dir / "checkpoint.pth"
+    segmentor = MODELS.build(
+        dict(
+            type="mmseg.EncoderDecoder",
+            backbone=dict(
+                type="RepVGG",
+                arch="A0",
+                dilation_mode="dilated",
+                init_cfg=dict(type="Pretrained", checkpoint=str(checkpoint)),
+            ),
+            decode_head=dict(
+                type="mmseg.FCNHead",
+                in_channels=1280,
+                channels=8,
+                num_convs=1,
+                num_classes=3,
+                in_index=3,
+            ),
+        )
+    )
+    segmentor.init_weights()
+    saved = load(checkpoint)["model"]
+    backbone_state = segmentor.backbone.state_dict()
+    expected = {k[len("backbone.") :]: v for k, v in saved.items() if k.startswith("backbone.")}
+    assert set(backbone_state) == set(expected)
+    for key, value in backbone_state.items():
+        torch.testing.assert_close(value, expected[key], rtol=0, atol=0, msg=key)
+
+
+def test_resume_after_one_epoch_equals_uninterrupted_run(data_root, tmp_path):
+    # The heavy recipe exercises every piece of resumable state: warmup, mixup,
+    # AutoAugment, label smoothing and the EMA.
+    common = dict(recipe="heavy", epochs=2, lr_warmup_epochs=1, model_ema=True, model_ema_steps=1)
+    whole = tmp_path / "whole"
+    run_pretraining(tiny_config(data_root, whole, **common))
+    split = tmp_path / "split"
+    run_pretraining(tiny_config(data_root, split, stop_after_epoch=1, **common))
+    assert load(split / "checkpoint.pth")["epoch"] == 0
+    assert not (split / "model_deploy.pth").exists()
+    # Different global RNG state before resuming must not matter.
+    torch.manual_seed(12345)
+    run_pretraining(tiny_config(data_root, split, resume=str(split / "checkpoint.pth"), **common))
+
+    expected, actual = load(whole / "checkpoint.pth"), load(split / "checkpoint.pth")
+    assert actual["epoch"] == expected["epoch"] == 1
+    for key in ("model", "model_ema"):
+        torch.testing.assert_close(actual[key], expected[key], rtol=0, atol=0)
+    torch.testing.assert_close(actual["optimizer"], expected["optimizer"], rtol=0, atol=0)
+    assert actual["lr_scheduler"] == expected["lr_scheduler"]
+    assert without_timing(split / "metrics.jsonl") == without_timing(whole / "metrics.jsonl")
+
+
+def without_timing(metrics_path: Path) -> list[dict]:
+    timing = {"images_per_second", "epoch_seconds"}
+    return [{k: v for k, v in r.items() if k not in timing} for r in read_metrics(metrics_path)]
+
+
+def test_two_process_torchrun_completes_and_writes_one_checkpoint(data_root, tmp_path):
+    output_dir = tmp_path / "ddp"
+    command = [
+        str(Path(sys.executable).with_name("torchrun")),
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(REPO / "tools" / "pretrain_imagenet.py"),
+        "--data-path",
+        str(data_root),
+        "--model",
+        "A0",
+        "--epochs",
+        "1",
+        "-b",
+        "8",
+        "-j",
+        "0",
+        "--device",
+        "cpu",
+        "--output-dir",
+        str(output_dir),
+        *(f"--{k.replace('_', '-')}={v}" for k, v in TINY_SIZES.items()),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    checkpoint = load(output_dir / "checkpoint.pth")
+    assert checkpoint["epoch"] == 0
+    assert checkpoint["args"]["world_size"] == 2
+    assert checkpoint["args"]["global_batch_size"] == 16
+    assert checkpoint["args"]["scaled_lr"] == pytest.approx(0.1 * 16 / 256)
+    assert len(read_metrics(output_dir / "metrics.jsonl")) == 1
+    written = sorted(p.name for p in output_dir.iterdir())
+    assert written == ["checkpoint.pth", "metrics.jsonl", "model_best.pth", "model_deploy.pth"]
+    # Only rank 0 logs at INFO; the other rank stays quiet.
+    assert "[rank 0] INFO" in done.stderr and "[rank 1] INFO" not in done.stderr
+
+
+# --- recipe ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("deploy", [False, True])
+def test_weight_decay_applies_exactly_to_conv_and_fc_kernels(deploy):
+    model = RepVGGClassifier("A0", num_classes=4, deploy=deploy)
+    decayed, not_decayed = named_parameter_groups(model)
+    names = [name for name, _ in model.named_parameters()]
+    kernels = {n for n in names if n.endswith("conv.weight") or n == "fc.weight"}
+    assert {n for n, _ in decayed} == kernels
+    assert {n for n, _ in not_decayed} == set(names) - kernels
+    assert "fc.bias" in {n for n, _ in not_decayed}
+    if not deploy:
+        assert any(n.endswith("bn.weight") for n, _ in not_decayed)
+        assert any(n.endswith("branch_identity.bias") for n, _ in not_decayed)
+    else:
+        assert any(n.endswith("fused_conv.bias") for n, _ in not_decayed)
+
+    optimizer = build_optimizer(model, lr=0.1, momentum=0.9, weight_decay=1e-4)
+    by_id = {id(p): n for n, p in model.named_parameters()}
+    groups = {
+        g["weight_decay"]: {by_id[id(p)] for p in g["params"]} for g in optimizer.param_groups
+    }
+    assert groups == {1e-4: kernels, 0.0: set(names) - kernels}
+    assert all(g["momentum"] == 0.9 for g in optimizer.param_groups)
+
+
+def test_recipes_fill_unset_options_and_flags_override_them(data_root):
+    simple = tiny_config(data_root, None, lr=None).resolved()
+    assert (simple.epochs, simple.lr, simple.wd, simple.momentum) == (120, 0.1, 1e-4, 0.9)
+    assert (simple.label_smoothing, simple.mixup_alpha, simple.auto_augment) == (0.0, 0.0, "none")
+    assert simple.lr_warmup_epochs == 0 and simple.model == "A0"
+    heavy = tiny_config(data_root, None, recipe="heavy", model="b2", epochs=30).resolved()
+    assert heavy.epochs == 30 and heavy.model == "B2"
+    assert (heavy.lr_warmup_epochs, heavy.label_smoothing, heavy.auto_augment) == (
+        5,
+        0.1,
+        "imagenet",
+    )
+    assert heavy.mixup_alpha > 0
+    assert tiny_config(data_root, None, recipe="heavy", lr=None).resolved().lr == 0.1
+    with pytest.raises(ValueError, match=r"--lr-warmup-epochs \(5\) must be smaller"):
+        tiny_config(data_root, None, recipe="heavy", epochs=3).resolved()
+
+
+def test_lr_scales_linearly_and_follows_warmup_then_cosine():
+    assert scaled_lr(0.1, 256) == pytest.approx(0.1)
+    assert scaled_lr(0.1, 1024) == pytest.approx(0.4)
+    total, warmup = 100, 10
+    factors = [lr_factor(s, total, warmup) for s in range(total)]
+    assert factors[0] == pytest.approx(0.1) and factors[warmup - 1] == pytest.approx(1.0)
+    assert factors[warmup] == pytest.approx(1.0)
+    assert factors[55] == pytest.approx(0.5)
+    assert all(a > b for a, b in zip(factors[warmup:], factors[warmup + 1 :]))
+    assert 0 < factors[-1] < 1e-2
+
+
+# --- bad input --------------------------------------------------------------------------------
+
+
+def test_unknown_model_lists_valid_variants(data_root):
+    with pytest.raises(ValueError, match=r"RepVGG-Z9.*A0, A1.*B1g2"):
+        tiny_config(data_root, None, model="RepVGG-Z9").resolved()
+
+
+def test_missing_split_is_named(tmp_path):
+    (tmp_path / "train" / "a").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "train" / "a" / "0.png")
+    with pytest.raises(FileNotFoundError, match=r"val.*does not exist.*train/ and val/"):
+        build_datasets(tmp_path, 32, 36, 32)
+
+
+def test_empty_class_folder_is_named(tmp_path):
+    root = make_image_folder(tmp_path / "data")
+    (root / "train" / "purple").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"without images.*purple"):
+        build_datasets(root, 32, 36, 32)
+
+
+def test_train_and_val_classes_must_agree(tmp_path):
+    root = make_image_folder(tmp_path / "data")
+    (root / "val" / "red").rename(root / "val" / "crimson")
+    with pytest.raises(ValueError, match=r"only in train: \['red'\], only in val: \['crimson'\]"):
+        build_datasets(root, 32, 36, 32)
+
+
+def test_unreadable_image_is_named(tmp_path):
+    root = make_image_folder(tmp_path / "data")
+    broken = root / "train" / "red" / "0.png"
+    broken.write_bytes(b"not a png")
+    with pytest.raises(ValueError, match=r"Cannot read image .*red/0\.png"):
+        load_rgb_image(str(broken))
+    splits = build_datasets(root, 32, 36, 32)
+    index = splits.train.samples.index((str(broken), splits.train.class_to_idx["red"]))
+    with pytest.raises(ValueError, match="Replace the file"):
+        splits.train[index]
+
+
+def test_cli_reports_bad_model_and_exits(data_root, caplog):
+    spec = importlib.util.spec_from_file_location("cli", REPO / "tools" / "pretrain_imagenet.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--data-path", str(data_root), "--model", "C7"])
+    assert exit_info.value.code == 2
+    assert "Unknown RepVGG variant 'C7'" in caplog.text and "B3g4" in caplog.text
