@@ -1,0 +1,293 @@
+"""RepVGG checkpoint formats, detected from their keys and renamed to this package's keys.
+
+- official (``stage0.rbr_dense...``): stem ``stage0``, stage i (0-based) block j
+  ``stage{i+1}.j``, branches ``rbr_dense.{conv,bn}``, ``rbr_1x1.{conv,bn}``,
+  ``rbr_identity``, fused ``rbr_reparam``, head ``linear``.
+- mmpretrain (``backbone.stem.branch_3x3.norm...``): ``backbone.stem``,
+  ``backbone.stage_{i+1}.j``, ``branch_3x3.{conv,norm}``, ``branch_1x1.{conv,norm}``,
+  ``branch_norm``, fused ``branch_reparam``, head ``head.fc``.
+- timm (``stem.conv_kxk...``): ``stem``, ``stages.i.j``, ``conv_kxk.{conv,bn}``,
+  ``conv_1x1.{conv,bn}``, ``identity``, fused ``reparam_conv``, head ``head.fc``.
+- repvgg_seg (ours, ``[backbone.]stem.branch_3x3.bn...``): ``stem``, ``stages.i.j``,
+  ``branch_3x3.{conv,bn}``, ``branch_1x1.{conv,bn}``, ``branch_identity``, fused
+  ``fused_conv``; our classifier's head ``fc``.
+
+Any of them may carry DDP's ``module.`` prefix and sit under ``state_dict`` (mmengine,
+mmseg, mmpretrain) or ``model`` (our pretraining). Keys outside ``backbone.`` (heads, an
+mmseg segmentor's decode heads) and each format's classification head are dropped; any
+other key that is not a RepVGG layer is an error, so no weight is silently ignored.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import torch
+
+from ..models.arch import ARCHS, RepVGGArch
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot initialize the backbone; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class CheckpointFormat:
+    """The key layout of one RepVGG implementation.
+
+    Attributes:
+        name: Format name used in messages.
+        stem: Module name of the stem block.
+        stage_pattern: Matches ``<stage>.<block>.`` at the start of a key; group 1 is the
+            stage number, group 2 the block index.
+        first_stage_number: The number the format gives to our ``stages.0``.
+        branches: ``(their module prefix, ours)`` inside a block.
+        head_prefixes: Classification-head keys, dropped.
+        signatures: Stem key prefixes that only this format has.
+    """
+
+    name: str
+    stem: str
+    stage_pattern: re.Pattern
+    first_stage_number: int
+    branches: tuple[tuple[str, str], ...]
+    head_prefixes: tuple[str, ...]
+    signatures: tuple[str, ...]
+
+    def to_ours(self, key: str) -> str | None:
+        """Our key for one of this format's backbone keys, or None if it is not one."""
+        if key.startswith(self.stem + "."):
+            block, rest = "stem.", key[len(self.stem) + 1 :]
+        else:
+            match = self.stage_pattern.match(key)
+            if match is None:
+                return None
+            stage = int(match[1]) - self.first_stage_number
+            block, rest = f"stages.{stage}.{int(match[2])}.", key[match.end() :]
+        for theirs, ours in self.branches:
+            if rest.startswith(theirs):
+                return block + ours + rest[len(theirs) :]
+        return None
+
+
+def _branches(three: str, one: str, norm: str, identity: str, fused: str) -> tuple:
+    return (
+        (f"{three}.conv.", "branch_3x3.conv."),
+        (f"{three}.{norm}.", "branch_3x3.bn."),
+        (f"{one}.conv.", "branch_1x1.conv."),
+        (f"{one}.{norm}.", "branch_1x1.bn."),
+        (f"{identity}.", "branch_identity."),
+        (f"{fused}.", "fused_conv."),
+    )
+
+
+FORMATS: tuple[CheckpointFormat, ...] = (
+    CheckpointFormat(
+        name="official",
+        stem="stage0",
+        stage_pattern=re.compile(r"stage(\d+)\.(\d+)\."),
+        first_stage_number=1,
+        branches=_branches("rbr_dense", "rbr_1x1", "bn", "rbr_identity", "rbr_reparam"),
+        head_prefixes=("linear.",),
+        signatures=("stage0.rbr_",),
+    ),
+    CheckpointFormat(
+        name="mmpretrain",
+        stem="stem",
+        stage_pattern=re.compile(r"stage_(\d+)\.(\d+)\."),
+        first_stage_number=1,
+        branches=_branches("branch_3x3", "branch_1x1", "norm", "branch_norm", "branch_reparam"),
+        head_prefixes=("head.",),
+        signatures=("stem.branch_3x3.norm.", "stem.branch_reparam."),
+    ),
+    CheckpointFormat(
+        name="timm",
+        stem="stem",
+        stage_pattern=re.compile(r"stages\.(\d+)\.(\d+)\."),
+        first_stage_number=0,
+        branches=_branches("conv_kxk", "conv_1x1", "bn", "identity", "reparam_conv"),
+        head_prefixes=("head.", "final_conv."),
+        signatures=("stem.conv_kxk.", "stem.reparam_conv."),
+    ),
+    CheckpointFormat(
+        name="repvgg_seg",
+        stem="stem",
+        stage_pattern=re.compile(r"stages\.(\d+)\.(\d+)\."),
+        first_stage_number=0,
+        branches=_branches("branch_3x3", "branch_1x1", "bn", "branch_identity", "fused_conv"),
+        head_prefixes=("fc.", "head."),
+        signatures=("stem.branch_3x3.bn.", "stem.fused_conv."),
+    ),
+)
+
+
+@dataclass(frozen=True)
+class ConvertedCheckpoint:
+    """A checkpoint's backbone weights under our keys.
+
+    Attributes:
+        state_dict: Backbone state dict with our keys (no ``backbone.`` prefix).
+        format: Name of the detected :class:`CheckpointFormat`.
+        deployed: The weights are fused (``fused_conv``) rather than three branches.
+        dropped: Keys left out: classification heads and keys outside the backbone.
+    """
+
+    state_dict: dict[str, torch.Tensor]
+    format: str
+    deployed: bool
+    dropped: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Structure:
+    """The shape of a RepVGG network, as far as its weights tell it."""
+
+    in_channels: int
+    num_blocks: tuple[int, ...]
+    channels: tuple[int, ...]
+    groups: int
+
+    @classmethod
+    def of_arch(cls, arch: RepVGGArch, in_channels: int = 3) -> Structure:
+        return cls(in_channels, tuple(arch.num_blocks), tuple(arch.channels), arch.groups)
+
+    @property
+    def arch_name(self) -> str | None:
+        """The :data:`ARCHS` variant with these layers, if any (input channels aside)."""
+        for name, arch in ARCHS.items():
+            if Structure.of_arch(arch, self.in_channels) == self:
+                return name
+        return None
+
+    def describe(self) -> str:
+        name = self.arch_name
+        text = (
+            f"RepVGG-{name}"
+            if name
+            else f"an unlisted RepVGG (blocks {self.num_blocks}, channels {self.channels}, "
+            f"groups {self.groups})"
+        )
+        return text if self.in_channels == 3 else f"{text} with {self.in_channels} input channels"
+
+
+def _preview(keys: Iterable[str], limit: int = 5) -> str:
+    keys = list(keys)
+    shown = ", ".join(repr(k) for k in keys[:limit])
+    return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def unwrap_state_dict(checkpoint: object, source: str) -> Mapping[str, torch.Tensor]:
+    """The state dict inside a checkpoint: its ``state_dict`` or ``model`` entry, or the
+    tensors at its top level.
+
+    Our pretraining also saves ``model_ema``; ``model`` is taken, as its evaluation uses it.
+    """
+    if not isinstance(checkpoint, Mapping):
+        raise CheckpointError(
+            f"Checkpoint {source} holds a {type(checkpoint).__name__}, not a dict; save "
+            "model.state_dict(), not the model."
+        )
+    for key in ("state_dict", "model"):
+        if isinstance(checkpoint.get(key), Mapping):
+            return checkpoint[key]
+    tensors = {k: v for k, v in checkpoint.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise CheckpointError(
+            f"Checkpoint {source} has no state dict: its top-level keys are "
+            f"{_preview(checkpoint)}; expected 'state_dict', 'model', or parameter tensors."
+        )
+    return tensors
+
+
+def detect_format(keys: Iterable[str]) -> CheckpointFormat | None:
+    """The format whose stem signature appears among ``keys`` (already without prefixes)."""
+    keys = list(keys)
+    for fmt in FORMATS:
+        if any(key.startswith(fmt.signatures) for key in keys):
+            return fmt
+    return None
+
+
+def convert_state_dict(
+    checkpoint: object, source: str, prefix: str | None = None
+) -> ConvertedCheckpoint:
+    """Renames any RepVGG checkpoint's backbone weights to our keys.
+
+    Args:
+        checkpoint: What ``torch.load`` returned.
+        source: The checkpoint's name for messages (path, URL or ``repvgg:NAME``).
+        prefix: Take only keys under this prefix (e.g. ``'backbone.'``); None takes
+            ``backbone.*`` when the checkpoint has such keys (mmpretrain, our classifier,
+            mmseg segmentors), else every key.
+
+    Raises:
+        CheckpointError: No backbone weights in a known format (e.g. a head only), keys
+            that are neither backbone nor head, or fused and unfused blocks mixed.
+    """
+    state = {
+        key.removeprefix("module."): value
+        for key, value in unwrap_state_dict(checkpoint, source).items()
+    }
+    if prefix is None:
+        prefix = "backbone." if any(key.startswith("backbone.") for key in state) else ""
+    body = {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
+    outside = [key for key in state if not key.startswith(prefix)]
+    fmt = detect_format(body)
+    if fmt is None:
+        known = "; ".join(f"{f.name}: '{f.signatures[0]}...'" for f in FORMATS)
+        raise CheckpointError(
+            f"Checkpoint {source} has no RepVGG backbone weights in a known format: none of "
+            f"its {len(state)} keys ({_preview(state)}) is a RepVGG stem key ({known}; "
+            "mmpretrain and repvgg_seg under 'backbone.'). A classification head alone "
+            "cannot initialize the backbone."
+        )
+    renamed: dict[str, torch.Tensor] = {}
+    dropped, unexpected = list(outside), []
+    for key, value in body.items():
+        ours = fmt.to_ours(key)
+        if ours is not None:
+            renamed[ours] = value
+        elif key.startswith(fmt.head_prefixes):
+            dropped.append(prefix + key)
+        else:
+            unexpected.append(prefix + key)
+    if unexpected:
+        raise CheckpointError(
+            f"Checkpoint {source} ({fmt.name} format) has keys that are not RepVGG layers: "
+            f"{_preview(unexpected)}. It may be a different model (e.g. RepVGG with SE "
+            "blocks, RepVGGplus); this backbone loads plain RepVGG only."
+        )
+    deployed = any(".fused_conv." in f".{key}" for key in renamed)
+    if deployed and any(".branch_3x3." in f".{key}" for key in renamed):
+        raise CheckpointError(
+            f"Checkpoint {source} mixes fused and unfused blocks; fuse all of them "
+            "(repvgg_seg.reparam.reparameterize_model) or none before saving."
+        )
+    return ConvertedCheckpoint(renamed, fmt.name, deployed, tuple(dropped))
+
+
+def infer_structure(state: Mapping[str, torch.Tensor], deployed: bool) -> Structure | None:
+    """Reads depths, channels and groups off the conv weight shapes (our keys).
+
+    Returns None when there is no stem conv to start from.
+    """
+    conv = "fused_conv.weight" if deployed else "branch_3x3.conv.weight"
+    stem = state.get(f"stem.{conv}")
+    if stem is None or stem.dim() != 4:
+        return None
+    weights, num_blocks, channels = [stem], [], [stem.shape[0]]
+    for stage in range(4):
+        blocks = 0
+        while f"stages.{stage}.{blocks}.{conv}" in state:
+            weights.append(state[f"stages.{stage}.{blocks}.{conv}"])
+            blocks += 1
+        num_blocks.append(blocks)
+        channels.append(weights[-1].shape[0] if blocks else 0)
+    groups, in_channels = 1, stem.shape[1]
+    for weight in weights:
+        # A grouped conv's weight holds in_channels / groups input channels.
+        groups = max(groups, in_channels // max(1, weight.shape[1]))
+        in_channels = weight.shape[0]
+    return Structure(stem.shape[1], tuple(num_blocks), tuple(channels), groups)

@@ -1,0 +1,98 @@
+"""The published ImageNet RepVGG checkpoints that ``checkpoint='repvgg:NAME'`` refers to.
+
+All entries are mmpretrain's re-trained releases (keys ``backbone.stem.branch_3x3...``);
+their file names end in the first 8 hex digits of the file's sha256, which downloads are
+checked against. ``paper_top1`` is the paper's ImageNet top-1 for the variant (Table 3),
+not mmpretrain's own measurement of its file: see mmpretrain's model zoo for that.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from ..models.arch import canonical_arch_name
+
+DEFAULT_BASE_URL = "https://download.openmmlab.com/mmclassification/v0/repvgg/"
+
+# Tests and mirrors point name look-ups elsewhere with this variable.
+BASE_URL_ENV = "REPVGG_SEG_WEIGHTS_BASE_URL"
+
+NAME_SCHEME = "repvgg:"
+
+
+@dataclass(frozen=True)
+class PublishedWeights:
+    """One published checkpoint.
+
+    Attributes:
+        arch: Canonical variant name (``'B1g2'``).
+        filename: File name under the base URL.
+        sha256_prefix: Leading hex digits of the file's sha256.
+        paper_top1: The paper's ImageNet top-1 (%) for this variant, None where the paper
+            reports none.
+    """
+
+    arch: str
+    filename: str
+    sha256_prefix: str
+    paper_top1: float | None = None
+
+    @property
+    def url(self) -> str:
+        """Download URL under the current base URL (:func:`base_url`)."""
+        return base_url() + self.filename
+
+
+def _mmpretrain(arch: str, sha256_prefix: str, paper_top1: float | None) -> PublishedWeights:
+    filename = f"repvgg-{arch}_8xb32_in1k_20221213-{sha256_prefix}.pth"
+    return PublishedWeights(arch, filename, sha256_prefix, paper_top1)
+
+
+WEIGHTS: dict[str, PublishedWeights] = {
+    entry.arch: entry
+    for entry in (
+        _mmpretrain("A0", "60ae8e23", 72.41),
+        _mmpretrain("A1", "f81bf3df", 74.46),
+        _mmpretrain("A2", "a8767caf", 76.48),
+        _mmpretrain("B0", "5091ecc7", 75.14),
+        _mmpretrain("B1", "d17c45e7", 78.37),
+        _mmpretrain("B1g2", "ae6428fd", 77.78),
+        _mmpretrain("B1g4", "a7a4aaea", 77.58),
+        _mmpretrain("B2", "d8b420ef", 78.78),
+        _mmpretrain("B2g4", "0c1990eb", 78.50),
+        # The paper's B3 number uses its 200-epoch recipe.
+        _mmpretrain("B3", "927a329a", 80.52),
+        _mmpretrain("B3g4", "e01cb280", None),
+    )
+}
+
+
+def base_url() -> str:
+    """The URL the table's file names are joined to: ``$REPVGG_SEG_WEIGHTS_BASE_URL`` or
+    :data:`DEFAULT_BASE_URL`, always ending in ``/``."""
+    url = os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
+    return url if url.endswith("/") else url + "/"
+
+
+def published_weights(name: str) -> PublishedWeights:
+    """The table entry of a variant name (``'B2'``, ``'RepVGG-B2'``, ``'repvgg:B2'``).
+
+    Raises:
+        ValueError: ``name`` is no variant, or a variant without published weights; the
+            message lists the variants that have them.
+    """
+    if name.startswith(NAME_SCHEME):
+        name = name[len(NAME_SCHEME) :]
+    arch = canonical_arch_name(name)
+    if arch not in WEIGHTS:
+        raise ValueError(
+            f"No published ImageNet weights for RepVGG-{arch}; published variants are "
+            f"{', '.join(WEIGHTS)}. Pretrain it yourself or pass a local checkpoint path."
+        )
+    return WEIGHTS[arch]
+
+
+def find_by_filename(filename: str) -> PublishedWeights | None:
+    """The table entry whose file is called ``filename``, if any."""
+    return next((entry for entry in WEIGHTS.values() if entry.filename == filename), None)
