@@ -1,0 +1,247 @@
+"""Deploying whole segmentors: exact fusion, strict reloading, ONNX, and the full tool chain."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import assert_outputs_close, randomize_bn
+from mmengine.config import Config
+from mmengine.registry import init_default_scope
+from mmseg.registry import MODELS
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+import repvgg_seg  # noqa: F401  (registers the RepVGG backbone)
+from repvgg_seg.deploy import (
+    compare_on_tensor,
+    compare_onnx,
+    deploy_checkpoint,
+    deploy_segmentor,
+    export_onnx,
+    find_conv_bn_pairs,
+    fold_conv_bn,
+    load_checkpoint_file,
+    make_deploy_config,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+BN = {"type": "BN", "requires_grad": True}
+BACKBONES = {
+    "repvgg_a0_fast": (
+        {"type": "RepVGG", "arch": "A0", "dilation_mode": "fast", "norm_cfg": BN},
+        (1280, 192),
+    ),
+    "resnet18_d8": (
+        {
+            "type": "ResNetV1c",
+            "depth": 18,
+            "dilations": (1, 1, 2, 4),
+            "strides": (1, 2, 1, 1),
+            "contract_dilation": True,
+            "norm_cfg": BN,
+        },
+        (512, 256),
+    ),
+}
+
+
+def pspnet_cfg(backbone: str) -> dict:
+    backbone_cfg, (in_channels, aux_channels) = BACKBONES[backbone]
+    head = {"norm_cfg": BN, "num_classes": 5, "align_corners": False, "dropout_ratio": 0.1}
+    return {
+        "type": "EncoderDecoder",
+        "data_preprocessor": {
+            "type": "SegDataPreProcessor",
+            "mean": [123.675, 116.28, 103.53],
+            "std": [58.395, 57.12, 57.375],
+            "bgr_to_rgb": True,
+        },
+        "backbone": copy.deepcopy(backbone_cfg),
+        "decode_head": {
+            "type": "PSPHead",
+            "in_channels": in_channels,
+            "in_index": 3,
+            "channels": 16,
+            "pool_scales": (1, 2, 3, 6),
+            **head,
+        },
+        "auxiliary_head": {
+            "type": "FCNHead",
+            "in_channels": aux_channels,
+            "in_index": 2,
+            "channels": 8,
+            "num_convs": 1,
+            "concat_input": False,
+            **head,
+        },
+        "test_cfg": {"mode": "whole"},
+    }
+
+
+def build(model_cfg: dict) -> nn.Module:
+    init_default_scope("mmseg")
+    model = MODELS.build(copy.deepcopy(model_cfg))
+    model.eval()
+    return model
+
+
+@pytest.fixture(scope="module", params=sorted(BACKBONES))
+def trained_and_deployed(request):
+    model_cfg = pspnet_cfg(request.param)
+    trained = randomize_bn(build(model_cfg), seed=1)
+    deployed = copy.deepcopy(trained)
+    pairs = deploy_segmentor(deployed, torch.randn(1, 3, 32, 32))
+    return model_cfg, trained, deployed, pairs
+
+
+def test_deployed_segmentor_is_exact_and_has_no_bn_left(trained_and_deployed):
+    _, trained, deployed, pairs = trained_and_deployed
+    image = torch.randn(2, 3, 72, 104)
+    with torch.no_grad():
+        assert_outputs_close(deployed(image, mode="tensor"), trained(image, mode="tensor"))
+    agreement = compare_on_tensor(trained, deployed, image)
+    assert agreement.changed_pixels == 0
+    assert pairs, "no conv+BN pair was folded"
+    assert deployed.auxiliary_head is None
+    assert not [name for name, m in deployed.named_modules() if isinstance(m, _BatchNorm)]
+
+
+def test_deploy_config_loads_deployed_checkpoint_strictly(trained_and_deployed):
+    model_cfg, _, deployed, pairs = trained_and_deployed
+    deploy_cfg = make_deploy_config(Config({"model": model_cfg}), pairs)
+    assert deploy_cfg.model.type == "DeployedEncoderDecoder"
+    assert deploy_cfg.model.auxiliary_head is None
+    rebuilt = build(deploy_cfg.model.to_dict())
+    rebuilt.load_state_dict(deployed.state_dict(), strict=True)
+    image = torch.randn(1, 3, 64, 80)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(image, mode="tensor"), deployed(image, mode="tensor"))
+
+
+class PreNorm(nn.Module):
+    """Conv registered before BN, but the BN runs first: must not be folded."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        return self.conv(self.bn(x))
+
+
+def test_only_bns_reading_a_conv_output_are_folded():
+    model = nn.Sequential(PreNorm(), nn.Conv2d(4, 6, 3, bias=True), nn.BatchNorm2d(6), nn.ReLU())
+    model = randomize_bn(model, seed=2).eval()
+    image = torch.randn(2, 4, 9, 9)
+    pairs = find_conv_bn_pairs(model, lambda: model(image))
+    assert pairs == [("1", "2")]
+    with torch.no_grad():
+        expected = model(image)
+        fold_conv_bn(model, pairs)
+        assert_outputs_close(model(image), expected)
+    assert isinstance(model[2], nn.Identity) and isinstance(model[0].bn, nn.BatchNorm2d)
+
+
+def test_checkpoint_with_foreign_objects_is_refused(tmp_path):
+    path = tmp_path / "bad.pth"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "extra": PreNorm()}, path)
+    with pytest.raises(ValueError, match="bad.pth"):
+        load_checkpoint_file(path)
+
+
+def test_onnx_export_matches_pytorch(tmp_path):
+    pytest.importorskip("onnxruntime")
+    model = randomize_bn(build(pspnet_cfg("repvgg_a0_fast")), seed=3)
+    deploy_segmentor(model, torch.randn(1, 3, 32, 32))
+    path = tmp_path / "model.onnx"
+    export_onnx(model, path, torch.randn(1, 3, 64, 64))
+    inputs = [torch.randn(1, 3, 64, 64), torch.randn(2, 3, 48, 88)]
+    for agreement in compare_onnx(path, model, inputs):
+        assert agreement.relative_diff < 1e-5
+        assert agreement.changed_pixels == 0
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def load_tool(name: str):
+    spec = importlib.util.spec_from_file_location(f"tools_{name}", ROOT / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def small_trained_model(tmp_path_factory):
+    """The synthetic-data config trained for a few iterations: (config, checkpoint)."""
+    from mmengine.runner import Runner
+
+    from repvgg_seg.datasets.synthetic import make_synthetic_cityscapes
+
+    root = tmp_path_factory.mktemp("deploy_e2e")
+    data_root = make_synthetic_cityscapes(
+        root / "data", num_train=4, num_val=2, image_size=(128, 64)
+    )
+    config = root / "config.py"
+    config.write_text(
+        f"_base_ = {str(ROOT / 'configs' / 'pspnet_repvgg_a0_synthetic.py')!r}\n"
+        f"data_root = {str(data_root) + '/'!r}\n"
+        "image_scale = (128, 64)\n"
+        "crop_size = (64, 64)\n"
+        "model = dict(data_preprocessor=dict(size=crop_size))\n"
+        "train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,\n"
+        "    dataset=dict(data_root=data_root))\n"
+        "val_dataloader = dict(dataset=dict(data_root=data_root))\n"
+        "test_dataloader = val_dataloader\n"
+        "train_cfg = dict(max_iters=3, val_interval=1000)\n"
+        "param_scheduler = []\n"
+        "default_hooks = dict(checkpoint=dict(interval=3), logger=dict(interval=1))\n"
+        "log_level = 'WARNING'\n"
+    )
+    cfg = Config.fromfile(str(config))
+    cfg.work_dir = str(root / "work")
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    # mmengine's own iter_3.pth also pickles its message hub with bound methods
+    # (builtins.getattr), which weights_only=True refuses; keep model weights and metadata.
+    checkpoint = root / "trained.pth"
+    meta = {"dataset_meta": runner.train_dataloader.dataset.metainfo, "iter": 3}
+    torch.save({"meta": meta, "state_dict": runner.model.state_dict()}, checkpoint)
+    return config, checkpoint
+
+
+def test_deploy_tool_changes_no_pixel_and_keeps_miou(small_trained_model, tmp_path, capsys):
+    config, checkpoint = small_trained_model
+    out_dir = tmp_path / "deploy"
+    assert load_tool("deploy").main([str(config), str(checkpoint), str(out_dir)]) == 0
+    printed = capsys.readouterr().out
+    # The random-input and the dataset-image checks, both without a changed pixel.
+    assert printed.count("changed pixels 0/") == 2, printed
+
+    deployed_ckpt = out_dir / f"{config.stem}_deploy.pth"
+    deployed_cfg = out_dir / f"{config.stem}_deploy.py"
+    state = load_checkpoint_file(deployed_ckpt)["state_dict"]
+    assert not any(".branch_" in key or key.startswith("auxiliary_head.") for key in state)
+
+    test_tool = load_tool("test")
+    trained = test_tool.main([str(config), str(checkpoint), "--work-dir", str(tmp_path / "t1")])
+    fused = test_tool.main(
+        [str(deployed_cfg), str(deployed_ckpt), "--work-dir", str(tmp_path / "t2")]
+    )
+    assert trained["mIoU"] == fused["mIoU"]
+    assert trained["aAcc"] == fused["aAcc"]
+
+
+def test_deploy_report_on_a_real_image(small_trained_model, tmp_path):
+    config, checkpoint = small_trained_model
+    report = deploy_checkpoint(config, checkpoint, tmp_path, random_size=(48, 80))
+    assert report.folded_pairs == 5  # PSP head: 4 pyramid convs and the bottleneck
+    for agreement in (report.random_input, report.real_image):
+        assert agreement.changed_pixels == 0
+        assert agreement.relative_diff < 1e-5
+    assert report.real_image.num_pixels == 128 * 64

@@ -1,0 +1,100 @@
+"""Deploy a trained segmentor: fuse it, verify it is unchanged, write checkpoint + config.
+
+Example::
+
+    python tools/deploy.py configs/pspnet_repvgg_b1g2_fast.py work_dirs/b1g2/iter_7440.pth \
+        work_dirs/b1g2/deploy --onnx
+
+writes ``pspnet_repvgg_b1g2_fast_deploy.pth`` and ``..._deploy.py`` (and ``.onnx``); then
+``python tools/test.py OUT/..._deploy.py OUT/..._deploy.pth`` gives the unfused model's mIoU.
+Exits with status 1 if any predicted pixel changed or ONNX Runtime disagrees with PyTorch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from repvgg_seg.deploy import Agreement, deploy_checkpoint  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("config", help="training config")
+    parser.add_argument("checkpoint", help="trained checkpoint")
+    parser.add_argument("out_dir", type=Path, help="output folder")
+    parser.add_argument(
+        "--fuse-conv-bn",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also fold conv+BN pairs in the heads and ResNet backbones (default: on)",
+    )
+    parser.add_argument(
+        "--random-size",
+        nargs=2,
+        type=int,
+        default=None,
+        metavar=("H", "W"),
+        help="size of the random check input (default: the config's crop size)",
+    )
+    parser.add_argument(
+        "--skip-real-image", action="store_true", help="do not check on the dataset's first image"
+    )
+    parser.add_argument("--onnx", action="store_true", help="also export and check ONNX")
+    parser.add_argument("--opset", type=int, default=18, help="ONNX opset, >= 17")
+    parser.add_argument(
+        "--onnx-atol",
+        type=float,
+        default=1e-3,
+        help="largest accepted |ONNX Runtime - PyTorch| logit difference (default 1e-3)",
+    )
+    return parser.parse_args(argv)
+
+
+def describe(name: str, agreement: Agreement) -> str:
+    return (
+        f"{name}: max |logit diff| {agreement.max_abs_diff:.3g} (max |logit| "
+        f"{agreement.max_abs_reference:.3g}), changed pixels "
+        f"{agreement.changed_pixels}/{agreement.num_pixels} ({agreement.changed_fraction:.2%})"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    report = deploy_checkpoint(
+        args.config,
+        args.checkpoint,
+        args.out_dir,
+        fuse_conv_bn=args.fuse_conv_bn,
+        random_size=tuple(args.random_size) if args.random_size else None,
+        check_real_image=not args.skip_real_image,
+        onnx=args.onnx,
+        opset=args.opset,
+    )
+    print(f"deployed checkpoint: {report.checkpoint}")
+    print(f"deploy config:       {report.config}")
+    print(f"conv+BN pairs folded outside RepVGG blocks: {report.folded_pairs}")
+    checks = [("random input", report.random_input)]
+    if report.real_image is not None:
+        checks.append(("dataset image", report.real_image))
+    for name, agreement in checks:
+        print(describe(name, agreement))
+    ok = all(agreement.changed_pixels == 0 for _, agreement in checks)
+    if report.onnx is not None:
+        print(f"ONNX: {report.onnx}")
+        for index, agreement in enumerate(report.onnx_agreements or []):
+            print(describe(f"  ONNX Runtime vs PyTorch, input {index}", agreement))
+            ok = ok and agreement.relative_diff <= args.onnx_rtol
+    if not ok:
+        print("FAILED: the deployed model does not reproduce the trained one.")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
