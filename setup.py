@@ -1,10 +1,12 @@
+from pathlib import Path
+
 from setuptools import find_packages, setup
 
 setup(
     name="repvgg_seg",
     version="0.1.0",
     description="RepVGG backbones with structural re-parameterization for mmsegmentation 1.x",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=(Path(__file__).parent / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["repvgg_seg", "repvgg_seg.*"]),

@@ -62,8 +62,9 @@ def test_equivalent_kernel_is_differentiable():
 
 def test_identity_kernel_is_identity_for_grouped_conv():
     x = torch.randn(1, 8, 5, 5)
-    out = torch.nn.functional.conv2d(x, identity_kernel(8, 4, x.device, x.dtype), padding=1,
-                                     groups=4)
+    out = torch.nn.functional.conv2d(
+        x, identity_kernel(8, 4, x.device, x.dtype), padding=1, groups=4
+    )
     torch.testing.assert_close(out, x)
 
 

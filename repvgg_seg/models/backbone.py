@@ -104,7 +104,9 @@ class RepVGG(BaseModule):
         if not out_indices or any(not 0 <= i < num_stages for i in out_indices):
             raise ValueError(f"out_indices must be in [0, {num_stages - 1}], got {out_indices}.")
         if not -1 <= frozen_stages < num_stages:
-            raise ValueError(f"frozen_stages must be in [-1, {num_stages - 1}], got {frozen_stages}.")
+            raise ValueError(
+                f"frozen_stages must be in [-1, {num_stages - 1}], got {frozen_stages}."
+            )
         self.out_indices = out_indices
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval

@@ -6,6 +6,8 @@ where it preserves shape. Deploy time: ``ReLU(conv3x3'(x) + b')``.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from mmcv.cnn import build_norm_layer
 from torch import nn
@@ -98,8 +100,11 @@ class RepVGGBlock(nn.Module):
             )
         self.act = nn.ReLU(inplace=True)
 
-    def _make_fused_conv(self) -> nn.Conv2d:
-        return nn.Conv2d(
+    def _make_fused_conv(self, skip_init: bool = False) -> nn.Conv2d:
+        # skip_init: the weights are about to be overwritten, and initializing a large
+        # random kernel costs more than the whole fusion.
+        make = functools.partial(torch.nn.utils.skip_init, nn.Conv2d) if skip_init else nn.Conv2d
+        return make(
             self.in_channels,
             self.out_channels,
             3,
@@ -142,7 +147,7 @@ class RepVGGBlock(nn.Module):
         if self.deploy:
             return
         kernel, bias = self.get_equivalent_kernel_bias()
-        fused = self._make_fused_conv().to(device=kernel.device, dtype=kernel.dtype)
+        fused = self._make_fused_conv(skip_init=True).to(device=kernel.device, dtype=kernel.dtype)
         fused.weight.copy_(kernel)
         fused.bias.copy_(bias)
         del self.branch_3x3, self.branch_1x1, self.branch_identity
