@@ -1,13 +1,25 @@
 """repvgg_seg: RepVGG backbones, re-parameterization and PSPNet segmentation on mmseg 1.x.
 
-Importing the package registers the ``RepVGG`` backbone in mmseg's ``MODELS`` registry, so
-an mmseg config only needs ``custom_imports=dict(imports=['repvgg_seg'])``.
+Importing the package registers the ``RepVGG`` backbone, the checked Cityscapes dataset and
+the atomic-checkpoint runner in mmseg's / mmengine's registries, so an mmseg config only
+needs ``custom_imports=dict(imports=['repvgg_seg'])``. It also allow-lists the exact types
+that mmengine checkpoints hold, so ``--resume`` works with torch's ``weights_only`` loading.
 """
 
-from . import models
+from . import datasets, models, runtime
 from .models import RepVGG, RepVGGBlock, RepVGGClassifier
 from .reparam import reparameterize_model
 
+runtime.allow_mmengine_checkpoint_types()
+
 __version__ = "0.1.0"
 
-__all__ = ["RepVGG", "RepVGGBlock", "RepVGGClassifier", "models", "reparameterize_model"]
+__all__ = [
+    "RepVGG",
+    "RepVGGBlock",
+    "RepVGGClassifier",
+    "datasets",
+    "models",
+    "reparameterize_model",
+    "runtime",
+]
