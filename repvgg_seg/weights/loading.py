@@ -231,7 +231,8 @@ def convert_checkpoint(
     if arch is None:
         if found is None or found.arch_name is None:
             raise CheckpointError(
-                f"Cannot tell the RepVGG variant of {source} from its weights; pass --arch."
+                f"Cannot tell the RepVGG variant of {source} from its weights; pass arch= "
+                "(--arch in tools/convert_checkpoint.py)."
             )
         arch = found.arch_name
     deploy = converted.deployed if deploy is None else deploy
