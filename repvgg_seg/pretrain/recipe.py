@@ -15,7 +15,6 @@ recipes use 1e-4.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -165,8 +164,3 @@ def build_lr_scheduler(
         return lr_factor(step, total_steps, warmup_steps)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def iter_recipe_fields() -> Iterator[str]:
-    """Names of the fields a recipe sets (and the command line may override)."""
-    yield from Recipe.__dataclass_fields__
