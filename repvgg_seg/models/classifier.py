@@ -31,9 +31,21 @@ class RepVGGClassifier(nn.Module):
     ) -> None:
         super().__init__()
         self.backbone = RepVGG(arch, out_indices=(4,), norm_cfg=norm_cfg, deploy=deploy)
-        self.backbone.init_weights()
+        self._init_weights()
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(self.backbone.arch.channels[-1], num_classes)
+
+    def _init_weights(self) -> None:
+        # The backbone's default init_cfg, applied directly: mmengine's init_weights()
+        # would log one entry per parameter for every classifier built.
+        for module in self.backbone.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.backbone(x)[-1]
