@@ -6,18 +6,23 @@
   on for everything else.
 - :class:`AtomicCheckpointRunner` writes every checkpoint to a temporary file and renames it,
   so a run killed while saving never leaves a truncated ``iter_N.pth`` behind.
-- :func:`init_cpu_distributed` starts a gloo process group for ``--launcher pytorch`` on a
-  machine without GPUs (mmengine's own start-up calls ``torch.cuda.set_device``).
+- :func:`init_cpu_distributed` and :func:`configure_for_cpu` make ``--launcher pytorch``
+  work on a machine without GPUs (gloo; mmengine's own start-up calls
+  ``torch.cuda.set_device`` and passes GPU ``device_ids`` to DistributedDataParallel).
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
+import pickle
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from mmengine.config import Config
+from mmengine.dist import master_only
 from mmengine.logging import HistoryBuffer
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
@@ -28,11 +33,28 @@ logger = logging.getLogger(__name__)
 def _numpy_types() -> list:
     """numpy objects pickled into message-hub entries (arrays and scalars of the log)."""
     # numpy 2 moved numpy.core to numpy._core; pickles name whichever wrote them.
-    multiarray = getattr(np, "_core", None) or np.core
-    types = [np.ndarray, np.dtype, multiarray.multiarray._reconstruct]
-    types.append(multiarray.multiarray.scalar)
+    package = "numpy._core" if np.lib.NumpyVersion(np.__version__) >= "2.0.0" else "numpy.core"
+    multiarray = importlib.import_module(f"{package}.multiarray")
+    types = [np.ndarray, np.dtype, multiarray._reconstruct, multiarray.scalar]
     types += [type(np.dtype(name)) for name in ("float64", "float32", "int64", "int32", "bool")]
     return types
+
+
+def _history_buffer_statistic(owner: object, name: str):
+    """``getattr`` as the unpickler may use it: only to fetch HistoryBuffer's statistics.
+
+    A ``HistoryBuffer`` pickles its statistics methods (``min``, ``max``, ``current``,
+    ``mean``) as ``getattr(HistoryBuffer, 'min')``. Allowing the real ``getattr`` would let a
+    crafted file reach any attribute of any allowed object, so this stand-in is registered
+    under the name ``builtins.getattr`` instead.
+    """
+    allowed = {"min", "max", "current", "mean", *HistoryBuffer._statistics_methods}
+    if owner is HistoryBuffer and name in allowed:
+        return getattr(owner, name)
+    raise pickle.UnpicklingError(
+        f"Refusing getattr({owner!r}, {name!r}) while loading a checkpoint: only "
+        "HistoryBuffer statistics methods are allowed (repvgg_seg.runtime)."
+    )
 
 
 def allow_mmengine_checkpoint_types() -> None:
@@ -43,7 +65,9 @@ def allow_mmengine_checkpoint_types() -> None:
     ``torch.load``'s default ``weights_only=True``, so ``--resume`` fails on torch >= 2.6
     unless these exact types are allowed. Idempotent.
     """
-    torch.serialization.add_safe_globals([HistoryBuffer, *_numpy_types()])
+    torch.serialization.add_safe_globals(
+        [HistoryBuffer, *_numpy_types(), (_history_buffer_statistic, "builtins.getattr")]
+    )
 
 
 @RUNNERS.register_module()
@@ -54,6 +78,7 @@ class AtomicCheckpointRunner(Runner):
     ``configs/_base_/default_runtime.py``).
     """
 
+    @master_only  # like Runner.save_checkpoint: only rank 0 writes
     def save_checkpoint(self, out_dir: str, filename: str, *args, **kwargs) -> None:
         if kwargs.get("backend_args") or kwargs.get("file_client_args") or "://" in out_dir:
             super().save_checkpoint(out_dir, filename, *args, **kwargs)
@@ -81,3 +106,19 @@ def init_cpu_distributed(launcher: str) -> bool:
         dist.get_world_size(),
     )
     return True
+
+
+def configure_for_cpu(cfg: Config) -> None:
+    """Adapts a config for a machine without GPUs (no-op when CUDA is available).
+
+    Distributed runs use gloo instead of nccl, and DistributedDataParallel is built without
+    ``device_ids`` (mmengine's default passes the local rank as a GPU index).
+    """
+    if torch.cuda.is_available():
+        return
+    if cfg.get("env_cfg", {}).get("dist_cfg"):
+        cfg.env_cfg.dist_cfg.backend = "gloo"
+    if cfg.get("model_wrapper_cfg") is None:
+        cfg.model_wrapper_cfg = dict(
+            type="MMDistributedDataParallel", device_ids=None, broadcast_buffers=False
+        )

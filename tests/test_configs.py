@@ -1,0 +1,102 @@
+"""Every config in configs/ builds: its model (and a forward pass) and its datasets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.registry import init_default_scope
+from mmseg.registry import DATASETS, MODELS
+
+from repvgg_seg.datasets import make_synthetic_cityscapes
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted(p.name for p in (ROOT / "configs").glob("*.py"))
+REPVGG_CONFIGS = [name for name in CONFIGS if name.startswith("pspnet_repvgg")]
+PAPER_CONFIGS = [name for name in CONFIGS if "synthetic" not in name]
+
+
+@pytest.fixture(scope="module")
+def synthetic_root(tmp_path_factory) -> Path:
+    return make_synthetic_cityscapes(tmp_path_factory.mktemp("synthetic"), 2, 2, (128, 64), 0)
+
+
+def load(name: str) -> Config:
+    cfg = Config.fromfile(str(ROOT / "configs" / name))
+    init_default_scope("mmseg")
+    return cfg
+
+
+def test_every_expected_config_exists():
+    expected = {
+        f"pspnet_repvgg_{v}.py" for v in ("b2", "b2_fast", "b1g2", "b1g2_fast", "a0", "a0_fast")
+    }
+    expected |= {"pspnet_r50.py", "pspnet_r101.py", "pspnet_repvgg_a0_synthetic.py"}
+    assert expected <= set(CONFIGS)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_model_builds_and_runs(name):
+    cfg = load(name)
+    # No ImageNet download here: the weights issue tests the 'repvgg:<arch>' names.
+    cfg.model.backbone.pop("init_cfg", None)
+    cfg.model.pop("pretrained", None)
+    model = MODELS.build(cfg.model).eval()
+    # mmseg's ResNet has no out_channels property; its bottleneck stages are 256 * 2**i wide.
+    backbone_channels = getattr(model.backbone, "out_channels", [256 * 2**i for i in range(4)])
+    for head in (model.decode_head, model.auxiliary_head):
+        assert head.in_channels == backbone_channels[head.in_index], name
+    with torch.no_grad():
+        logits = model(torch.rand(1, 3, 64, 64), mode="tensor")
+    assert logits.shape == (1, 19, 8, 8)  # PSPNet predicts at output stride 8
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_datasets_build(name, synthetic_root):
+    cfg = load(name)
+    for loader in ("train_dataloader", "val_dataloader", "test_dataloader"):
+        dataset_cfg = cfg[loader].dataset
+        dataset_cfg.data_root = str(synthetic_root)
+        dataset = DATASETS.build(dataset_cfg)
+        assert type(dataset).__name__ == "CheckedCityscapesDataset"
+        assert len(dataset) == 2
+        labels = dataset[0]["data_samples"].gt_sem_seg.data
+        if loader == "train_dataloader":
+            crop = next(t for t in dataset_cfg.pipeline if t.type == "RandomCrop")
+            assert labels.shape[-2:] == tuple(crop.crop_size)
+        else:  # metrics are computed at the labels' own size
+            assert labels.shape[-2:] == (64, 128)
+
+
+@pytest.mark.parametrize("name", REPVGG_CONFIGS)
+def test_repvgg_configs_load_imagenet_weights_of_their_variant(name):
+    cfg = load(name)
+    assert "repvgg_seg" in cfg.custom_imports.imports
+    backbone = cfg.model.backbone
+    if "synthetic" in name:
+        assert backbone.init_cfg is None and backbone.norm_cfg.type == "BN"
+        return
+    assert backbone.init_cfg == {"type": "Pretrained", "checkpoint": f"repvgg:{backbone.arch}"}
+    assert backbone.dilation_mode == ("fast" if name.endswith("_fast.py") else "dilated")
+    assert cfg.model.decode_head.norm_cfg.type == "SyncBN"
+
+
+@pytest.mark.parametrize("name", PAPER_CONFIGS)
+def test_paper_schedule_and_pipeline(name):
+    cfg = load(name)
+    optimizer = cfg.optim_wrapper.optimizer
+    assert (optimizer.type, optimizer.lr, optimizer.momentum) == ("SGD", 0.01, 0.9)
+    assert optimizer.weight_decay == 1e-4
+    (poly,) = cfg.param_scheduler
+    assert (poly.type, poly.power, poly.end) == ("PolyLR", 0.9, cfg.train_cfg.max_iters)
+    # 40 epochs of 2975 images at a global batch of 16 (8 GPUs x 2).
+    epochs = cfg.train_cfg.max_iters * 8 * cfg.train_dataloader.batch_size / 2975
+    assert epochs == pytest.approx(40, abs=0.05)
+    assert cfg.default_hooks.checkpoint.save_best == "mIoU"
+    assert cfg.val_evaluator.type == "IoUMetric"
+    crop = next(t for t in cfg.train_pipeline if t.type == "RandomCrop")
+    assert crop.crop_size == (512, 1024)
+    resize = next(t for t in cfg.test_pipeline if t.type == "Resize")
+    assert resize.scale == (2048, 1024)
