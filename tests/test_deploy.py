@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import assert_outputs_close, randomize_bn
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 from mmseg.registry import MODELS
@@ -27,6 +26,8 @@ from repvgg_seg.deploy import (
     load_checkpoint_file,
     make_deploy_config,
 )
+
+from helpers import assert_outputs_close, randomize_bn
 
 ROOT = Path(__file__).resolve().parents[1]
 BN = {"type": "BN", "requires_grad": True}

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import assert_outputs_close, randomize_bn
 
 from repvgg_seg.models.backbone import RepVGG
 from repvgg_seg.weights import (
@@ -32,6 +31,8 @@ from repvgg_seg.weights import (
     pretrained_source,
     published_weights,
 )
+
+from helpers import assert_outputs_close, randomize_bn
 
 FIXTURES = Path(__file__).parent / "fixtures" / "checkpoint_formats"
 ROOT = Path(__file__).resolve().parents[1]
