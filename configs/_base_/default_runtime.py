@@ -1,7 +1,6 @@
-# Registers the RepVGG backbone, CheckedCityscapesDataset and the runtime helpers.
-custom_imports = dict(
-    imports=["repvgg_seg", "repvgg_seg.datasets", "repvgg_seg.runtime"], allow_failed_imports=False
-)
+# Importing repvgg_seg registers the RepVGG backbone, CheckedCityscapesDataset and the
+# atomic-checkpoint runner, and allow-lists the types of mmengine checkpoints for --resume.
+custom_imports = dict(imports=["repvgg_seg"], allow_failed_imports=False)
 default_scope = "mmseg"
 env_cfg = dict(
     cudnn_benchmark=True,
