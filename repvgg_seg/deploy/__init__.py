@@ -1,0 +1,52 @@
+"""Deploying a trained segmentor: fuse it, prove the fusion exact, save it, export it.
+
+The deployed model differs from the trained one in three ways, each exact in eval mode:
+
+1. every RepVGG block is one 3x3 conv (:func:`repvgg_seg.reparam.reparameterize_model`);
+2. every BN that directly follows a conv (heads, ResNet baselines) is folded into that conv,
+   the BN replaced by ``nn.Identity`` and the conv given a bias;
+3. the auxiliary head, which only adds a training loss, is dropped.
+
+A deploy config rebuilds that structure from scratch: the backbone gets ``deploy=True`` and
+the segmentor becomes :class:`DeployedEncoderDecoder`, which records the folded conv/BN pairs
+by module name and re-creates them after building, so the deployed checkpoint loads strictly.
+"""
+
+from .checkpoint_io import load_checkpoint_file, save_checkpoint_atomic, state_dict_of
+from .fold import ConvBNPair, find_conv_bn_pairs, fold_conv_bn, prepare_folded_structure
+from .onnx_export import SegmentorLogits, ShapeGenericAdaptiveAvgPool2d, compare_onnx, export_onnx
+from .pipeline import DeployReport, deploy_checkpoint, load_segmentor
+from .segmentor import DeployedEncoderDecoder, build_segmentor, deploy_segmentor, make_deploy_config
+from .verify import (
+    Agreement,
+    compare_logits,
+    compare_on_batch,
+    compare_on_tensor,
+    first_dataset_batch,
+)
+
+__all__ = [
+    "Agreement",
+    "ConvBNPair",
+    "DeployReport",
+    "DeployedEncoderDecoder",
+    "SegmentorLogits",
+    "ShapeGenericAdaptiveAvgPool2d",
+    "build_segmentor",
+    "compare_logits",
+    "compare_on_batch",
+    "compare_on_tensor",
+    "compare_onnx",
+    "deploy_checkpoint",
+    "deploy_segmentor",
+    "export_onnx",
+    "find_conv_bn_pairs",
+    "first_dataset_batch",
+    "fold_conv_bn",
+    "load_checkpoint_file",
+    "load_segmentor",
+    "make_deploy_config",
+    "prepare_folded_structure",
+    "save_checkpoint_atomic",
+    "state_dict_of",
+]

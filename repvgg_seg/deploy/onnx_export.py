@@ -1,0 +1,116 @@
+"""ONNX export of a deployed segmentor, checked with ONNX Runtime."""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from mmseg.models.segmentors import EncoderDecoder
+from torch import nn
+
+from .fold import replace_submodule
+from .verify import (
+    Agreement,
+    compare_logits,
+)
+
+
+class SegmentorLogits(nn.Module):
+    """Normalized ``N,3,H,W`` image to per-pixel logits at the input size: the ONNX graph."""
+
+    def __init__(self, segmentor: EncoderDecoder) -> None:
+        super().__init__()
+        self.segmentor = segmentor
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        logits = self.segmentor(image, mode="tensor")
+        return F.interpolate(
+            logits,
+            size=image.shape[2:],
+            mode="bilinear",
+            align_corners=self.segmentor.align_corners,
+        )
+
+
+class ShapeGenericAdaptiveAvgPool2d(nn.Module):
+    """``nn.AdaptiveAvgPool2d`` as two matrix products, so ONNX graphs keep dynamic sizes.
+
+    The exporter's own decomposition bakes the example's bin indices into the graph (wrong
+    results at other sizes). Here bin ``i`` of ``n`` over ``L`` pixels spans
+    ``[floor(i L / n), ceil((i + 1) L / n))``, exactly PyTorch's rule, built from the shape.
+    """
+
+    def __init__(self, output_size: int | tuple[int, int]) -> None:
+        super().__init__()
+        size = output_size if isinstance(output_size, tuple) else (output_size, output_size)
+        if None in size:
+            raise ValueError(f"output_size {output_size} with None is not supported.")
+        self.output_size = size
+
+    @staticmethod
+    def _bins(length: int, bins: int, like: torch.Tensor) -> torch.Tensor:
+        index = torch.arange(bins, device=like.device)
+        start = (index * length) // bins
+        end = ((index + 1) * length + bins - 1) // bins
+        pixels = torch.arange(length, device=like.device)
+        inside = (pixels >= start[:, None]) & (pixels < end[:, None])
+        return inside.to(like.dtype) / (end - start)[:, None].to(like.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = self._bins(x.shape[-2], self.output_size[0], x)
+        cols = self._bins(x.shape[-1], self.output_size[1], x)
+        return rows @ x @ cols.transpose(0, 1)
+
+
+def export_onnx(
+    segmentor: EncoderDecoder, path: str | Path, example_input: torch.Tensor, opset: int = 18
+) -> None:
+    """Exports ``SegmentorLogits(segmentor)`` to ONNX with dynamic batch, height and width.
+
+    The file is written beside ``path`` first and renamed into place when complete.
+    """
+    if opset < 17:
+        raise ValueError(f"opset {opset} is too old; use 17 or newer.")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    module = SegmentorLogits(copy.deepcopy(segmentor)).eval()
+    for name, sub in list(module.named_modules()):
+        if isinstance(sub, nn.AdaptiveAvgPool2d):
+            replace_submodule(module, name, ShapeGenericAdaptiveAvgPool2d(sub.output_size))
+    tmp = path.with_name(f".{path.name}.tmp")
+    dim = torch.export.Dim.DYNAMIC
+    try:
+        program = torch.onnx.export(
+            module,
+            (example_input,),
+            dynamo=True,
+            opset_version=opset,
+            input_names=["image"],
+            output_names=["logits"],
+            dynamic_shapes={"image": {0: dim, 2: dim, 3: dim}},
+        )
+        program.save(str(tmp))
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def compare_onnx(
+    path: str | Path, segmentor: EncoderDecoder, inputs: Sequence[torch.Tensor]
+) -> list[Agreement]:
+    """Runs the ONNX file with onnxruntime (CPU) and PyTorch on each input and compares."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    module = SegmentorLogits(segmentor).eval()
+    agreements = []
+    with torch.no_grad():
+        for image in inputs:
+            (onnx_logits,) = session.run(["logits"], {"image": image.numpy()})
+            agreements.append(compare_logits(module(image), torch.from_numpy(onnx_logits)))
+    return agreements

@@ -1,0 +1,136 @@
+"""The whole deploy step: load, fuse, save, rebuild, verify, export."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from mmengine.config import Config
+from mmseg.models.segmentors import EncoderDecoder
+
+from .checkpoint_io import load_checkpoint_file, save_checkpoint_atomic, state_dict_of
+from .onnx_export import compare_onnx, export_onnx
+from .segmentor import build_segmentor, deploy_segmentor, make_deploy_config
+from .verify import (
+    Agreement,
+    compare_on_batch,
+    compare_on_tensor,
+    first_dataset_batch,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DeployReport:
+    """What :func:`deploy_checkpoint` wrote and how closely the deployed model agrees.
+
+    Attributes:
+        checkpoint: The deployed checkpoint.
+        config: The deploy config (loads ``checkpoint`` strictly).
+        folded_pairs: Conv+BN pairs folded outside the RepVGG blocks.
+        random_input: Agreement of the decode-head logits on a random batch.
+        real_image: Agreement of full predictions on the dataset's first image (or None).
+        onnx: The ONNX file (or None).
+        onnx_agreements: ONNX Runtime vs PyTorch, one per checked input.
+    """
+
+    checkpoint: Path
+    config: Path
+    folded_pairs: int
+    random_input: Agreement
+    real_image: Agreement | None = None
+    onnx: Path | None = None
+    onnx_agreements: list[Agreement] | None = None
+
+
+def load_segmentor(config: str | Path | Config, checkpoint: str | Path) -> EncoderDecoder:
+    """Builds a config's segmentor and loads a checkpoint into it strictly (eval mode)."""
+    model = build_segmentor(config)
+    state = state_dict_of(load_checkpoint_file(checkpoint), checkpoint)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise ValueError(
+            f"Checkpoint {str(checkpoint)!r} does not fit the model of config {str(config)!r} "
+            f"(strict load): {error}"
+        ) from error
+    model.eval()
+    return model
+
+
+def deploy_checkpoint(
+    config: str | Path,
+    checkpoint: str | Path,
+    out_dir: str | Path,
+    fuse_conv_bn: bool = True,
+    random_size: tuple[int, int] | None = None,
+    check_real_image: bool = True,
+    onnx: bool = False,
+    opset: int = 18,
+) -> DeployReport:
+    """Deploys a trained checkpoint, writes checkpoint + config, and verifies the result.
+
+    The verification rebuilds the deployed model from the written config and checkpoint
+    (strictly), so it checks exactly what a user will load.
+
+    Args:
+        config: The training config.
+        checkpoint: The trained checkpoint (mmengine format or a bare state dict).
+        out_dir: Where ``<config stem>_deploy.{pth,py[,onnx]}`` are written.
+        fuse_conv_bn: Also fold conv+BN pairs in the heads and non-RepVGG backbones.
+        random_size: ``(H, W)`` of the random check; default the config's crop size.
+        check_real_image: Also compare full predictions on the dataset's first image.
+        onnx: Also export to ONNX and compare ONNX Runtime with PyTorch.
+        opset: ONNX opset (>= 17; torch 2.14's exporter writes 18 natively).
+    """
+    cfg = Config.fromfile(str(config))
+    out_dir = Path(out_dir)
+    stem = Path(config).stem
+    reference = load_segmentor(cfg, checkpoint)
+    deployed = copy.deepcopy(reference)
+    pairs = deploy_segmentor(deployed, torch.randn(1, 3, 64, 64), fuse_conv_bn=fuse_conv_bn)
+
+    checkpoint_path = out_dir / f"{stem}_deploy.pth"
+    config_path = out_dir / f"{stem}_deploy.py"
+    deploy_cfg = make_deploy_config(cfg, pairs)
+    deploy_cfg.load_from = str(checkpoint_path)
+    meta = load_checkpoint_file(checkpoint).get("meta", {})
+    meta = {
+        "dataset_meta": meta.get("dataset_meta"),
+        "deployed_from": str(checkpoint),
+        "folded_conv_bn": len(pairs),
+    }
+    save_checkpoint_atomic({"meta": meta, "state_dict": deployed.state_dict()}, checkpoint_path)
+    config_path.parent.mkdir(parents=True, exist_ok=True)
+    deploy_cfg.dump(str(config_path))
+    logger.info("wrote %s and %s", checkpoint_path, config_path)
+
+    rebuilt = load_segmentor(config_path, checkpoint_path)
+    if random_size is None:
+        random_size = tuple(cfg.model.get("data_preprocessor", {}).get("size") or (512, 1024))
+    generator = torch.Generator().manual_seed(0)
+    random_input = torch.randn(1, 3, *random_size, generator=generator)
+    report = DeployReport(
+        checkpoint=checkpoint_path,
+        config=config_path,
+        folded_pairs=len(pairs),
+        random_input=compare_on_tensor(reference, rebuilt, random_input),
+    )
+    real_input = None
+    if check_real_image:
+        batch = first_dataset_batch(cfg)
+        report.real_image = compare_on_batch(reference, rebuilt, batch)
+        real_input = rebuilt.data_preprocessor(copy.deepcopy(batch), False)["inputs"]
+    if onnx:
+        onnx_path = out_dir / f"{stem}_deploy.onnx"
+        export_onnx(rebuilt, onnx_path, random_input, opset=opset)
+        inputs = [random_input, torch.randn(1, 3, random_size[0] // 2 + 8, random_size[1] + 16)]
+        if real_input is not None:
+            inputs.append(real_input)
+        report.onnx = onnx_path
+        report.onnx_agreements = compare_onnx(onnx_path, rebuilt, inputs)
+    return report
