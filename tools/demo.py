@@ -21,7 +21,6 @@ from mmengine.registry import RUNNERS
 
 from repvgg_seg.datasets import make_synthetic_cityscapes
 from repvgg_seg.reparam import reparameterize_model
-from repvgg_seg.runtime import allow_mmengine_checkpoint_types
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIG = osp.join(ROOT, "configs", "pspnet_repvgg_a0_synthetic.py")
@@ -66,7 +65,6 @@ def main(argv: list[str] | None = None) -> None:
         cfg.train_cfg.val_interval = args.iters
         cfg.default_hooks.checkpoint.interval = args.iters
         cfg.param_scheduler[0].end = args.iters
-    allow_mmengine_checkpoint_types()
     runner = RUNNERS.build(cfg)
 
     untrained = runner.test()

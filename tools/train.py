@@ -19,7 +19,6 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 from repvgg_seg.runtime import (
-    allow_mmengine_checkpoint_types,
     configure_for_cpu,
     init_cpu_distributed,
 )
@@ -83,7 +82,6 @@ def build_config(args: argparse.Namespace) -> Config:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    allow_mmengine_checkpoint_types()
     cfg = build_config(args)
     init_cpu_distributed(args.launcher)
     runner = RUNNERS.build(cfg) if "runner_type" in cfg else Runner.from_cfg(cfg)
