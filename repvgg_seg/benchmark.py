@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from .deploy import deploy_segmentor
+from .deploy import deploy_segmentor, enable_winograd
 from .models.arch import get_arch
 from .models.backbone import DILATION_MODES
 
@@ -40,6 +40,7 @@ class BenchmarkSettings:
         channels_last: Model and input in ``torch.channels_last``.
         bf16: CPU autocast to bfloat16.
         compile: ``torch.compile`` each model (compiled during warm-up).
+        channels: Input channels (3 for images; a layer's width for single-layer cases).
     """
 
     height: int = 713
@@ -50,9 +51,10 @@ class BenchmarkSettings:
     channels_last: bool = False
     bf16: bool = False
     compile: bool = False
+    channels: int = 3
 
     def __post_init__(self) -> None:
-        for name in ("height", "width", "batch", "rounds"):
+        for name in ("height", "width", "batch", "rounds", "channels"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
         if self.warmup < 0:
@@ -129,10 +131,17 @@ def plain_repvgg(arch_name: str, dilation_mode: str = "fast") -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def deployed_copy(segmentor: nn.Module) -> nn.Module:
-    """A deployed copy (:func:`repvgg_seg.deploy.deploy_segmentor`) of ``segmentor``."""
+def deployed_copy(segmentor: nn.Module, winograd: bool = False) -> nn.Module:
+    """A deployed copy (:func:`repvgg_seg.deploy.deploy_segmentor`) of ``segmentor``.
+
+    With ``winograd``, its eligible 3x3 convs also run Winograd F(4x4, 3x3)
+    (:func:`repvgg_seg.deploy.enable_winograd`), as a deploy config with ``winograd=True``
+    builds them.
+    """
     model = copy.deepcopy(segmentor)
     deploy_segmentor(model, torch.randn(1, 3, 64, 64))
+    if winograd:
+        enable_winograd(model)
     return model
 
 
@@ -214,7 +223,9 @@ def run_benchmark(cases: Sequence[Case], settings: BenchmarkSettings) -> list[Ca
     if not cases:
         raise ValueError("Nothing to benchmark: pass at least one case.")
     generator = torch.Generator().manual_seed(0)
-    image = torch.randn(settings.batch, 3, settings.height, settings.width, generator=generator)
+    image = torch.randn(
+        settings.batch, settings.channels, settings.height, settings.width, generator=generator
+    )
     if settings.channels_last:
         image = image.contiguous(memory_format=torch.channels_last)
 

@@ -219,10 +219,16 @@ def small_trained_model(tmp_path_factory):
 def test_deploy_tool_changes_no_pixel_and_keeps_miou(small_trained_model, tmp_path, capsys):
     config, checkpoint = small_trained_model
     out_dir = tmp_path / "deploy"
-    assert load_tool("deploy").main([str(config), str(checkpoint), str(out_dir)]) == 0
+    # A low channel threshold so that this small model's convs run by Winograd too.
+    args = [str(config), str(checkpoint), str(out_dir), "--winograd-min-channels", "16", "--onnx"]
+    assert load_tool("deploy").main(args) == 0
     printed = capsys.readouterr().out
-    # The random-input and the dataset-image checks, both without a changed pixel.
-    assert printed.count("changed pixels 0/") == 2, printed
+    # The random-input and the dataset-image checks, and ONNX Runtime on three inputs,
+    # all without a changed pixel.
+    assert printed.count("changed pixels 0/") == 5, printed
+    winograd_convs = int(printed.split("convs run by Winograd F(4x4,3x3) on CPU: ")[1].split()[0])
+    assert winograd_convs >= 20, printed  # 21 backbone layers + the PSP bottleneck
+    assert (out_dir / f"{config.stem}_deploy.onnx").is_file()
 
     deployed_ckpt = out_dir / f"{config.stem}_deploy.pth"
     deployed_cfg = out_dir / f"{config.stem}_deploy.py"

@@ -44,8 +44,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds")
     parser.add_argument(
         "--variants",
-        default="train,deploy",
-        help="comma-separated: 'train' (as trained), 'deploy' (fused); default both",
+        default="train,deploy,winograd",
+        help="comma-separated: 'train' (as trained), 'deploy' (fused, direct convs), "
+        "'winograd' (fused, eligible 3x3 convs by Winograd F(4x4,3x3), as tools/deploy.py "
+        "writes it); default all three",
     )
     parser.add_argument(
         "--part", choices=("segmentor", "backbone"), default="segmentor", help="what to time"
@@ -69,9 +71,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def build_cases(args: argparse.Namespace) -> list[Case]:
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    unknown = set(variants) - {"train", "deploy"}
+    unknown = set(variants) - {"train", "deploy", "winograd"}
     if unknown:
-        raise SystemExit(f"--variants: unknown {sorted(unknown)}; use 'train' and/or 'deploy'.")
+        raise SystemExit(
+            f"--variants: unknown {sorted(unknown)}; use 'train', 'deploy' and/or 'winograd'."
+        )
     wrap = BackboneOnly if args.part == "backbone" else SegmentorLogits
     cases = []
     for config in args.configs:
@@ -83,6 +87,9 @@ def build_cases(args: argparse.Namespace) -> list[Case]:
             cases.append(Case(f"{stem} (train)", wrap(trained)))
         if "deploy" in variants:
             cases.append(Case(f"{stem} (deploy)", wrap(deployed_copy(trained))))
+        if "winograd" in variants:
+            model = deployed_copy(trained, winograd=True)
+            cases.append(Case(f"{stem} (deploy, winograd)", wrap(model)))
     for spec in args.plain_repvgg:
         arch, _, mode = spec.partition(":")
         cases.append(

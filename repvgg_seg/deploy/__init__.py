@@ -1,11 +1,13 @@
 """Deploying a trained segmentor: fuse it, prove the fusion exact, save it, export it.
 
-The deployed model differs from the trained one in three ways, each exact in eval mode:
+The deployed model differs from the trained one in these ways, each exact in eval mode:
 
 1. every RepVGG block is one 3x3 conv (:func:`repvgg_seg.reparam.reparameterize_model`);
 2. every BN that directly follows a conv (heads, ResNet baselines) is folded into that conv,
    the BN replaced by ``nn.Identity`` and the conv given a bias;
-3. the auxiliary head, which only adds a training loss, is dropped.
+3. the auxiliary head, which only adds a training loss, is dropped;
+4. (default) its 3x3 stride-1 convs with enough channels run by Winograd F(4x4, 3x3) on CPU
+   (:mod:`repvgg_seg.deploy.winograd`): same parameters, equal up to float32 round-off.
 
 A deploy config rebuilds that structure from scratch: the backbone gets ``deploy=True`` and
 the segmentor becomes :class:`DeployedEncoderDecoder`, which records the folded conv/BN pairs
@@ -24,6 +26,13 @@ from .verify import (
     compare_on_tensor,
     first_dataset_batch,
 )
+from .winograd import (
+    WinogradConv2d,
+    disable_winograd,
+    enable_winograd,
+    winograd_applies,
+    winograd_conv2d,
+)
 
 __all__ = [
     "Agreement",
@@ -31,6 +40,7 @@ __all__ = [
     "DeployReport",
     "DeployedEncoderDecoder",
     "SegmentorLogits",
+    "WinogradConv2d",
     "ShapeGenericAdaptiveAvgPool2d",
     "build_segmentor",
     "compare_logits",
@@ -39,6 +49,8 @@ __all__ = [
     "compare_onnx",
     "deploy_checkpoint",
     "deploy_segmentor",
+    "disable_winograd",
+    "enable_winograd",
     "export_onnx",
     "find_conv_bn_pairs",
     "first_dataset_batch",
@@ -49,4 +61,6 @@ __all__ = [
     "prepare_folded_structure",
     "save_checkpoint_atomic",
     "state_dict_of",
+    "winograd_applies",
+    "winograd_conv2d",
 ]

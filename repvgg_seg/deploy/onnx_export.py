@@ -17,6 +17,7 @@ from .verify import (
     Agreement,
     compare_logits,
 )
+from .winograd import disable_winograd
 
 
 class SegmentorLogits(nn.Module):
@@ -78,6 +79,8 @@ def export_onnx(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     module = SegmentorLogits(copy.deepcopy(segmentor)).eval()
+    # ONNX runtimes pick their own conv algorithms; the graph gets plain convs.
+    disable_winograd(module)
     for name, sub in list(module.named_modules()):
         if isinstance(sub, nn.AdaptiveAvgPool2d):
             replace_submodule(module, name, ShapeGenericAdaptiveAvgPool2d(sub.output_size))

@@ -20,6 +20,7 @@ from .verify import (
     compare_on_tensor,
     first_dataset_batch,
 )
+from .winograd import MIN_CHANNELS_PER_GROUP
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +33,7 @@ class DeployReport:
         checkpoint: The deployed checkpoint.
         config: The deploy config (loads ``checkpoint`` strictly).
         folded_pairs: Conv+BN pairs folded outside the RepVGG blocks.
+        winograd_convs: Convs the deployed model runs by Winograd F(4x4, 3x3) on CPU.
         random_input: Agreement of the decode-head logits on a random batch.
         real_image: Agreement of full predictions on the dataset's first image (or None).
         onnx: The ONNX file (or None).
@@ -41,6 +43,7 @@ class DeployReport:
     checkpoint: Path
     config: Path
     folded_pairs: int
+    winograd_convs: int
     random_input: Agreement
     real_image: Agreement | None = None
     onnx: Path | None = None
@@ -71,6 +74,8 @@ def deploy_checkpoint(
     check_real_image: bool = True,
     onnx: bool = False,
     opset: int = 18,
+    winograd: bool = True,
+    winograd_min_channels: int = MIN_CHANNELS_PER_GROUP,
 ) -> DeployReport:
     """Deploys a trained checkpoint, writes checkpoint + config, and verifies the result.
 
@@ -86,6 +91,9 @@ def deploy_checkpoint(
         check_real_image: Also compare full predictions on the dataset's first image.
         onnx: Also export to ONNX and compare ONNX Runtime with PyTorch.
         opset: ONNX opset (>= 17; torch 2.14's exporter writes 18 natively).
+        winograd: The deploy config runs eligible 3x3 convs by Winograd F(4x4, 3x3) on CPU;
+            the checks below then include its round-off.
+        winograd_min_channels: Channels per group a conv needs for Winograd.
     """
     cfg = Config.fromfile(str(config))
     out_dir = Path(out_dir)
@@ -96,7 +104,7 @@ def deploy_checkpoint(
 
     checkpoint_path = out_dir / f"{stem}_deploy.pth"
     config_path = out_dir / f"{stem}_deploy.py"
-    deploy_cfg = make_deploy_config(cfg, pairs)
+    deploy_cfg = make_deploy_config(cfg, pairs, winograd, winograd_min_channels)
     deploy_cfg.load_from = str(checkpoint_path)
     meta = load_checkpoint_file(checkpoint).get("meta", {})
     meta = {
@@ -118,6 +126,7 @@ def deploy_checkpoint(
         checkpoint=checkpoint_path,
         config=config_path,
         folded_pairs=len(pairs),
+        winograd_convs=len(getattr(rebuilt, "winograd_convs", [])),
         random_input=compare_on_tensor(reference, rebuilt, random_input),
     )
     real_input = None

@@ -14,6 +14,7 @@ from mmseg.registry import MODELS
 
 from ..reparam import reparameterize_model
 from .fold import ConvBNPair, find_conv_bn_pairs, fold_conv_bn, prepare_folded_structure
+from .winograd import MIN_CHANNELS_PER_GROUP, enable_winograd
 
 logger = logging.getLogger(__name__)
 
@@ -26,13 +27,27 @@ class DeployedEncoderDecoder(EncoderDecoder):
         folded_conv_bn: ``[conv_name, bn_name]`` pairs, as written by
             :func:`make_deploy_config`; their BNs become ``nn.Identity`` and their convs get
             a bias, so a deployed checkpoint loads strictly.
+        winograd: Run the eligible 3x3 convs by Winograd F(4x4, 3x3) on CPU
+            (:mod:`repvgg_seg.deploy.winograd`); parameters and state dict are unchanged.
+        winograd_min_channels: Input and output channels per group a conv needs for that.
         **kwargs: ``EncoderDecoder`` arguments.
     """
 
-    def __init__(self, folded_conv_bn: Sequence[Sequence[str]] = (), **kwargs) -> None:
+    def __init__(
+        self,
+        folded_conv_bn: Sequence[Sequence[str]] = (),
+        winograd: bool = False,
+        winograd_min_channels: int = MIN_CHANNELS_PER_GROUP,
+        **kwargs,
+    ) -> None:
         super().__init__(**kwargs)
+        if winograd_min_channels < 1:
+            raise ValueError(
+                f"winograd_min_channels must be at least 1, got {winograd_min_channels}."
+            )
         self.folded_conv_bn = [tuple(pair) for pair in folded_conv_bn]
         prepare_folded_structure(self, self.folded_conv_bn)
+        self.winograd_convs = enable_winograd(self, winograd_min_channels) if winograd else []
 
 
 def build_segmentor(config: str | Path | Config) -> EncoderDecoder:
@@ -75,8 +90,15 @@ def deploy_segmentor(
     return pairs
 
 
-def make_deploy_config(cfg: Config, pairs: Sequence[ConvBNPair]) -> Config:
+def make_deploy_config(
+    cfg: Config,
+    pairs: Sequence[ConvBNPair],
+    winograd: bool = True,
+    winograd_min_channels: int = MIN_CHANNELS_PER_GROUP,
+) -> Config:
     """The config that rebuilds a segmentor deployed by :func:`deploy_segmentor`.
+
+    ``winograd`` and ``winograd_min_channels`` go to :class:`DeployedEncoderDecoder`.
 
     Raises:
         ValueError: the config's model is not an mmseg ``EncoderDecoder``.
@@ -93,6 +115,8 @@ def make_deploy_config(cfg: Config, pairs: Sequence[ConvBNPair]) -> Config:
         )
     model.type = "DeployedEncoderDecoder"
     model.folded_conv_bn = [list(pair) for pair in pairs]
+    model.winograd = winograd
+    model.winograd_min_channels = winograd_min_channels
     model.pretrained = None
     model.auxiliary_head = None
     model.backbone.init_cfg = None

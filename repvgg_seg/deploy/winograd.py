@@ -1,0 +1,270 @@
+"""Winograd F(4x4, 3x3) convolution: the deployed model's 3x3 convs on CPU.
+
+A deployed RepVGG is a stack of 3x3 convs, and 3x3 convs admit Winograd's minimal filtering
+algorithm (Lavin & Gray, CVPR 2016), which GPU libraries use and which is the paper's speed
+argument. F(4x4, 3x3) computes each 4x4 output tile from a 6x6 input tile with 36 products
+instead of 144, so the conv becomes 36 matrix products of a quarter of the direct
+multiply-accumulates, plus input and output transforms:
+
+    Y = A^T [ (G g G^T) * (B^T d B) ] A      (per tile, per input/output channel pair)
+
+oneDNN (PyTorch's CPU conv) has no Winograd kernel on AVX2 machines, so here it is written
+with tensor ops: the transforms as per-coefficient adds over channels-last slabs (contiguous
+channel vectors, one pass per nonzero coefficient), the products as one batched GEMM per
+group. A dilated conv is an ordinary conv on each of the ``d x d`` sub-lattices of the input,
+so dilation costs nothing extra (oneDNN's dilated convs are its slowest).
+
+The result equals the direct conv up to float32 round-off (the transforms' coefficients are
+at most 8 in magnitude; tests bound the difference). :class:`WinogradConv2d` is an
+``nn.Conv2d`` with the same parameters and state dict that takes this path only where it
+pays and is exact in the sense above: CPU, float32, inference (no autograd), 3x3, stride 1,
+at least :data:`MIN_CHANNELS_PER_GROUP` input and output channels per group. Anywhere else
+(training, GPU, autocast, export, ``torch.compile``) it is the ordinary conv.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+# Interpolation points 0, 1, -1, 2, -2 and infinity (Lavin & Gray, F(4x4, 3x3)).
+_BT = (
+    (4, 0, -5, 0, 1, 0),
+    (0, -4, -4, 1, 1, 0),
+    (0, 4, -4, -1, 1, 0),
+    (0, -2, -1, 2, 1, 0),
+    (0, 2, -1, -2, 1, 0),
+    (0, 4, 0, -5, 0, 1),
+)
+_G = (
+    (1 / 4, 0, 0),
+    (-1 / 6, -1 / 6, -1 / 6),
+    (-1 / 6, 1 / 6, -1 / 6),
+    (1 / 24, 1 / 12, 1 / 6),
+    (1 / 24, -1 / 12, 1 / 6),
+    (0, 0, 1),
+)
+_AT = (
+    (1, 1, 1, 1, 1, 0),
+    (0, 1, -1, 2, -2, 0),
+    (0, 1, 1, 4, 4, 0),
+    (0, 1, -1, 8, -8, 1),
+)
+TILE = 4  # output tile side; input tiles are TILE + 2
+
+MIN_CHANNELS_PER_GROUP = 256
+"""Below this many input or output channels per group the direct conv is as fast or faster
+(measured with ``tools/benchmark_winograd.py``: 128 channels at 1/4 resolution ran 0.8x)."""
+
+
+def transform_weight(weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """``G g G^T`` of every 3x3 kernel, laid out for the batched products.
+
+    Args:
+        weight: ``(out_channels, in_channels / groups, 3, 3)``.
+        groups: The conv's groups.
+
+    Returns:
+        ``(groups, 36, in_channels / groups, out_channels / groups)`` float32, computed in
+        float64 so that the transform adds no round-off of its own.
+    """
+    out_channels, in_per_group = weight.shape[:2]
+    g = torch.tensor(_G, dtype=torch.float64, device=weight.device)
+    u = g @ weight.detach().double() @ g.T  # (out, in/g, 6, 6)
+    u = u.reshape(groups, out_channels // groups, in_per_group, 36).permute(0, 3, 2, 1)
+    return u.to(weight.dtype).contiguous()
+
+
+def _combine(out: torch.Tensor, coefficients: Sequence[int], terms: Sequence[torch.Tensor]):
+    """``out = sum(c * t)`` over the nonzero coefficients, one pass over memory per term."""
+    nonzero = [(c, t) for c, t in zip(coefficients, terms) if c != 0]
+    (c0, t0), (c1, t1) = nonzero[0], nonzero[1]
+    if c0 == 1:
+        torch.add(t0, t1, alpha=c1, out=out)
+    elif c1 == 1:
+        torch.add(t1, t0, alpha=c0, out=out)
+    else:
+        torch.mul(t0, c0, out=out)
+        out.add_(t1, alpha=c1)
+    for c, t in nonzero[2:]:
+        out.add_(t, alpha=c)
+    return out
+
+
+def _input_tiles(x: torch.Tensor, padding: int, dilation: int) -> tuple[torch.Tensor, int, int]:
+    """Zero-padded, channels-last sub-lattice images: ``(N * d * d, 4 th + 2, 4 tw + 2, C)``.
+
+    Sub-lattice ``(sy, sx)`` holds input pixels ``(d u + sy - p, d v + sx - p)``; a dilated
+    3x3 conv of the input is an undilated 3x3 conv of each sub-lattice image.
+    """
+    n, c, h, w = x.shape
+    d = dilation
+    sub_h = -(-(h + 2 * padding) // d)
+    sub_w = -(-(w + 2 * padding) // d)
+    tiles_h = -(-(sub_h - 2) // TILE)
+    tiles_w = -(-(sub_w - 2) // TILE)
+    rows, cols = TILE * tiles_h + 2, TILE * tiles_w + 2
+    padded = x.new_zeros(n, rows * d, cols * d, c)
+    padded[:, padding : padding + h, padding : padding + w] = x.permute(0, 2, 3, 1)
+    if d > 1:
+        padded = padded.view(n, rows, d, cols, d, c).permute(0, 2, 4, 1, 3, 5)
+        padded = padded.reshape(n * d * d, rows, cols, c)
+    return padded, tiles_h, tiles_w
+
+
+def _input_transform(padded: torch.Tensor, tiles_h: int, tiles_w: int) -> torch.Tensor:
+    """``B^T d B`` of every 6x6 tile: ``(36, N * d * d * th * tw, C)``."""
+    batch, _, cols, c = padded.shape
+    rows = [padded[:, p : p + TILE * tiles_h : TILE] for p in range(6)]
+    row_transformed = padded.new_empty(6, batch, tiles_h, cols, c)
+    for i in range(6):
+        _combine(row_transformed[i], _BT[i], rows)
+    out = padded.new_empty(36, batch, tiles_h, tiles_w, c)
+    for i in range(6):
+        columns = [row_transformed[i][:, :, q : q + TILE * tiles_w : TILE] for q in range(6)]
+        for j in range(6):
+            _combine(out[6 * i + j], _BT[j], columns)
+    return out.view(36, batch * tiles_h * tiles_w, c)
+
+
+def _output_transform(products: torch.Tensor, out: torch.Tensor) -> None:
+    """``A^T m A`` of every tile: ``(36, B, th, tw, C)`` products into ``(B, th, 4, tw, 4, C)``."""
+    m = products.view(6, 6, *products.shape[1:])
+    half = products.new_empty(TILE, 6, *products.shape[1:])
+    for r in range(TILE):
+        for j in range(6):
+            _combine(half[r, j], _AT[r], [m[i, j] for i in range(6)])
+    for r in range(TILE):
+        for s in range(TILE):
+            _combine(out[:, :, r, :, s], _AT[s], [half[r, j] for j in range(6)])
+
+
+def winograd_conv2d(
+    x: torch.Tensor,
+    weight_transformed: torch.Tensor,
+    bias: torch.Tensor | None,
+    padding: int,
+    dilation: int,
+) -> torch.Tensor:
+    """A 3x3, stride-1 conv by Winograd F(4x4, 3x3); equals ``F.conv2d`` up to round-off.
+
+    Args:
+        x: ``(N, C, H, W)`` input, any memory format (the output has the input's format).
+        weight_transformed: :func:`transform_weight` of the conv's weight.
+        bias: ``(out_channels,)`` or None.
+        padding: Zero padding on every side.
+        dilation: The conv's dilation.
+    """
+    n, _, h, w = x.shape
+    groups, _, in_per_group, out_per_group = weight_transformed.shape
+    out_h = h + 2 * padding - 2 * dilation
+    out_w = w + 2 * padding - 2 * dilation
+    padded, tiles_h, tiles_w = _input_tiles(x, padding, dilation)
+    batch = padded.shape[0]
+    transformed = _input_transform(padded, tiles_h, tiles_w)
+    del padded
+
+    out = x.new_empty(batch, tiles_h, TILE, tiles_w, TILE, groups * out_per_group)
+    for g in range(groups):
+        group_in = transformed[:, :, g * in_per_group : (g + 1) * in_per_group]
+        products = torch.bmm(group_in, weight_transformed[g])  # (36, tiles, out/g)
+        _output_transform(
+            products.view(36, batch, tiles_h, tiles_w, out_per_group),
+            out[..., g * out_per_group : (g + 1) * out_per_group],
+        )
+        del products
+    if bias is not None:
+        out.add_(bias)
+    d = dilation
+    out = out.view(n, d, d, tiles_h * TILE, tiles_w * TILE, -1)
+    out = out.permute(0, 3, 1, 4, 2, 5).reshape(n, tiles_h * TILE * d, tiles_w * TILE * d, -1)
+    out = out[:, :out_h, :out_w].permute(0, 3, 1, 2)
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return out.contiguous(memory_format=torch.channels_last)
+    return out.contiguous()
+
+
+class WinogradConv2d(nn.Conv2d):
+    """``nn.Conv2d`` whose inference forward on CPU uses :func:`winograd_conv2d`.
+
+    Same parameters and state dict as ``nn.Conv2d``; build it with
+    :func:`enable_winograd`, which only converts convs for which :func:`winograd_applies`.
+    The transformed weight is cached and recomputed whenever the weight changes.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self._fast_path_applies(x):
+            return super().forward(x)
+        bias = self.bias.detach() if self.bias is not None else None
+        return winograd_conv2d(
+            x, self._transformed_weight(), bias, self.padding[0], self.dilation[0]
+        )
+
+    def _fast_path_applies(self, x: torch.Tensor) -> bool:
+        if torch.jit.is_scripting() or torch.jit.is_tracing():
+            return False
+        if torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
+            return False
+        if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
+            return False
+        if x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 4:
+            return False
+        if self.weight.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):
+            return False
+        d = self.dilation[0]
+        return x.shape[2] + 2 * self.padding[0] > 2 * d and x.shape[3] + 2 * self.padding[0] > 2 * d
+
+    def _transformed_weight(self) -> torch.Tensor:
+        key = (self.weight.data_ptr(), self.weight._version, self.weight.device)
+        cached = getattr(self, "_winograd_cache", None)
+        if cached is None or cached[0] != key:
+            cached = (key, transform_weight(self.weight, self.groups))
+            self._winograd_cache = cached
+        return cached[1]
+
+
+def winograd_applies(conv: nn.Module, min_channels_per_group: int = MIN_CHANNELS_PER_GROUP) -> bool:
+    """Whether :class:`WinogradConv2d` would take the Winograd path for this conv."""
+    if type(conv) not in (nn.Conv2d, WinogradConv2d):
+        return False
+    return (
+        conv.kernel_size == (3, 3)
+        and conv.stride == (1, 1)
+        and conv.dilation[0] == conv.dilation[1]
+        and isinstance(conv.padding, tuple)
+        and conv.padding[0] == conv.padding[1]
+        and conv.padding_mode == "zeros"
+        and conv.in_channels // conv.groups >= min_channels_per_group
+        and conv.out_channels // conv.groups >= min_channels_per_group
+    )
+
+
+def enable_winograd(
+    model: nn.Module, min_channels_per_group: int = MIN_CHANNELS_PER_GROUP
+) -> list[str]:
+    """Turns every eligible ``nn.Conv2d`` of ``model`` into a :class:`WinogradConv2d`, in place.
+
+    Parameters are shared, not copied, so the state dict is unchanged.
+
+    Returns:
+        The names of the converted convs.
+    """
+    converted = []
+    for name, module in list(model.named_modules()):
+        if type(module) is nn.Conv2d and winograd_applies(module, min_channels_per_group):
+            module.__class__ = WinogradConv2d
+            converted.append(name)
+    return converted
+
+
+def disable_winograd(model: nn.Module) -> int:
+    """Turns every :class:`WinogradConv2d` back into ``nn.Conv2d``; returns how many."""
+    count = 0
+    for module in model.modules():
+        if type(module) is WinogradConv2d:
+            module.__class__ = nn.Conv2d
+            module.__dict__.pop("_winograd_cache", None)
+            count += 1
+    return count
