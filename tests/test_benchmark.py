@@ -95,6 +95,7 @@ def test_benchmark_cli_writes_csv_and_json(tmp_path, capsys):
     assert names == [
         "pspnet_repvgg_a0_synthetic (train)",
         "pspnet_repvgg_a0_synthetic (deploy)",
+        "pspnet_repvgg_a0_synthetic (deploy, winograd)",
         "plain RepVGG-A0-fast",
     ]
     assert [r["name"] for r in saved["results"]] == names
@@ -102,3 +103,21 @@ def test_benchmark_cli_writes_csv_and_json(tmp_path, capsys):
     for row, result in zip(rows, saved["results"]):
         assert float(row["median_ms"]) == pytest.approx(result["median_ms"])
         assert row["name"] in printed
+
+
+def test_winograd_layer_benchmark_cli(capsys):
+    spec = importlib.util.spec_from_file_location(
+        "tools_benchmark_winograd", ROOT / "tools" / "benchmark_winograd.py"
+    )
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    tool.main(["16,24,12,20", "16,16,9,13,2,2", "--rounds", "2", "--warmup", "0"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 16,")]
+    assert [row.split("|")[1].strip() for row in rows] == ["16,24,12,20,1,1", "16,16,9,13,2,2"]
+    for row in rows:
+        direct_ms, winograd_ms, speed_up, difference = row.split("|")[2:6]
+        assert float(direct_ms) >= 0 and float(winograd_ms) >= 0
+        assert float(speed_up.strip().rstrip("x")) > 0
+        assert float(difference) < 1e-5
+    with pytest.raises(SystemExit, match="divisible by groups"):
+        tool.main(["16,15,8,8,2"])

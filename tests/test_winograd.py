@@ -184,3 +184,19 @@ def test_deploy_segmentor_then_winograd_changes_no_pixel():
     agreement = compare_on_tensor(trained, deployed, torch.randn(2, 3, 72, 104))
     assert agreement.changed_pixels == 0
     assert agreement.relative_diff < RELATIVE_TOLERANCE
+
+
+def test_winograd_sums_input_channel_chunks(monkeypatch):
+    """Wide inputs (the PSP head's 4096 channels) are transformed in chunks and summed."""
+    monkeypatch.setattr(winograd_module, "CHUNK_BYTES", 1)  # chunks of 64 channels
+    assert winograd_module._channel_chunks(torch.empty(1, 272, 9, 9), 136, 1) == [
+        (0, 64),
+        (64, 128),
+        (128, 136),
+    ]
+    generator = torch.Generator().manual_seed(7)
+    x = torch.randn(2, 272, 9, 11, generator=generator)
+    weight = torch.randn(24, 136, 3, 3, generator=generator) / 30
+    bias = torch.randn(24, generator=generator)
+    out = winograd_conv2d(x, transform_weight(weight, 2), bias, 2, 2)
+    assert_matches_float64_conv(out, x, weight, bias, 2, 2, 2)

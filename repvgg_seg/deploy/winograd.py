@@ -141,6 +141,21 @@ def _output_transform(products: torch.Tensor, out: torch.Tensor) -> None:
             _combine(out[:, :, r, :, s], _AT[s], [half[r, j] for j in range(6)])
 
 
+CHUNK_BYTES = 64 * 2**20
+"""Largest transformed-input chunk: the whole input of a 512-channel layer at 64x128, a
+fifth of the PSP head's 4096-channel bottleneck input."""
+
+
+def _channel_chunks(x: torch.Tensor, channels: int, dilation: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` ranges splitting ``channels`` so each chunk's transform fits
+    :data:`CHUNK_BYTES` (tiles of a 6x6 input per 4x4 output: 36 / 16 of the input size)."""
+    n, _, h, w = x.shape
+    tiles = n * (-(-h // TILE) + dilation) * (-(-w // TILE) + dilation)
+    per_channel = 36 * tiles * x.element_size()
+    step = max(64, CHUNK_BYTES // per_channel // 64 * 64)
+    return [(start, min(start + step, channels)) for start in range(0, channels, step)]
+
+
 def winograd_conv2d(
     x: torch.Tensor,
     weight_transformed: torch.Tensor,
@@ -161,15 +176,25 @@ def winograd_conv2d(
     groups, _, in_per_group, out_per_group = weight_transformed.shape
     out_h = h + 2 * padding - 2 * dilation
     out_w = w + 2 * padding - 2 * dilation
-    padded, tiles_h, tiles_w = _input_tiles(x, padding, dilation)
-    batch = padded.shape[0]
-    transformed = _input_transform(padded, tiles_h, tiles_w)
-    del padded
-
-    out = x.new_empty(batch, tiles_h, TILE, tiles_w, TILE, groups * out_per_group)
+    out = None
     for g in range(groups):
-        group_in = transformed[:, :, g * in_per_group : (g + 1) * in_per_group]
-        products = torch.bmm(group_in, weight_transformed[g])  # (36, tiles, out/g)
+        # Input channels go through the transform in chunks that are summed into the
+        # products, so the transformed input (2.25x the input) never exists all at once.
+        products = None
+        for start, stop in _channel_chunks(x, in_per_group, dilation):
+            channels = slice(g * in_per_group + start, g * in_per_group + stop)
+            padded, tiles_h, tiles_w = _input_tiles(x[:, channels], padding, dilation)
+            transformed = _input_transform(padded, tiles_h, tiles_w)
+            del padded
+            weight = weight_transformed[g, :, start:stop]
+            if products is None:
+                products = torch.bmm(transformed, weight)  # (36, tiles, out/g)
+            else:
+                products.baddbmm_(transformed, weight)
+            del transformed
+        batch = products.shape[1] // (tiles_h * tiles_w)
+        if out is None:
+            out = x.new_empty(batch, tiles_h, TILE, tiles_w, TILE, groups * out_per_group)
         _output_transform(
             products.view(36, batch, tiles_h, tiles_w, out_per_group),
             out[..., g * out_per_group : (g + 1) * out_per_group],
