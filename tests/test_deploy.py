@@ -120,7 +120,8 @@ def test_deploy_config_loads_deployed_checkpoint_strictly(trained_and_deployed):
     rebuilt.load_state_dict(deployed.state_dict(), strict=True)
     image = torch.randn(1, 3, 64, 80)
     with torch.no_grad():
-        torch.testing.assert_close(rebuilt(image, mode="tensor"), deployed(image, mode="tensor"))
+        # The rebuilt model runs its 512-channel 3x3 convs by Winograd: equal up to round-off.
+        assert_outputs_close(rebuilt(image, mode="tensor"), deployed(image, mode="tensor"))
 
 
 class PreNorm(nn.Module):
