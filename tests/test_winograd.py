@@ -186,9 +186,13 @@ def test_deploy_segmentor_then_winograd_changes_no_pixel():
     assert agreement.relative_diff < RELATIVE_TOLERANCE
 
 
-def test_winograd_sums_input_channel_chunks(monkeypatch):
-    """Wide inputs (the PSP head's 4096 channels) are transformed in chunks and summed."""
+def test_winograd_in_input_and_output_chunks(monkeypatch):
+    """Wide inputs (the PSP head's 4096 channels) are transformed in chunks and summed;
+    wide outputs (B1g2's 2048) are computed in chunks from the kept input chunks."""
     monkeypatch.setattr(winograd_module, "CHUNK_BYTES", 1)  # chunks of 64 channels
+    monkeypatch.setattr(winograd_module, "OUTPUT_CHUNK", 4)  # 12 outputs per group: 3 chunks
+    assert winograd_module._output_chunks(12) == [(0, 4), (4, 8), (8, 12)]
+    assert winograd_module._output_chunks(8) == [(0, 8)]
     assert winograd_module._channel_chunks(torch.empty(1, 272, 9, 9), 136, 1) == [
         (0, 64),
         (64, 128),
