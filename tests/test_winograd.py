@@ -193,7 +193,7 @@ def test_winograd_in_input_and_output_chunks(monkeypatch):
     monkeypatch.setattr(winograd_module, "OUTPUT_CHUNK", 4)  # 12 outputs per group: 3 chunks
     assert winograd_module._output_chunks(12) == [(0, 4), (4, 8), (8, 12)]
     assert winograd_module._output_chunks(8) == [(0, 8)]
-    assert winograd_module._channel_chunks(torch.empty(1, 272, 9, 9), 136, 1) == [
+    assert winograd_module._channel_chunks(136, tiles=9, element_size=4) == [
         (0, 64),
         (64, 128),
         (128, 136),

@@ -159,19 +159,19 @@ transform stay in cache); 512 outputs ran best whole."""
 _BIAS_PLANE = 6 * 1 + 1
 
 
-def _channel_chunks(x: torch.Tensor, channels: int, dilation: int) -> list[tuple[int, int]]:
-    """``[start, stop)`` ranges splitting ``channels`` so each chunk's transform fits
-    :data:`CHUNK_BYTES` (tiles of a 6x6 input per 4x4 output: 36 / 16 of the input size)."""
-    n, _, h, w = x.shape
-    tiles = n * (-(-h // TILE) + dilation) * (-(-w // TILE) + dilation)
-    per_channel = 36 * tiles * x.element_size()
-    step = max(64, CHUNK_BYTES // per_channel // 64 * 64)
-    return [(start, min(start + step, channels)) for start in range(0, channels, step)]
+def _ranges(length: int, step: int) -> list[tuple[int, int]]:
+    return [(start, min(start + step, length)) for start in range(0, length, step)]
+
+
+def _channel_chunks(channels: int, tiles: int, element_size: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` input-channel ranges whose transform (36 values per tile and
+    channel) fits :data:`CHUNK_BYTES`, in steps of at least 64 channels."""
+    per_channel = 36 * tiles * element_size
+    return _ranges(channels, max(64, CHUNK_BYTES // per_channel // 64 * 64))
 
 
 def _output_chunks(channels: int) -> list[tuple[int, int]]:
-    step = OUTPUT_CHUNK if channels > 2 * OUTPUT_CHUNK else channels
-    return [(start, min(start + step, channels)) for start in range(0, channels, step)]
+    return _ranges(channels, OUTPUT_CHUNK if channels > 2 * OUTPUT_CHUNK else channels)
 
 
 def winograd_conv2d(
@@ -197,12 +197,12 @@ def winograd_conv2d(
     tiles_h, tiles_w = _tile_grid(h, w, padding, dilation)
     batch = n * dilation * dilation
     out = x.new_empty(batch, tiles_h, TILE, tiles_w, TILE, groups * out_per_group)
+    # Input channels go through the transform in chunks that are summed into the products,
+    # so the transformed input (2.25x the input) need not exist all at once; with several
+    # output chunks the transformed chunks are kept for the next ones.
+    input_chunks = _channel_chunks(in_per_group, batch * tiles_h * tiles_w, x.element_size())
+    output_chunks = _output_chunks(out_per_group)
     for g in range(groups):
-        # Input channels go through the transform in chunks that are summed into the
-        # products, so the transformed input (2.25x the input) need not exist all at once;
-        # with several output chunks the transformed chunks are kept for the next ones.
-        input_chunks = _channel_chunks(x, in_per_group, dilation)
-        output_chunks = _output_chunks(out_per_group)
         kept: list[torch.Tensor] = []
         for out_start, out_stop in output_chunks:
             products = None
