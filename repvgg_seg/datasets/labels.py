@@ -12,6 +12,8 @@ from functools import cache
 
 import numpy as np
 
+from ..atomic_io import write_atomically
+
 IGNORE_INDEX = 255
 
 
@@ -79,10 +81,7 @@ def convert_label_ids_file(src: str) -> str:
     ok, encoded = cv2.imencode(".png", label_ids_to_train_ids(label_ids))
     if not ok:
         raise OSError(f"Could not encode the training labels of '{src}'.")
-    partial = f"{dst}.partial"
-    with open(partial, "wb") as file:
-        file.write(encoded.tobytes())
-    os.replace(partial, dst)
+    write_atomically(dst, lambda file: file.write(encoded.tobytes()))
     return dst
 
 

@@ -14,7 +14,7 @@ the segmentor becomes :class:`DeployedEncoderDecoder`, which records the folded 
 by module name and re-creates them after building, so the deployed checkpoint loads strictly.
 """
 
-from .checkpoint_io import load_checkpoint_file, save_checkpoint_atomic, state_dict_of
+from .checkpoint_io import load_checkpoint_file, state_dict_of
 from .fold import ConvBNPair, find_conv_bn_pairs, fold_conv_bn, prepare_folded_structure
 from .onnx_export import SegmentorLogits, ShapeGenericAdaptiveAvgPool2d, compare_onnx, export_onnx
 from .pipeline import DeployReport, deploy_checkpoint, load_segmentor
@@ -59,7 +59,6 @@ __all__ = [
     "load_segmentor",
     "make_deploy_config",
     "prepare_folded_structure",
-    "save_checkpoint_atomic",
     "state_dict_of",
     "winograd_applies",
     "winograd_conv2d",

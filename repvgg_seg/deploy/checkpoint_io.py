@@ -1,10 +1,9 @@
-"""Reading and writing deploy checkpoints (``weights_only`` loading, atomic writes)."""
+"""Reading deploy checkpoints (``weights_only`` loading with clear errors)."""
 
 from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -67,17 +66,3 @@ def state_dict_of(checkpoint: dict, path: str | Path) -> dict[str, torch.Tensor]
             f"{', '.join(map(str, list(checkpoint)[:8]))}); pass an mmengine/mmseg checkpoint."
         )
     return state
-
-
-def save_checkpoint_atomic(checkpoint: dict, path: str | Path) -> None:
-    """Writes ``checkpoint`` to a temp file beside ``path``, then renames it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(checkpoint, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)

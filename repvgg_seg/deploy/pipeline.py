@@ -11,7 +11,8 @@ import torch
 from mmengine.config import Config
 from mmseg.models.segmentors import EncoderDecoder
 
-from .checkpoint_io import load_checkpoint_file, save_checkpoint_atomic, state_dict_of
+from ..atomic_io import save_atomically
+from .checkpoint_io import load_checkpoint_file, state_dict_of
 from .onnx_export import compare_onnx, export_onnx
 from .segmentor import build_segmentor, deploy_segmentor, make_deploy_config
 from .verify import (
@@ -112,7 +113,7 @@ def deploy_checkpoint(
         "deployed_from": str(checkpoint),
         "folded_conv_bn": len(pairs),
     }
-    save_checkpoint_atomic({"meta": meta, "state_dict": deployed.state_dict()}, checkpoint_path)
+    save_atomically({"meta": meta, "state_dict": deployed.state_dict()}, checkpoint_path)
     config_path.parent.mkdir(parents=True, exist_ok=True)
     deploy_cfg.dump(str(config_path))
     logger.info("wrote %s and %s", checkpoint_path, config_path)

@@ -17,16 +17,16 @@ the segmentation backbone directly.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from ..atomic_io import write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -37,28 +37,6 @@ METRICS_NAME = "metrics.jsonl"
 
 # Keys every training checkpoint written here has; --resume checks them.
 TRAINING_KEYS = ("model", "optimizer", "lr_scheduler", "epoch", "args")
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Calls ``write(temp_path)`` next to ``path``, then renames it over ``path``.
-
-    A run killed mid-write leaves the previous file intact and at most a stray temp file.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(temp)
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(temp)
-        raise
-
-
-def save_atomic(obj: Any, path: str | Path) -> None:
-    """``torch.save`` through a temp file and ``os.replace``."""
-    _atomic_write(Path(path), lambda temp: torch.save(obj, temp))
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -124,7 +102,7 @@ def truncate_metrics(path: str | Path, completed_epochs: int) -> None:
     kept = [r for r in records if r["epoch"] <= completed_epochs]
     if len(kept) != len(records):
         text = "".join(json.dumps(r) + "\n" for r in kept)
-        _atomic_write(path, lambda temp: Path(temp).write_text(text))
+        write_atomically(path, lambda file: file.write(text.encode()))
 
 
 def append_metrics(path: str | Path, record: Mapping[str, Any]) -> None:

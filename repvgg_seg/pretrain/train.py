@@ -19,6 +19,7 @@ from mmengine.logging import MMLogger
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from ..atomic_io import save_atomically
 from ..models.classifier import RepVGGClassifier
 from ..reparam import reparameterize_model
 from . import checkpoint as ckpt
@@ -159,7 +160,7 @@ def _finish_with_deploy(
         )
     if ctx.is_main and output_dir is not None:
         path = output_dir / ckpt.DEPLOY_NAME
-        ckpt.save_atomic(ckpt.deploy_checkpoint(fused.state_dict(), arch, num_classes), path)
+        save_atomically(ckpt.deploy_checkpoint(fused.state_dict(), arch, num_classes), path)
         logger.info("Wrote the deployed classifier to %s", path)
     return result
 
@@ -320,9 +321,9 @@ def _run(cfg: PretrainConfig, ctx: DistContext) -> dict[str, Any]:
         if ctx.is_main and output_dir is not None:
             ckpt.append_metrics(output_dir / ckpt.METRICS_NAME, record)
             saved = state.state_dict(epoch, best_acc1, args)
-            ckpt.save_atomic(saved, output_dir / ckpt.CHECKPOINT_NAME)
+            save_atomically(saved, output_dir / ckpt.CHECKPOINT_NAME)
             if is_best:
-                ckpt.save_atomic(saved, output_dir / ckpt.BEST_NAME)
+                save_atomically(saved, output_dir / ckpt.BEST_NAME)
 
     result: dict[str, Any] = {"epochs_completed": end_epoch, "best_acc1": best_acc1, "last": last}
     if end_epoch == cfg.epochs:

@@ -11,6 +11,7 @@ Any RepVGG format loads (official, mmpretrain, timm, ours; training-time or fuse
 :mod:`.formats`. Downloads are cached and verified (:mod:`.download`).
 """
 
+from ..atomic_io import save_atomically
 from .download import (
     OFFLINE_ENV,
     ChecksumError,
@@ -37,7 +38,6 @@ from .loading import (
     load_pretrained_backbone,
     pretrained_source,
     read_checkpoint,
-    save_atomically,
 )
 from .table import BASE_URL_ENV, DEFAULT_BASE_URL, WEIGHTS, PublishedWeights, published_weights
 

@@ -15,15 +15,16 @@ import http.client
 import logging
 import os
 import re
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
+from ..atomic_io import write_atomically
 from .table import NAME_SCHEME, WEIGHTS, find_by_filename, published_weights
 
 logger = logging.getLogger(__name__)
@@ -144,36 +145,34 @@ def cached_download(
 
 
 def _download(url: str, target: Path, sha256_prefix: str | None, progress: bool) -> None:
-    fd, partial = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-    try:
+    """Streams ``url`` into ``target``, verified; a failed or rejected download leaves nothing."""
+
+    def stream(file: BinaryIO) -> None:
         digest = hashlib.sha256()
         written = 0
         logger.info("Downloading %s to %s", url, target)
-        with os.fdopen(fd, "wb") as file:
+        try:
+            response = urllib.request.urlopen(url, timeout=_TIMEOUT_S)
+        except (urllib.error.URLError, OSError) as error:
+            raise ConnectionError(
+                f"Could not download {url}: {error}. Check the network, or download it "
+                f"elsewhere and copy it to {target} (then it is used from the cache)."
+            ) from error
+        with response:
+            length = response.headers.get("Content-Length")
+            total = int(length) if length and length.isdigit() else None
             try:
-                response = urllib.request.urlopen(url, timeout=_TIMEOUT_S)
-            except (urllib.error.URLError, OSError) as error:
+                with _progress_bar(total, target.name, progress) as advance:
+                    while chunk := response.read(_CHUNK_BYTES):
+                        file.write(chunk)
+                        digest.update(chunk)
+                        written += len(chunk)
+                        advance(len(chunk))
+            except (OSError, http.client.HTTPException) as error:
                 raise ConnectionError(
-                    f"Could not download {url}: {error}. Check the network, or download it "
-                    f"elsewhere and copy it to {target} (then it is used from the cache)."
+                    f"Download of {url} failed after {written} bytes: {error!r}; run "
+                    "again to retry."
                 ) from error
-            with response:
-                length = response.headers.get("Content-Length")
-                total = int(length) if length and length.isdigit() else None
-                try:
-                    with _progress_bar(total, target.name, progress) as advance:
-                        while chunk := response.read(_CHUNK_BYTES):
-                            file.write(chunk)
-                            digest.update(chunk)
-                            written += len(chunk)
-                            advance(len(chunk))
-                except (OSError, http.client.HTTPException) as error:
-                    raise ConnectionError(
-                        f"Download of {url} failed after {written} bytes: {error!r}; run "
-                        "again to retry."
-                    ) from error
-            file.flush()
-            os.fsync(file.fileno())
         if total is not None and written != total:
             raise ConnectionError(
                 f"Download of {url} stopped after {written} of {total} bytes; run again to retry."
@@ -185,14 +184,8 @@ def _download(url: str, target: Path, sha256_prefix: str | None, progress: bool)
                 f"{sha256_prefix}; the file is corrupt or not the published one and was "
                 "discarded. Run again; if it persists, the server serves a different file."
             )
-        # mkstemp creates owner-only files; cached checkpoints are normally world-readable.
-        os.chmod(partial, 0o644)
-        os.replace(partial, target)
-    except BaseException:
-        # Any failure, Ctrl-C included, must not leave a partial file behind.
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(partial)
-        raise
+
+    write_atomically(target, stream)
 
 
 @contextlib.contextmanager

@@ -7,17 +7,16 @@ The backbone's ``init_weights`` calls :func:`pretrained_source` and
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import pickle
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..atomic_io import save_atomically
 from ..models.arch import RepVGGArch
 from ..models.backbone import RepVGG
 from .download import resolve_checkpoint
@@ -284,21 +283,3 @@ def convert_checkpoint_file(
         dst,
     )
     return meta
-
-
-def save_atomically(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then rename it into place."""
-    path = path.expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            torch.save(obj, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(partial, 0o644)
-        os.replace(partial, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(partial)
-        raise
