@@ -22,6 +22,7 @@ from pathlib import Path
 # Runnable from a checkout without installing the package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from repvgg_seg.equivalence import FusionMismatchError  # noqa: E402
 from repvgg_seg.models.arch import ARCHS  # noqa: E402
 from repvgg_seg.pretrain import RECIPES, PretrainConfig, run_pretraining  # noqa: E402
 from repvgg_seg.pretrain.data import AUTO_AUGMENT_POLICIES  # noqa: E402
@@ -77,6 +78,10 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, FileNotFoundError) as error:
         logging.getLogger("pretrain_imagenet").error("%s", error)
         sys.exit(2)
+    except FusionMismatchError as error:
+        # Every checkpoint is written by now; only the deployed file is withheld.
+        logging.getLogger("pretrain_imagenet").error("%s", error)
+        sys.exit(3)
 
 
 if __name__ == "__main__":

@@ -12,11 +12,8 @@ import torch.nn.functional as F
 from mmseg.models.segmentors import EncoderDecoder
 from torch import nn
 
+from ..equivalence import Agreement, compare_logits
 from .fold import replace_submodule
-from .verify import (
-    Agreement,
-    compare_logits,
-)
 from .winograd import disable_winograd
 
 

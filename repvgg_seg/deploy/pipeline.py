@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,17 +31,19 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class DeployReport:
-    """What :func:`deploy_checkpoint` wrote and how closely the deployed model agrees.
+    """What :func:`deploy_checkpoint` checked and wrote.
 
     Attributes:
-        checkpoint: The deployed checkpoint.
-        config: The deploy config (loads ``checkpoint`` strictly).
+        checkpoint: The deployed checkpoint (written only if :attr:`passed`).
+        config: The deploy config (loads ``checkpoint`` strictly; written only if passed).
         folded_pairs: Conv+BN pairs folded outside the RepVGG blocks.
         winograd_convs: Convs the deployed model runs by Winograd F(4x4, 3x3) on CPU.
         random_input: Agreement of the decode-head logits on a random batch.
         real_image: Agreement of full predictions on the dataset's first image (or None).
         onnx: The ONNX file (or None).
         onnx_agreements: ONNX Runtime vs PyTorch, one per checked input.
+        onnx_atol: Largest accepted ONNX Runtime vs PyTorch logit difference.
+        written: Whether the files were put in place (only when every check passed).
     """
 
     checkpoint: Path
@@ -49,6 +54,22 @@ class DeployReport:
     real_image: Agreement | None = None
     onnx: Path | None = None
     onnx_agreements: list[Agreement] | None = None
+    onnx_atol: float = 1e-3
+    written: bool = False
+
+    @property
+    def fusion_checks(self) -> list[tuple[str, Agreement]]:
+        """The deployed-vs-trained comparisons, named."""
+        checks = [("random input", self.random_input)]
+        if self.real_image is not None:
+            checks.append(("dataset image", self.real_image))
+        return checks
+
+    @property
+    def passed(self) -> bool:
+        """The fusion checks pass (:mod:`repvgg_seg.equivalence`) and ONNX is within atol."""
+        onnx_ok = all(a.max_abs_diff <= self.onnx_atol for a in self.onnx_agreements or [])
+        return all(agreement.ok for _, agreement in self.fusion_checks) and onnx_ok
 
 
 def load_segmentor(config: str | Path | Config, checkpoint: str | Path) -> EncoderDecoder:
@@ -77,11 +98,15 @@ def deploy_checkpoint(
     opset: int = 18,
     winograd: bool = True,
     winograd_min_channels: int = MIN_CHANNELS_PER_GROUP,
+    onnx_atol: float = 1e-3,
+    device: str | torch.device = "cpu",
 ) -> DeployReport:
-    """Deploys a trained checkpoint, writes checkpoint + config, and verifies the result.
+    """Deploys a trained checkpoint, verifies the result, and writes checkpoint + config.
 
-    The verification rebuilds the deployed model from the written config and checkpoint
-    (strictly), so it checks exactly what a user will load.
+    Everything is first written to a hidden staging folder inside ``out_dir``; the
+    verification rebuilds the deployed model from those files (strictly), so it checks exactly
+    what a user will load. Only when every check passes (``report.passed``) are the files
+    renamed to their final names; otherwise, or on any error, nothing is left in ``out_dir``.
 
     Args:
         config: The training config.
@@ -95,18 +120,66 @@ def deploy_checkpoint(
         winograd: The deploy config runs eligible 3x3 convs by Winograd F(4x4, 3x3) on CPU;
             the checks below then include its round-off.
         winograd_min_channels: Channels per group a conv needs for Winograd.
+        onnx_atol: Largest accepted ONNX Runtime vs PyTorch logit difference.
+        device: Where the trained and the deployed model are compared (ONNX always on CPU).
     """
     cfg = Config.fromfile(str(config))
     out_dir = Path(out_dir)
     stem = Path(config).stem
+    device = torch.device(device)
     reference = load_segmentor(cfg, checkpoint)
     deployed = copy.deepcopy(reference)
     pairs = deploy_segmentor(deployed, torch.randn(1, 3, 64, 64), fuse_conv_bn=fuse_conv_bn)
+    reference.to(device)
+    if random_size is None:
+        random_size = tuple(cfg.model.get("data_preprocessor", {}).get("size") or (512, 1024))
+    # Fails early (before any file is written) when the dataset is missing.
+    batch = first_dataset_batch(cfg) if check_real_image else None
 
-    checkpoint_path = out_dir / f"{stem}_deploy.pth"
-    config_path = out_dir / f"{stem}_deploy.py"
+    names = [f"{stem}_deploy.pth", f"{stem}_deploy.py"] + ([f"{stem}_deploy.onnx"] if onnx else [])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out_dir, prefix=f".{stem}_deploy.", suffix=".staging"))
+    try:
+        report = _deploy_in(
+            staging, cfg, checkpoint, reference, deployed, pairs, batch, random_size,
+            names, onnx, opset, winograd, winograd_min_channels, onnx_atol, device,
+        )  # fmt: skip
+        if report.passed:
+            for name in names:
+                os.replace(staging / name, out_dir / name)
+            report.written = True
+            logger.info("wrote %s", ", ".join(str(out_dir / name) for name in names))
+        else:
+            logger.error("verification failed: nothing written to %s", out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    report.checkpoint, report.config = out_dir / names[0], out_dir / names[1]
+    if onnx:
+        report.onnx = out_dir / names[2]
+    return report
+
+
+def _deploy_in(
+    staging: Path,
+    cfg: Config,
+    checkpoint: str | Path,
+    reference: EncoderDecoder,
+    deployed: EncoderDecoder,
+    pairs: list,
+    batch: dict | None,
+    random_size: tuple[int, int],
+    names: list[str],
+    onnx: bool,
+    opset: int,
+    winograd: bool,
+    winograd_min_channels: int,
+    onnx_atol: float,
+    device: torch.device,
+) -> DeployReport:
+    """Writes the deployed files into ``staging`` and checks what they rebuild."""
+    checkpoint_path, config_path = staging / names[0], staging / names[1]
     deploy_cfg = make_deploy_config(cfg, pairs, winograd, winograd_min_channels)
-    deploy_cfg.load_from = str(checkpoint_path)
+    deploy_cfg.load_from = str(Path(staging.parent, names[0]))
     meta = load_checkpoint_file(checkpoint).get("meta", {})
     meta = {
         "dataset_meta": meta.get("dataset_meta"),
@@ -114,13 +187,9 @@ def deploy_checkpoint(
         "folded_conv_bn": len(pairs),
     }
     save_atomically({"meta": meta, "state_dict": deployed.state_dict()}, checkpoint_path)
-    config_path.parent.mkdir(parents=True, exist_ok=True)
     deploy_cfg.dump(str(config_path))
-    logger.info("wrote %s and %s", checkpoint_path, config_path)
 
-    rebuilt = load_segmentor(config_path, checkpoint_path)
-    if random_size is None:
-        random_size = tuple(cfg.model.get("data_preprocessor", {}).get("size") or (512, 1024))
+    rebuilt = load_segmentor(config_path, checkpoint_path).to(device)
     generator = torch.Generator().manual_seed(0)
     random_input = torch.randn(1, 3, *random_size, generator=generator)
     report = DeployReport(
@@ -129,14 +198,15 @@ def deploy_checkpoint(
         folded_pairs=len(pairs),
         winograd_convs=len(getattr(rebuilt, "winograd_convs", [])),
         random_input=compare_on_tensor(reference, rebuilt, random_input),
+        onnx_atol=onnx_atol,
     )
     real_input = None
-    if check_real_image:
-        batch = first_dataset_batch(cfg)
+    if batch is not None:
         report.real_image = compare_on_batch(reference, rebuilt, batch)
-        real_input = rebuilt.data_preprocessor(copy.deepcopy(batch), False)["inputs"]
+        real_input = rebuilt.data_preprocessor(copy.deepcopy(batch), False)["inputs"].cpu()
     if onnx:
-        onnx_path = out_dir / f"{stem}_deploy.onnx"
+        rebuilt.cpu()
+        onnx_path = staging / names[2]
         export_onnx(rebuilt, onnx_path, random_input, opset=opset)
         inputs = [random_input, torch.randn(1, 3, random_size[0] // 2 + 8, random_size[1] + 16)]
         if real_input is not None:

@@ -10,7 +10,7 @@ import contextlib
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 
 import torch
@@ -19,6 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 
+from ..equivalence import compare_logits, strict_float32
 from .distributed import all_reduce_max, all_reduce_sum
 
 logger = logging.getLogger(__name__)
@@ -214,35 +215,55 @@ def evaluate(
 def compare_fused(
     model: nn.Module, fused: nn.Module, loader: DataLoader, device: torch.device
 ) -> dict[str, float]:
-    """Evaluates the unfused and the fused classifier on the same batches, in float32.
+    """Evaluates the unfused and the fused classifier on the same batches.
+
+    Both run in true float32 (TF32 and autocast off, :func:`repvgg_seg.equivalence.
+    strict_float32`), and their logits are compared by the project's one fusion criterion
+    (:func:`repvgg_seg.equivalence.compare_logits`), reduced over all processes.
 
     Returns:
         ``acc1``, ``acc1_fused``, ``acc5``, ``acc5_fused`` (percent), ``disagreements`` (images
-        whose top-1 class differs), ``max_logit_diff`` and ``images``.
+        whose top-1 class differs), ``max_logit_diff``, ``images`` and ``agreement`` (the
+        :class:`~repvgg_seg.equivalence.Agreement` over the whole val set).
     """
     model.eval()
     fused.eval()
-    counts = [0, 0, 0, 0, 0, 0]  # correct1, correct1_fused, correct5, correct5_fused, diff, n
-    max_diff = 0.0
-    for images, targets in loader:
-        images = images.to(device, non_blocking=True)
-        targets = targets.to(device, non_blocking=True)
-        logits, logits_fused = model(images).float(), fused(images).float()
-        counts[0] += _correct_topk(logits, targets, 1)
-        counts[1] += _correct_topk(logits_fused, targets, 1)
-        counts[2] += _correct_topk(logits, targets, 5)
-        counts[3] += _correct_topk(logits_fused, targets, 5)
-        counts[4] += int((logits.argmax(1) != logits_fused.argmax(1)).sum())
-        counts[5] += targets.shape[0]
-        max_diff = max(max_diff, (logits - logits_fused).abs().max().item())
-    c1, c1f, c5, c5f, disagreements, n = all_reduce_sum(counts, device)
+    counts = [0, 0, 0, 0]  # correct1, correct1_fused, correct5, correct5_fused
+    agreement = None
+    with strict_float32():
+        for images, targets in loader:
+            images = images.to(device, non_blocking=True)
+            targets = targets.to(device, non_blocking=True)
+            logits, logits_fused = model(images).float(), fused(images).float()
+            counts[0] += _correct_topk(logits, targets, 1)
+            counts[1] += _correct_topk(logits_fused, targets, 1)
+            counts[2] += _correct_topk(logits, targets, 5)
+            counts[3] += _correct_topk(logits_fused, targets, 5)
+            batch = compare_logits(logits, logits_fused)
+            agreement = batch if agreement is None else agreement.merge(batch)
+    if agreement is None:
+        agreement = compare_logits(torch.zeros(0, 2), torch.zeros(0, 2))
+    c1, c1f, c5, c5f, changed, beyond, n = all_reduce_sum(
+        [*counts, agreement.changed, agreement.changed_beyond_margin, agreement.num_compared],
+        device,
+    )
+    agreement = replace(
+        agreement,
+        max_abs_diff=all_reduce_max(agreement.max_abs_diff, device),
+        max_abs_reference=all_reduce_max(agreement.max_abs_reference, device),
+        max_relative_diff=all_reduce_max(agreement.max_relative_diff, device),
+        changed=int(changed),
+        changed_beyond_margin=int(beyond),
+        num_compared=int(n),
+    )
     n = max(n, 1)
     return {
         "acc1": 100.0 * c1 / n,
         "acc1_fused": 100.0 * c1f / n,
         "acc5": 100.0 * c5 / n,
         "acc5_fused": 100.0 * c5f / n,
-        "disagreements": int(disagreements),
-        "max_logit_diff": all_reduce_max(max_diff, device),
-        "images": int(n),
+        "disagreements": agreement.changed,
+        "max_logit_diff": agreement.max_abs_diff,
+        "images": agreement.num_compared,
+        "agreement": agreement,
     }
