@@ -11,6 +11,7 @@ keys and loaded into a deployed model without ``--fuse``.
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import os
 import os.path as osp
@@ -21,6 +22,10 @@ from mmengine.dist import is_main_process
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
+from mmseg.models.segmentors import EncoderDecoder
+
+from repvgg_seg.deploy import compare_on_batch, first_dataset_batch
+from repvgg_seg.equivalence import FusionMismatchError
 from repvgg_seg.reparam import reparameterize_model
 from repvgg_seg.runtime import (
     configure_for_cpu,
@@ -101,6 +106,29 @@ def build_config(args: argparse.Namespace) -> Config:
     return cfg
 
 
+def fuse_and_check(model: torch.nn.Module, args: argparse.Namespace) -> None:
+    """Fuses ``model`` in place and proves on the first test image that nothing changed.
+
+    The comparison runs in float32 with TF32 off whatever the test precision
+    (:mod:`repvgg_seg.equivalence`); a broken fusion ends the run before any testing.
+    """
+    segmentor = model
+    while not isinstance(segmentor, EncoderDecoder) and hasattr(segmentor, "module"):
+        segmentor = segmentor.module  # DDP and SegTTAModel wrappers
+    unfused = copy.deepcopy(segmentor).eval()
+    reparameterize_model(model)
+    check_cfg = Config.fromfile(args.config)  # the plain test pipeline, also under --tta
+    if args.cfg_options:
+        check_cfg.merge_from_dict(args.cfg_options)
+    agreement = compare_on_batch(unfused, segmentor.eval(), first_dataset_batch(check_cfg))
+    del unfused
+    logger.info("--fuse check on the first test image: %s", agreement.describe())
+    try:
+        agreement.check("fused vs unfused segmentor on the first test image")
+    except FusionMismatchError as error:
+        raise SystemExit(f"ERROR: {error}") from error
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     cfg = build_config(args)
@@ -109,7 +137,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.fuse:
         # The fusion must see the trained weights.
         runner.load_checkpoint(args.checkpoint, map_location="cpu")
-        reparameterize_model(runner.model)
+        fuse_and_check(runner.model, args)
     metrics = runner.test()
     if is_main_process():
         for name, value in metrics.items():
