@@ -1,0 +1,169 @@
+"""Reading checkpoint files: the one reader, the one allow-list, the one error type.
+
+Every tool and library function that opens a ``.pth`` file goes through
+:func:`read_checkpoint`: ``torch.load(weights_only=True)`` on CPU, with exactly the
+non-tensor types of mmengine checkpoints allowed (:data:`MMENGINE_CHECKPOINT_GLOBALS`), and
+a :class:`CheckpointError` whose one-line message names the file and says what to do.
+:func:`is_deployed_state_dict` is the one place that reads this package's key layout to
+tell fused RepVGG weights from training-time ones.
+
+This module imports no other module of the package, so every layer can use it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pickle
+import zipfile
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import torch
+from mmengine.logging import HistoryBuffer
+
+# Our key layout (the attribute names of models.blocks.RepVGGBlock): a deployed block holds
+# one ``fused_conv``, a training-time block ``branch_3x3``, ``branch_1x1`` and maybe
+# ``branch_identity``.
+FUSED_CONV = "fused_conv"
+TRAINING_BRANCH = "branch_3x3"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be used; the message names the file and says what to do."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """The checkpoint file does not exist."""
+
+
+def _numpy_types() -> list:
+    """numpy objects pickled into message-hub entries (arrays and scalars of the log)."""
+    # numpy 2 moved numpy.core to numpy._core; pickles name whichever wrote them.
+    package = "numpy._core" if np.lib.NumpyVersion(np.__version__) >= "2.0.0" else "numpy.core"
+    multiarray = importlib.import_module(f"{package}.multiarray")
+    types = [np.ndarray, np.dtype, multiarray._reconstruct, multiarray.scalar]
+    types += [type(np.dtype(name)) for name in ("float64", "float32", "int64", "int32", "bool")]
+    return types
+
+
+def _history_buffer_statistic(owner: object, name: str):
+    """``getattr`` as the unpickler may use it: only to fetch HistoryBuffer's statistics.
+
+    A ``HistoryBuffer`` pickles its statistics methods (``min``, ``max``, ``current``,
+    ``mean``) as ``getattr(HistoryBuffer, 'min')``. Allowing the real ``getattr`` would let a
+    crafted file reach any attribute of any allowed object, so this stand-in is registered
+    under the name ``builtins.getattr`` instead.
+    """
+    allowed = {"min", "max", "current", "mean", *HistoryBuffer._statistics_methods}
+    if owner is HistoryBuffer and name in allowed:
+        return getattr(owner, name)
+    raise pickle.UnpicklingError(
+        f"Refusing getattr({owner!r}, {name!r}) while loading a checkpoint: only "
+        "HistoryBuffer statistics methods are allowed (repvgg_seg.checkpoint)."
+    )
+
+
+# The non-tensor types of mmengine training checkpoints: its message hub (HistoryBuffer of
+# numpy values) is saved beside the state dict. Anything else stays refused.
+MMENGINE_CHECKPOINT_GLOBALS: list = [
+    HistoryBuffer,
+    *_numpy_types(),
+    (_history_buffer_statistic, "builtins.getattr"),
+]
+
+
+def allow_mmengine_checkpoint_types() -> None:
+    """Allow-lists :data:`MMENGINE_CHECKPOINT_GLOBALS` for every ``torch.load`` (idempotent).
+
+    mmengine loads checkpoints with ``torch.load``'s default ``weights_only=True`` (since
+    torch 2.6), so ``--resume`` needs these types allowed process-wide; importing
+    ``repvgg_seg`` calls this. :func:`read_checkpoint` allows them itself.
+    """
+    torch.serialization.add_safe_globals(MMENGINE_CHECKPOINT_GLOBALS)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _global_name(entry: Any) -> str:
+    return entry[1] if isinstance(entry, tuple) else f"{entry.__module__}.{entry.__qualname__}"
+
+
+def _refused_globals(path: str, error: pickle.UnpicklingError) -> str:
+    """The names of the Python objects a refused checkpoint holds (best effort)."""
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # legacy (non-zip) files: the unpickler's message names the first one
+        return _first_line(error)
+    allowed = {_global_name(entry) for entry in MMENGINE_CHECKPOINT_GLOBALS}
+    refused = [name for name in names if name not in allowed]
+    return ", ".join(refused) if refused else _first_line(error)
+
+
+def read_checkpoint(path: str | os.PathLike) -> Any:
+    """Loads a checkpoint file on CPU with ``weights_only=True``.
+
+    Zip (torch >= 1.6) and legacy files both load; only tensors, plain Python data and
+    :data:`MMENGINE_CHECKPOINT_GLOBALS` are unpickled.
+
+    Raises:
+        CheckpointNotFoundError: No such file (also a ``FileNotFoundError``).
+        CheckpointError: The file is empty, truncated or not a PyTorch file, or holds other
+            Python objects (not loaded, for safety).
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointNotFoundError(f"Checkpoint {path!r} does not exist.")
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(
+            f"Checkpoint {path!r} is empty (0 bytes): it was never written completely. Delete "
+            "it and save, copy or download it again."
+        )
+    try:
+        with torch.serialization.safe_globals(MMENGINE_CHECKPOINT_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(
+            f"Checkpoint {path!r} holds Python objects that are not loaded for safety "
+            f"(weights_only=True): {_refused_globals(path, error)}. If you trust the file, "
+            "re-save only its tensors, e.g. torch.save({'state_dict': model.state_dict()}, "
+            "'clean.pth')."
+        ) from error
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as error:
+        raise CheckpointError(
+            f"Checkpoint {path!r} is not a readable PyTorch checkpoint "
+            f"({_first_line(error)}); it may be truncated or corrupt. Delete it and save, copy "
+            "or download it again."
+        ) from error
+
+
+def is_deployed_state_dict(keys: Iterable[str], source: str = "the state dict") -> bool | None:
+    """Whether the RepVGG blocks of a state dict (our keys, any prefix) are fused.
+
+    Args:
+        keys: State-dict keys (a state dict itself works too).
+        source: What the keys come from, for the error message.
+
+    Returns:
+        True when the blocks are fused (``...fused_conv...``), False when they are
+        training-time (``...branch_3x3...``), None when there are no RepVGG blocks.
+
+    Raises:
+        CheckpointError: Both kinds are present.
+    """
+    fused = training = False
+    for key in keys:
+        dotted = f".{key}."
+        fused = fused or f".{FUSED_CONV}." in dotted
+        training = training or f".{TRAINING_BRANCH}." in dotted
+    if fused and training:
+        raise CheckpointError(
+            f"{source} mixes fused ({FUSED_CONV}) and training-time ({TRAINING_BRANCH}) RepVGG "
+            "blocks; fuse all of them (repvgg_seg.reparam.reparameterize_model) or none "
+            "before saving."
+        )
+    return True if fused else False if training else None
