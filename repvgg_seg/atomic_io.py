@@ -12,12 +12,18 @@ from typing import Any, BinaryIO
 import torch
 
 
-def write_atomically(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
+def write_atomically(
+    path: str | Path,
+    write: Callable[[BinaryIO], None],
+    check: Callable[[Path], None] | None = None,
+) -> Path:
     """Calls ``write(file)`` on a temporary file beside ``path``, then renames it into place.
 
     The file is flushed and fsynced before the rename and made readable like any other file
     (``mkstemp`` creates owner-only ones). Any failure, Ctrl-C included, removes the
-    temporary file and leaves whatever ``path`` held before untouched.
+    temporary file and leaves whatever ``path`` held before untouched. ``check``, if given,
+    is called with the temporary file's path after it is written (and while ``file`` is
+    still open); raising there keeps the file from ever appearing under ``path``.
 
     Returns:
         The path written (``~`` expanded).
@@ -30,6 +36,8 @@ def write_atomically(path: str | Path, write: Callable[[BinaryIO], None]) -> Pat
             write(file)
             file.flush()
             os.fsync(file.fileno())
+            if check is not None:
+                check(Path(partial))
         os.chmod(partial, 0o644)
         os.replace(partial, path)
     except BaseException:
