@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import torch
+
+TEMPORARY_SUFFIX = ".part"
+# write_atomically's temporary names: ".<final name>.<mkstemp's 8 random [a-z0-9_]>.part".
+_TEMPORARY_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}" + re.escape(TEMPORARY_SUFFIX) + "$")
 
 
 def write_atomically(
@@ -30,7 +35,9 @@ def write_atomically(
     """
     path = Path(path).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    fd, partial = tempfile.mkstemp(
+        dir=path.parent, prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX
+    )
     try:
         with os.fdopen(fd, "wb") as file:
             write(file)
@@ -50,3 +57,24 @@ def write_atomically(
 def save_atomically(obj: Any, path: str | Path) -> Path:
     """``torch.save`` by :func:`write_atomically`."""
     return write_atomically(path, lambda file: torch.save(obj, file))
+
+
+def remove_stale_temporaries(directory: str | Path) -> list[Path]:
+    """Removes the temporary files that killed :func:`write_atomically` calls left behind.
+
+    Only call it on a directory that no other process is writing to (a training's locked
+    work dir, for instance): a temporary file being written right now looks the same.
+
+    Returns:
+        The files removed (none when ``directory`` does not exist).
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    removed = []
+    for path in directory.iterdir():
+        if _TEMPORARY_NAME.match(path.name) and path.is_file():
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed.append(path)
+    return removed
