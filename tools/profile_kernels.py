@@ -1,0 +1,91 @@
+"""Which kernels a segmentor's forward pass spends its time in, as trained and as deployed.
+
+Example (why a folded ResNet is slower in fp16 channels-last on a GPU)::
+
+    python tools/profile_kernels.py configs/pspnet_r50.py --device cuda --fp16 --channels-last
+
+Prints, for each variant, the kernels (CUDA) or operators (CPU) with the largest total time
+over ``--passes`` forward passes, after a warm-up with cuDNN's autotuner on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from repvgg_seg.benchmark import (  # noqa: E402
+    BenchmarkSettings,
+    cuda_settings,
+    deployed_copy,
+    describe_machine,
+    make_forward,
+    prepare_module,
+)
+from repvgg_seg.deploy import SegmentorLogits, build_segmentor  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("config", help="mmseg config file")
+    parser.add_argument("--variants", default="train,deploy", help="train and/or deploy")
+    parser.add_argument("--size", nargs=2, type=int, default=(713, 713), metavar=("H", "W"))
+    parser.add_argument("-b", "--batch", type=int, default=None, help="default 16 CUDA, 1 CPU")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--fp16", action="store_true", help="float16 weights and input")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--passes", type=int, default=3, help="profiled forward passes")
+    parser.add_argument("--top", type=int, default=15, help="rows per table")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    on_cuda = torch.device(args.device).type == "cuda"
+    try:
+        settings = BenchmarkSettings(
+            height=args.size[0],
+            width=args.size[1],
+            batch=args.batch or (16 if on_cuda else 1),
+            channels_last=args.channels_last,
+            precision="fp16" if args.fp16 else "fp32",
+            device=args.device,
+            tf32=False if on_cuda else None,
+        )
+    except ValueError as error:
+        raise SystemExit(f"ERROR: {error}") from error
+    if not Path(args.config).is_file():
+        raise SystemExit(f"Config {args.config!r} does not exist.")
+    print(describe_machine(settings))
+    trained = build_segmentor(args.config)
+    models = {"train": trained, "deploy": deployed_copy(trained)}
+    image = torch.randn(settings.batch, 3, settings.height, settings.width)
+    image = image.to(settings.device, settings.dtype)
+    if settings.channels_last:
+        image = image.contiguous(memory_format=torch.channels_last)
+    activity = ProfilerActivity.CUDA if on_cuda else ProfilerActivity.CPU
+    sort_key = "cuda_time_total" if on_cuda else "cpu_time_total"
+    for variant in [v.strip() for v in args.variants.split(",") if v.strip()]:
+        module = prepare_module(SegmentorLogits(models[variant]), settings)
+        forward = make_forward(module, image, "eager", settings)
+        with cuda_settings(settings) if on_cuda else torch.no_grad():
+            for _ in range(2):
+                forward()
+            if on_cuda:
+                torch.cuda.synchronize()
+            with profile(activities=[activity]) as prof:
+                for _ in range(args.passes):
+                    forward()
+                if on_cuda:
+                    torch.cuda.synchronize()
+        print(f"\n{Path(args.config).stem} ({variant}), {args.passes} passes")
+        print(prof.key_averages().table(sort_by=sort_key, row_limit=args.top, max_name_column_width=70))
+
+
+if __name__ == "__main__":
+    main()
