@@ -3,8 +3,13 @@
 - :func:`allow_mmengine_checkpoint_types` (defined in :mod:`repvgg_seg.checkpoint`, the one
   allow-list) lets ``torch.load(weights_only=True)`` (the default since torch 2.6, which
   mmengine 0.10 relies on) read mmengine's own training checkpoints.
-- :class:`AtomicCheckpointRunner` writes every checkpoint to a temporary file and renames it,
-  so a run killed while saving never leaves a truncated ``iter_N.pth`` behind.
+- :class:`AtomicCheckpointRunner` (the default ``runner_type`` of our configs) keeps a
+  training's work dir consistent: every checkpoint goes through :mod:`repvgg_seg.atomic_io`
+  (complete or absent, never half-written), a lock lets only one training use the work dir
+  (:class:`~repvgg_seg.work_dir.WorkDirLock`), temporary files of killed runs are removed at
+  the start, ``--resume`` falls back to the newest readable ``iter_<n>.pth`` when
+  ``last_checkpoint`` is empty or names nothing usable, and the best checkpoint is replaced
+  by writing the new one before the old one is removed (:class:`AtomicCheckpointHook`).
 - :func:`init_cpu_distributed` and :func:`configure_for_cpu` make ``--launcher pytorch``
   work on a machine without GPUs (gloo; mmengine's own start-up calls
   ``torch.cuda.set_device`` and passes GPU ``device_ids`` to DistributedDataParallel).
@@ -13,19 +18,31 @@
 from __future__ import annotations
 
 import logging
-import os
 
 import torch
 import torch.distributed as dist
 from mmengine.config import Config
-from mmengine.dist import master_only
-from mmengine.registry import RUNNERS
+from mmengine.dist import broadcast_object_list, is_distributed, is_main_process
+from mmengine.fileio import LocalBackend, register_backend
+from mmengine.hooks import CheckpointHook
+from mmengine.registry import HOOKS, RUNNERS
 from mmengine.runner import Runner
 
-from .checkpoint import allow_mmengine_checkpoint_types
+from .atomic_io import write_atomically
+from .checkpoint import CheckpointError, allow_mmengine_checkpoint_types, read_checkpoint
+from .work_dir import (
+    WorkDirBusyError,
+    WorkDirLock,
+    checkpoint_to_resume,
+    iteration_checkpoints,
+    remove_leftovers,
+)
 
 __all__ = [
+    "AtomicCheckpointHook",
     "AtomicCheckpointRunner",
+    "NothingToTrainError",
+    "WorkDirBusyError",
     "allow_mmengine_checkpoint_types",
     "configure_for_cpu",
     "init_cpu_distributed",
@@ -34,22 +51,192 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-@RUNNERS.register_module()
-class AtomicCheckpointRunner(Runner):
-    """mmengine's ``Runner`` whose checkpoints appear complete or not at all.
+class NothingToTrainError(ValueError):
+    """The config asks for a training of zero iterations."""
 
-    Select it with ``runner_type = 'AtomicCheckpointRunner'`` in a config (the default in
-    ``configs/_base_/default_runtime.py``).
+
+class AtomicLocalBackend(LocalBackend):
+    """mmengine's local file backend; it writes through :mod:`repvgg_seg.atomic_io`."""
+
+    def put(self, obj: bytes, filepath) -> None:
+        write_atomically(filepath, lambda file: file.write(obj))
+
+    def put_text(self, obj: str, filepath, encoding: str = "utf-8") -> None:
+        write_atomically(filepath, lambda file: file.write(obj.encode(encoding)))
+
+
+ATOMIC_BACKEND = "repvgg_seg_atomic_local"
+register_backend(ATOMIC_BACKEND, AtomicLocalBackend, force=True)
+
+
+class _RemovalsDeferred:
+    """The hook's file backend with ``remove``/``rmtree`` recorded instead of done."""
+
+    def __init__(self, backend) -> None:
+        self.backend = backend
+        self.removed: list[str] = []
+
+    def __getattr__(self, name: str):
+        return getattr(self.backend, name)
+
+    def remove(self, filepath) -> None:
+        self.removed.append(filepath)
+
+    def rmtree(self, dir_path) -> None:
+        self.removed.append(dir_path)
+
+
+@HOOKS.register_module()
+class AtomicCheckpointHook(CheckpointHook):
+    """mmengine's ``CheckpointHook`` that never leaves the work dir without a best checkpoint.
+
+    mmengine removes the previous ``best_<metric>_iter_<n>.pth`` before it writes the new
+    one, so a run killed in between has none. Here the removal waits until the new file is
+    complete. Local files are written through :mod:`repvgg_seg.atomic_io`.
+    :class:`AtomicCheckpointRunner` uses this hook wherever a config names ``CheckpointHook``.
     """
 
-    @master_only  # like Runner.save_checkpoint: only rank 0 writes
-    def save_checkpoint(self, out_dir: str, filename: str, *args, **kwargs) -> None:
-        if kwargs.get("backend_args") or kwargs.get("file_client_args") or "://" in out_dir:
-            super().save_checkpoint(out_dir, filename, *args, **kwargs)
+    def before_train(self, runner) -> None:
+        super().before_train(runner)
+        if type(self.file_backend) is LocalBackend:
+            self.file_backend = AtomicLocalBackend()
+
+    def _save_best_checkpoint(self, runner, metrics) -> None:
+        backend = self.file_backend
+        self.file_backend = deferred = _RemovalsDeferred(backend)
+        try:
+            super()._save_best_checkpoint(runner, metrics)
+        finally:
+            self.file_backend = backend
+        # Only reached when the new best checkpoint was written.
+        # mmengine keeps best_ckpt_path for one metric, best_ckpt_path_dict for several.
+        current = {getattr(self, "best_ckpt_path", None)}
+        current.update(getattr(self, "best_ckpt_path_dict", {}).values())
+        for path in deferred.removed:
+            if path in current:  # the same name again (validated twice at one iteration)
+                continue
+            if backend.isfile(path):
+                backend.remove(path)
+            elif backend.isdir(path):
+                backend.rmtree(path)
+
+
+@RUNNERS.register_module()
+class AtomicCheckpointRunner(Runner):
+    """mmengine's ``Runner`` that keeps a training's work dir consistent.
+
+    Select it with ``runner_type = 'AtomicCheckpointRunner'`` in a config (the default in
+    ``configs/_base_/default_runtime.py``). :meth:`train` holds a lock on the work dir for the
+    whole run (rank 0 takes it; all ranks stop when it is taken), removes temporary files
+    of killed runs, and refuses a schedule of zero iterations.
+    """
+
+    def register_default_hooks(self, hooks=None) -> None:
+        hooks = dict(hooks or {})
+        checkpoint = hooks.get("checkpoint", dict(type="CheckpointHook", interval=1))
+        if isinstance(checkpoint, dict) and checkpoint.get("type") in (
+            "CheckpointHook",
+            CheckpointHook,
+        ):
+            hooks["checkpoint"] = {**checkpoint, "type": AtomicCheckpointHook}
+        super().register_default_hooks(hooks)
+
+    def save_checkpoint(self, out_dir: str, filename: str, file_client_args=None, *args, **kwargs):
+        """``Runner.save_checkpoint``; local files are written by :mod:`repvgg_seg.atomic_io`."""
+        if file_client_args is None and kwargs.get("backend_args") is None:
+            if "://" not in str(out_dir):
+                kwargs["backend_args"] = dict(backend=ATOMIC_BACKEND)
+        super().save_checkpoint(out_dir, filename, file_client_args, *args, **kwargs)
+
+    def train(self) -> torch.nn.Module:
+        self._check_schedule()
+        lock = self._lock_work_dir()
+        try:
+            if is_main_process():
+                for path in remove_leftovers(self.work_dir):
+                    self.logger.warning(f"Removed {path}, left by a run killed while saving.")
+                earlier = iteration_checkpoints(self.work_dir)
+                if earlier and not self._resume:
+                    self.logger.warning(
+                        f"Work dir '{self.work_dir}' holds checkpoints of an earlier run "
+                        f"({earlier[0].name} is the newest); "
+                        "this run, started without --resume, will write its own among them. "
+                        "Pass --resume to continue that run, or another --work-dir."
+                    )
+            return super().train()
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _check_schedule(self) -> None:
+        loop = self._train_loop
+        if not isinstance(loop, dict):
             return
-        partial = f".{filename}.partial"
-        super().save_checkpoint(out_dir, partial, *args, **kwargs)
-        os.replace(os.path.join(out_dir, partial), os.path.join(out_dir, filename))
+        for key in ("max_iters", "max_epochs"):
+            if loop.get(key) is not None and loop[key] <= 0:
+                raise NothingToTrainError(
+                    f"train_cfg.{key} is {loop[key]}: this run would train nothing. Set it to "
+                    f"a positive number (e.g. --cfg-options train_cfg.{key}=1000)."
+                )
+
+    def _lock_work_dir(self) -> WorkDirLock | None:
+        """Rank 0 locks the work dir; every rank raises the same error when it is taken."""
+        lock = error = None
+        if is_main_process():
+            lock = WorkDirLock(self.work_dir)
+            try:
+                stale = lock.acquire()
+            except WorkDirBusyError as busy:
+                lock, error = None, str(busy)
+            except OSError as failure:  # a file system without flock
+                lock = None
+                self.logger.warning(
+                    f"Cannot lock work dir '{self.work_dir}' ({failure}); a second training "
+                    "started in it would not be refused."
+                )
+            else:
+                if stale is not None:
+                    self.logger.warning(
+                        f"Took over the lock of work dir '{self.work_dir}' from a run that "
+                        f"ended without releasing it ({stale})."
+                    )
+        if is_distributed():
+            shared = [error]
+            broadcast_object_list(shared, src=0)
+            error = shared[0]
+        if error is not None:
+            raise WorkDirBusyError(error)
+        return lock
+
+    def load_or_resume(self) -> None:
+        """mmengine's, except how ``--resume`` finds and reads its checkpoint.
+
+        Without a file, it continues from :func:`~repvgg_seg.work_dir.checkpoint_to_resume`
+        (logging any file passed over); a file that cannot be read raises
+        :class:`~repvgg_seg.checkpoint.CheckpointError` naming it.
+        """
+        if self._has_loaded or not self._resume:
+            super().load_or_resume()
+            return
+        path = self._load_from
+        if path is None:
+            choice = checkpoint_to_resume(self.work_dir)
+            for reason in choice.skipped:
+                self.logger.warning(f"--resume: passed over: {reason}.")
+            if choice.path is None:
+                self.logger.info(
+                    f"--resume: no checkpoint in '{self.work_dir}'; training from the start."
+                )
+                return
+            if choice.fell_back:
+                self.logger.warning(f"--resume: using the newest readable {choice.path}.")
+            path = choice.path
+        try:
+            self.resume(path)
+        except Exception:
+            read_checkpoint(path)  # a CheckpointError naming the file, when that is the cause
+            raise
+        self._has_loaded = True
 
 
 def init_cpu_distributed(launcher: str) -> bool:
