@@ -1,12 +1,13 @@
 """repvgg_seg: RepVGG backbones, re-parameterization and PSPNet segmentation on mmseg 1.x.
 
-Importing the package registers the ``RepVGG`` backbone, the checked Cityscapes dataset and
-the atomic-checkpoint runner in mmseg's / mmengine's registries, so an mmseg config only
-needs ``custom_imports=dict(imports=['repvgg_seg'])``. It also allow-lists the exact types
-that mmengine checkpoints hold, so ``--resume`` works with torch's ``weights_only`` loading.
+Importing the package registers the ``RepVGG`` backbone (and the weight initializer behind
+its ``Pretrained`` init_cfg), the checked Cityscapes dataset and the atomic-checkpoint
+runner in mmseg's / mmengine's registries, so an mmseg config only needs
+``custom_imports=dict(imports=['repvgg_seg'])``. It also allow-lists the exact types that
+mmengine checkpoints hold, so ``--resume`` works with torch's ``weights_only`` loading.
 """
 
-from . import datasets, models, runtime
+from . import datasets, models, runtime, weights
 from .models import RepVGG, RepVGGBlock, RepVGGClassifier
 from .reparam import reparameterize_model
 
@@ -22,4 +23,5 @@ __all__ = [
     "models",
     "reparameterize_model",
     "runtime",
+    "weights",
 ]

@@ -16,7 +16,7 @@ import importlib
 import os
 import pickle
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -94,14 +94,18 @@ def _global_name(entry: Any) -> str:
 
 
 def _refused_globals(path: str, error: pickle.UnpicklingError) -> str:
-    """The names of the Python objects a refused checkpoint holds (best effort)."""
+    """The names of the Python objects a refused checkpoint holds, or the unpickler's reason."""
     try:
         names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    except Exception:  # legacy (non-zip) files: the unpickler's message names the first one
-        return _first_line(error)
+    except Exception:  # legacy (non-zip) files; the reason below names the first object
+        names = []
     allowed = {_global_name(entry) for entry in MMENGINE_CHECKPOINT_GLOBALS}
     refused = [name for name in names if name not in allowed]
-    return ", ".join(refused) if refused else _first_line(error)
+    if refused:
+        return ", ".join(refused)
+    # torch wraps the unpickler's own error (e.g. our getattr stand-in's refusal) in a
+    # generic paragraph; the wrapped one says what was refused.
+    return _first_line(error.__context__ or error)
 
 
 def read_checkpoint(path: str | os.PathLike) -> Any:
@@ -139,6 +143,69 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
             f"({_first_line(error)}); it may be truncated or corrupt. Delete it and save, copy "
             "or download it again."
         ) from error
+
+
+def preview_keys(keys: Iterable[object], limit: int = 5) -> str:
+    """``'a', 'b', 'c' and 4 more``: the start of a key list, for messages."""
+    keys = list(keys)
+    shown = ", ".join(repr(key) for key in keys[:limit])
+    return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def state_dict_of(checkpoint: object, source: str | os.PathLike) -> Mapping[str, torch.Tensor]:
+    """The model weights inside a loaded checkpoint.
+
+    That is its ``state_dict`` entry (mmengine, mmseg, mmpretrain), its ``model`` entry (our
+    pretraining, torchvision; ``model_ema`` is not taken), or else the tensors at its top
+    level (a bare state dict).
+
+    Raises:
+        CheckpointError: ``checkpoint`` is no dict, or holds none of these.
+    """
+    source = os.fspath(source)
+    if not isinstance(checkpoint, Mapping):
+        raise CheckpointError(
+            f"Checkpoint {source!r} holds a {type(checkpoint).__name__}, not a dict; save "
+            "model.state_dict(), not the model."
+        )
+    for key in ("state_dict", "model"):
+        if isinstance(checkpoint.get(key), Mapping):
+            return checkpoint[key]
+    tensors = {k: v for k, v in checkpoint.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise CheckpointError(
+            f"Checkpoint {source!r} has no state dict: its top-level keys are "
+            f"{preview_keys(checkpoint)}; expected 'state_dict', 'model', or parameter tensors."
+        )
+    return tensors
+
+
+def describe_key_mismatch(
+    expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], limit: int = 8
+) -> str | None:
+    """Why ``state`` does not load strictly into a model whose state dict is ``expected``.
+
+    Returns:
+        ``'missing (2): a, b; unexpected (1): c; wrong shape (1): d: checkpoint (3,),
+        model (4,)'``, or None when every key is present, known and of the right shape.
+    """
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in expected]
+    wrong_shape = [
+        f"{key}: checkpoint {tuple(state[key].shape)}, model {tuple(value.shape)}"
+        for key, value in expected.items()
+        if key in state and tuple(state[key].shape) != tuple(value.shape)
+    ]
+    problems = [
+        f"{label} ({len(keys)}): {', '.join(keys[:limit])}{' ...' if len(keys) > limit else ''}"
+        for label, keys in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("wrong shape", wrong_shape),
+        )
+        if keys
+    ]
+    return "; ".join(problems) if problems else None
 
 
 def is_deployed_state_dict(keys: Iterable[str], source: str = "the state dict") -> bool | None:

@@ -3,6 +3,7 @@ import torch
 from mmengine.model import revert_sync_batchnorm
 
 from repvgg_seg.models import ARCHS, DILATION_MODES, RepVGG, RepVGGClassifier, get_arch
+from repvgg_seg.models.arch import layer_plan
 from repvgg_seg.reparam import reparameterize_model
 
 from helpers import assert_outputs_close, randomize_bn
@@ -86,6 +87,35 @@ def test_fast_mode_dilates_only_last_five_layers():
     assert set(dilations[:-5]) == {1}
     strides = [model.stem.stride] + [b.stride for s in model.stages for b in s]
     assert strides.count(2) == 3
+
+
+@pytest.mark.parametrize("mode", list(DILATION_MODES))
+@pytest.mark.parametrize("arch", ["A0", "B1g4"])
+def test_backbone_blocks_are_the_layer_plan(arch, mode):
+    model = RepVGG(arch, in_channels=4, dilation_mode=mode)
+    plan = layer_plan(get_arch(arch), *DILATION_MODES[mode], in_channels=4)
+    blocks = [[model.stem], *(list(stage) for stage in model.stages)]
+    assert [len(stage) for stage in blocks] == [len(stage) for stage in plan]
+    for block, spec in zip(sum(blocks, []), (spec for stage in plan for spec in stage)):
+        built = (block.in_channels, block.out_channels, block.stride, block.dilation, block.groups)
+        assert built == (
+            spec.in_channels,
+            spec.out_channels,
+            spec.stride,
+            spec.dilation,
+            spec.groups,
+        )
+        assert (block.branch_identity is not None) == spec.identity
+    # A0 "fast": 22 layers, of which the last 4 of stage 4 and the stage-5 layer are dilated.
+    if (arch, mode) == ("A0", "fast"):
+        specs = [spec for stage in plan for spec in stage]
+        assert [(s.index, s.dilation) for s in specs if s.dilation > 1] == [
+            (17, 2),
+            (18, 2),
+            (19, 2),
+            (20, 2),
+            (21, 4),
+        ]
 
 
 def test_dilated_mode_dilates_whole_last_two_stages():

@@ -117,7 +117,8 @@ def test_checkpoints_are_complete_and_load_weights_only(three_epoch_run):
     assert last["args"]["model"] == "A0" and last["args"]["global_batch_size"] == 16
     best = load(output_dir / "model_best.pth")
     assert best["best_acc1"] == last["best_acc1"]
-    assert not [p.name for p in output_dir.iterdir() if p.name.endswith(".tmp")]
+    # write_atomically's temporary files are hidden (".checkpoint.pth.<random>.part").
+    assert not [p.name for p in output_dir.iterdir() if p.name.startswith(".")]
 
 
 def test_deployed_classifier_matches_unfused_accuracy(three_epoch_run, data_root):

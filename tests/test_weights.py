@@ -21,14 +21,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from repvgg_seg.models.backbone import RepVGG
+from repvgg_seg.models.backbone import RepVGG, pretrained_source
 from repvgg_seg.weights import (
     BASE_URL_ENV,
     OFFLINE_ENV,
     WEIGHTS,
     CheckpointError,
     ChecksumError,
-    pretrained_source,
     published_weights,
 )
 

@@ -20,8 +20,9 @@ from pathlib import Path
 # Runnable from a checkout without installing the package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from repvgg_seg.checkpoint import CheckpointError  # noqa: E402
 from repvgg_seg.models.arch import ARCHS  # noqa: E402
-from repvgg_seg.weights import CheckpointError, ChecksumError, convert_checkpoint_file  # noqa: E402
+from repvgg_seg.weights import ChecksumError, convert_checkpoint_file  # noqa: E402
 
 logger = logging.getLogger("tools.convert_checkpoint")
 

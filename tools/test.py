@@ -6,6 +6,11 @@
 ``--fuse`` re-parameterizes every RepVGG block (``switch_to_deploy``) after loading, so the
 numbers are those of the deployed model. A deployed (fused) checkpoint is recognised by its
 keys and loaded into a deployed model without ``--fuse``.
+
+The checkpoint is read by :func:`repvgg_seg.checkpoint.read_checkpoint` and loaded strictly:
+a checkpoint of another variant, a deployed checkpoint with a training-time config (or the
+reverse), and missing or unexpected keys end the run with one line naming the checkpoint
+and the config, before anything is tested.
 """
 
 from __future__ import annotations
@@ -21,16 +26,24 @@ from mmengine.config import Config, DictAction
 from mmengine.dist import is_main_process
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
+from mmseg.models.segmentors import BaseSegmentor, EncoderDecoder
 
-from mmseg.models.segmentors import EncoderDecoder
-
+from repvgg_seg.checkpoint import (
+    CheckpointError,
+    describe_key_mismatch,
+    is_deployed_state_dict,
+    read_checkpoint,
+    state_dict_of,
+)
 from repvgg_seg.deploy import compare_on_batch, first_dataset_batch
 from repvgg_seg.equivalence import FusionMismatchError
+from repvgg_seg.models import RepVGG
 from repvgg_seg.reparam import reparameterize_model
 from repvgg_seg.runtime import (
     configure_for_cpu,
     init_cpu_distributed,
 )
+from repvgg_seg.weights import check_backbone_structure
 
 logger = logging.getLogger("tools.test")
 
@@ -60,17 +73,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def is_deployed_checkpoint(path: str) -> bool:
-    """Whether a checkpoint holds fused RepVGG blocks (``...fused_conv...`` keys)."""
-    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    state = state.get("state_dict", state)
-    return any(".fused_conv." in key for key in state)
+def read_weights(path: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The checkpoint and its model weights; exits with one line naming the file if unusable."""
+    try:
+        checkpoint = read_checkpoint(path)
+        state = dict(state_dict_of(checkpoint, path))
+    except CheckpointError as error:
+        raise SystemExit(f"ERROR: {error}") from None
+    if state and all(key.startswith("module.") for key in state):  # saved from a DDP wrapper
+        state = {key.removeprefix("module."): value for key, value in state.items()}
+    return checkpoint, state
 
 
-def build_config(args: argparse.Namespace) -> Config:
-    """The config with the command-line settings applied."""
-    if not osp.isfile(args.checkpoint):
-        raise SystemExit(f"Checkpoint '{args.checkpoint}' does not exist.")
+def build_config(args: argparse.Namespace, state: dict[str, torch.Tensor]) -> Config:
+    """The config with the command-line settings applied, for the weights ``state``."""
     cfg = Config.fromfile(args.config)
     cfg.launcher = args.launcher
     if args.cfg_options:
@@ -79,13 +95,13 @@ def build_config(args: argparse.Namespace) -> Config:
         cfg.work_dir = args.work_dir
     elif cfg.get("work_dir") is None:
         cfg.work_dir = osp.join("work_dirs", osp.splitext(osp.basename(args.config))[0])
-    # With --fuse, main() loads the checkpoint itself before fusing.
-    cfg.load_from = None if args.fuse else args.checkpoint
+    # main() loads the weights itself, strictly (mmengine's load_from is not strict).
+    cfg.load_from = None
     # Pretrained ImageNet weights would be overwritten by the checkpoint anyway.
     cfg.model.backbone.pop("init_cfg", None)
     cfg.model.pop("pretrained", None)
-    if cfg.model.backbone.get("type") == "RepVGG" and is_deployed_checkpoint(args.checkpoint):
-        cfg.model.backbone.deploy = True
+    if str(cfg.model.backbone.get("type")).split(".")[-1] == "RepVGG":
+        set_backbone_deploy(cfg, state, args)
     if args.show or args.show_dir:
         hook = cfg.default_hooks.visualization
         hook.draw = True
@@ -104,6 +120,57 @@ def build_config(args: argparse.Namespace) -> Config:
         cfg.model = cfg.tta_model
     configure_for_cpu(cfg)
     return cfg
+
+
+def set_backbone_deploy(cfg: Config, state: dict[str, torch.Tensor], args: argparse.Namespace):
+    """Builds the RepVGG backbone fused when the checkpoint's blocks are fused.
+
+    A training-time checkpoint for a config that builds a deployed backbone is an error.
+    """
+    try:
+        deployed = is_deployed_state_dict(state, f"Checkpoint {args.checkpoint!r}")
+    except CheckpointError as error:
+        raise SystemExit(f"ERROR: {error}") from None
+    if deployed:
+        cfg.model.backbone.deploy = True
+    elif deployed is False and cfg.model.backbone.get("deploy"):
+        raise SystemExit(
+            f"ERROR: Checkpoint {args.checkpoint!r} holds training-time RepVGG blocks, but "
+            f"config {args.config!r} builds a deployed model (backbone deploy=True). Test it "
+            "with the config it was trained with (add --fuse for the fused model's numbers), "
+            "or deploy it first with tools/deploy.py."
+        )
+
+
+def load_weights(runner: Runner, checkpoint: dict, state: dict, args: argparse.Namespace):
+    """Loads ``state`` into the runner's segmentor strictly, or exits naming both sides."""
+    model = runner.model
+    while not isinstance(model, BaseSegmentor) and hasattr(model, "module"):
+        model = model.module  # DDP and SegTTAModel wrappers
+    source = repr(args.checkpoint)
+    backbone = getattr(model, "backbone", None)
+    try:
+        deployed = bool(is_deployed_state_dict(state, f"Checkpoint {source}"))
+        if isinstance(backbone, RepVGG):
+            ours = {k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")}
+            check_backbone_structure(ours, deployed, backbone, source)
+    except CheckpointError as error:
+        raise SystemExit(f"ERROR: {error} (config {args.config!r})") from None
+    problems = describe_key_mismatch(model.state_dict(), state)
+    if problems:
+        hint = (
+            "A deployed segmentor from tools/deploy.py is tested with the *_deploy.py config "
+            "written beside it."
+            if deployed
+            else "Test it with the config it was trained with."
+        )
+        raise SystemExit(
+            f"ERROR: Checkpoint {source} does not fit the model of config {args.config!r} "
+            f"(strict load): {problems}. {hint}"
+        )
+    runner.call_hook("after_load_checkpoint", checkpoint=checkpoint)
+    model.load_state_dict(state, strict=True)
+    logger.info("Loaded %s strictly.", args.checkpoint)
 
 
 def fuse_and_check(model: torch.nn.Module, args: argparse.Namespace) -> None:
@@ -131,12 +198,13 @@ def fuse_and_check(model: torch.nn.Module, args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    cfg = build_config(args)
+    checkpoint, state = read_weights(args.checkpoint)
+    cfg = build_config(args, state)
     init_cpu_distributed(args.launcher)
     runner = RUNNERS.build(cfg) if "runner_type" in cfg else Runner.from_cfg(cfg)
+    load_weights(runner, checkpoint, state, args)
+    del checkpoint, state
     if args.fuse:
-        # The fusion must see the trained weights.
-        runner.load_checkpoint(args.checkpoint, map_location="cpu")
         fuse_and_check(runner.model, args)
     metrics = runner.test()
     if is_main_process():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import torch.nn.functional as F
 from mmseg.models.segmentors import EncoderDecoder
 from torch import nn
 
+from ..atomic_io import write_atomically
 from ..equivalence import Agreement, compare_logits
 from .fold import replace_submodule
 from .winograd import disable_winograd
@@ -69,35 +69,29 @@ def export_onnx(
 ) -> None:
     """Exports ``SegmentorLogits(segmentor)`` to ONNX with dynamic batch, height and width.
 
-    The file is written beside ``path`` first and renamed into place when complete.
+    Written by :func:`repvgg_seg.atomic_io.write_atomically`: a failed export or write leaves
+    whatever ``path`` held before, and no temporary file.
     """
     if opset < 17:
         raise ValueError(f"opset {opset} is too old; use 17 or newer.")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     module = SegmentorLogits(copy.deepcopy(segmentor)).eval()
     # ONNX runtimes pick their own conv algorithms; the graph gets plain convs.
     disable_winograd(module)
     for name, sub in list(module.named_modules()):
         if isinstance(sub, nn.AdaptiveAvgPool2d):
             replace_submodule(module, name, ShapeGenericAdaptiveAvgPool2d(sub.output_size))
-    tmp = path.with_name(f".{path.name}.tmp")
     dim = torch.export.Dim.DYNAMIC
-    try:
-        program = torch.onnx.export(
-            module,
-            (example_input,),
-            dynamo=True,
-            opset_version=opset,
-            input_names=["image"],
-            output_names=["logits"],
-            dynamic_shapes={"image": {0: dim, 2: dim, 3: dim}},
-        )
-        program.save(str(tmp))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    program = torch.onnx.export(
+        module,
+        (example_input,),
+        dynamo=True,
+        opset_version=opset,
+        input_names=["image"],
+        output_names=["logits"],
+        dynamic_shapes={"image": {0: dim, 2: dim, 3: dim}},
+    )
+    # One protobuf with the weights inside (segmentors are far below protobuf's 2 GB limit).
+    write_atomically(path, lambda file: file.write(program.model_proto.SerializeToString()))
 
 
 def compare_onnx(

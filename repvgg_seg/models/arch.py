@@ -1,11 +1,15 @@
-"""RepVGG architectures as data (paper Sec. 3.4, Tables 2-3).
+"""RepVGG architectures as data (paper Sec. 3.4, Tables 2-3, Sec. 4.3).
 
-Every variant is one :class:`RepVGGArch` entry in :data:`ARCHS`; nothing else in the
-package knows a width or a depth.
+Every variant is one :class:`RepVGGArch` entry in :data:`ARCHS`, every dilation setting one
+entry in :data:`DILATION_MODES`, and :func:`layer_plan` turns the two into the list of
+layers (channels, stride, dilation, groups, identity branch). The backbone builds its
+blocks from that plan and the benchmark's plain reference network its convs; nothing else
+in the package knows a width, a depth or a dilation rule.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 # Counting the stem as layer 0, these layers are groupwise in the g2/g4 variants
@@ -62,6 +66,90 @@ ARCHS: dict[str, RepVGGArch] = {
     "B3g2": RepVGGArch(B_DEPTHS, (3.0, 5.0), groups=2),
     "B3g4": RepVGGArch(B_DEPTHS, (3.0, 5.0), groups=4),
 }
+
+
+# name -> (strides, dilations, dilated_layers): per-stage values for the five stages, stem
+# first; dilated_layers limits dilation to the last N layers of the network (None: all).
+# "fast" is our reading of paper Sec. 4.3: stages 4 and 5 keep stride 1 (output stride 8),
+# but only the last 4 layers of stage 4 and the stage-5 layer are dilated.
+DILATION_MODES: dict[str, tuple[tuple[int, ...], tuple[int, ...], int | None]] = {
+    "classification": ((2, 2, 2, 2, 2), (1, 1, 1, 1, 1), None),
+    "dilated": ((2, 2, 2, 1, 1), (1, 1, 1, 2, 4), None),
+    "fast": ((2, 2, 2, 1, 1), (1, 1, 1, 2, 4), 5),
+}
+
+
+def has_identity_branch(in_channels: int, out_channels: int, stride: int) -> bool:
+    """A block gets the identity (BN) branch only where it preserves shape."""
+    return in_channels == out_channels and stride == 1
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One 3x3 layer of a RepVGG network (a block, or one fused conv once deployed).
+
+    Attributes:
+        stage: Paper stage index, 0 for the stem.
+        index: Layer index over the whole network, 0 for the stem.
+        in_channels: Input channels.
+        out_channels: Output channels.
+        stride: Stride (only the first layer of a stage may have one above 1).
+        dilation: Dilation of the 3x3 conv; its padding equals it.
+        groups: Conv groups.
+    """
+
+    stage: int
+    index: int
+    in_channels: int
+    out_channels: int
+    stride: int
+    dilation: int
+    groups: int
+
+    @property
+    def identity(self) -> bool:
+        """The training-time block has an identity branch."""
+        return has_identity_branch(self.in_channels, self.out_channels, self.stride)
+
+
+def layer_plan(
+    arch: RepVGGArch,
+    strides: Sequence[int],
+    dilations: Sequence[int],
+    dilated_layers: int | None = None,
+    in_channels: int = 3,
+) -> tuple[tuple[LayerSpec, ...], ...]:
+    """The layers of a network, grouped by stage (stem first).
+
+    Args:
+        arch: The variant.
+        strides: Stride of each of the five stages, applied by its first layer.
+        dilations: Dilation of each of the five stages.
+        dilated_layers: Dilate only the last N layers of the network (the others use
+            dilation 1); None dilates whole stages.
+        in_channels: Input image channels.
+    """
+    first_dilated = arch.num_layers - (dilated_layers or arch.num_layers)
+    stages, index = [], 0
+    for stage, depth in enumerate((1, *arch.num_blocks)):
+        layers = []
+        for position in range(depth):
+            out_channels = arch.channels[stage]
+            layers.append(
+                LayerSpec(
+                    stage=stage,
+                    index=index,
+                    in_channels=in_channels,
+                    out_channels=out_channels,
+                    stride=strides[stage] if position == 0 else 1,
+                    dilation=dilations[stage] if index >= first_dilated else 1,
+                    groups=arch.layer_groups(index),
+                )
+            )
+            in_channels = out_channels
+            index += 1
+        stages.append(tuple(layers))
+    return tuple(stages)
 
 
 def canonical_arch_name(name: str) -> str:

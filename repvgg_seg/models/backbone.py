@@ -2,7 +2,8 @@
 Great Again", CVPR 2021).
 
 Registered in mmseg's ``MODELS`` as ``'RepVGG'``. Dilation is built in the constructor,
-with the paper's three settings one argument each (``dilation_mode``):
+with the paper's three settings one argument each (``dilation_mode``, see
+:data:`repvgg_seg.models.arch.DILATION_MODES`):
 
 - ``'classification'``: every stage starts with stride 2 (output stride 32).
 - ``'dilated'``: paper stages 4 and 5 have stride 1 and dilation 2 and 4 (output stride 8),
@@ -11,29 +12,58 @@ with the paper's three settings one argument each (``dilation_mode``):
   stage 4 (dilation 2) and the stage-5 layer (dilation 4). Our reading of the paper
   (Sec. 4.3): all of stages 4 and 5 keep stride 1 and the earlier stage-4 layers have
   dilation 1.
+
+The layers themselves come from :func:`repvgg_seg.models.arch.layer_plan`. A ``Pretrained``
+init_cfg is served by the weight initializer that :mod:`repvgg_seg.weights` registers under
+:data:`PRETRAINED_INITIALIZER`; this module does not import the weights package.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.utils.checkpoint as cp
 from mmengine.model import BaseModule
+from mmengine.registry import WEIGHT_INITIALIZERS
 from mmseg.registry import MODELS
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .arch import RepVGGArch, canonical_arch_name, get_arch
+from ..checkpoint import is_deployed_state_dict
+from .arch import (
+    DILATION_MODES,
+    LayerSpec,
+    RepVGGArch,
+    canonical_arch_name,
+    get_arch,
+    layer_plan,
+)
 from .blocks import DEFAULT_NORM_CFG, RepVGGBlock
 
-# name -> (strides, dilations, dilated_layers): per-stage values for the five stages,
-# stem first; dilated_layers limits dilation to the last N layers (None: all layers).
-DILATION_MODES: dict[str, tuple[tuple[int, ...], tuple[int, ...], int | None]] = {
-    "classification": ((2, 2, 2, 2, 2), (1, 1, 1, 1, 1), None),
-    "dilated": ((2, 2, 2, 1, 1), (1, 1, 1, 2, 4), None),
-    "fast": ((2, 2, 2, 1, 1), (1, 1, 1, 2, 4), 5),
-}
+# The WEIGHT_INITIALIZERS name of repvgg_seg.weights.loading.RepVGGPretrainedInit.
+PRETRAINED_INITIALIZER = "RepVGGPretrained"
+
+__all__ = ["DILATION_MODES", "PRETRAINED_INITIALIZER", "RepVGG", "pretrained_source"]
+
+
+def pretrained_source(init_cfg: Any) -> dict | None:
+    """The ``checkpoint`` and ``prefix`` that a ``Pretrained`` init_cfg asks for, or None
+    when it asks for none.
+
+    ``init_cfg`` may be one dict or a list of them, as mmengine allows.
+    """
+    cfgs = init_cfg if isinstance(init_cfg, list | tuple) else [init_cfg]
+    for cfg in cfgs:
+        if isinstance(cfg, Mapping) and cfg.get("type") == "Pretrained":
+            if not cfg.get("checkpoint"):
+                raise ValueError(
+                    "init_cfg type='Pretrained' needs checkpoint=: 'repvgg:B2' (published "
+                    "ImageNet weights), an http(s) URL, or a local path."
+                )
+            return {"checkpoint": cfg["checkpoint"], "prefix": cfg.get("prefix")}
+    return None
 
 
 @MODELS.register_module()
@@ -114,7 +144,8 @@ class RepVGG(BaseModule):
         self.deploy = deploy
         self.norm_cfg = dict(norm_cfg or DEFAULT_NORM_CFG)
 
-        blocks = self._block_specs(in_channels)
+        plan = layer_plan(self.arch, self.strides, self.dilations, self.dilated_layers, in_channels)
+        blocks = [[self._build_block(spec) for spec in stage] for stage in plan]
         self.stem = blocks[0][0]
         self.stages = nn.ModuleList(nn.Sequential(*stage) for stage in blocks[1:])
         self._freeze_stages()
@@ -133,30 +164,16 @@ class RepVGG(BaseModule):
             totals.append(total)
         return tuple(totals[i] for i in self.out_indices)
 
-    def _block_specs(self, in_channels: int) -> list[list[RepVGGBlock]]:
-        depths = (1, *self.arch.num_blocks)
-        first_dilated = self.arch.num_layers - (self.dilated_layers or self.arch.num_layers)
-        stages, layer = [], 0
-        for stage, depth in enumerate(depths):
-            blocks = []
-            for i in range(depth):
-                out_channels = self.arch.channels[stage]
-                dilation = self.dilations[stage] if layer >= first_dilated else 1
-                blocks.append(
-                    RepVGGBlock(
-                        in_channels,
-                        out_channels,
-                        stride=self.strides[stage] if i == 0 else 1,
-                        dilation=dilation,
-                        groups=self.arch.layer_groups(layer),
-                        norm_cfg=self.norm_cfg,
-                        deploy=self.deploy,
-                    )
-                )
-                in_channels = out_channels
-                layer += 1
-            stages.append(blocks)
-        return stages
+    def _build_block(self, spec: LayerSpec) -> RepVGGBlock:
+        return RepVGGBlock(
+            spec.in_channels,
+            spec.out_channels,
+            stride=spec.stride,
+            dilation=spec.dilation,
+            groups=spec.groups,
+            norm_cfg=self.norm_cfg,
+            deploy=self.deploy,
+        )
 
     def stage(self, index: int) -> nn.Module:
         """Stage ``index`` (0 is the stem)."""
@@ -197,13 +214,11 @@ class RepVGG(BaseModule):
 
     def init_weights(self) -> None:
         """Initializes weights; a ``Pretrained`` init_cfg loads any RepVGG checkpoint format."""
-        from ..weights import load_pretrained_backbone, pretrained_source
-
         source = pretrained_source(self.init_cfg)
         if source is None:
             super().init_weights()
             return
-        load_pretrained_backbone(self, **source)
+        WEIGHT_INITIALIZERS.build({"type": PRETRAINED_INITIALIZER, **source})(self)
         self._is_init = True
 
     @torch.no_grad()
@@ -216,9 +231,8 @@ class RepVGG(BaseModule):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         keys = [k[len(prefix) :] for k in state_dict if k.startswith(prefix)]
-        deployed = any(".fused_conv." in f".{k}" for k in keys)
-        training = any(".branch_3x3." in f".{k}" for k in keys)
-        if self.deploy and training and not deployed:
+        deployed = is_deployed_state_dict(keys, f"The RepVGG-{self.arch_name} state dict")
+        if self.deploy and deployed is False:
             raise RuntimeError(
                 f"This RepVGG-{self.arch_name} backbone is deployed (deploy=True) but the "
                 "state dict is a training-time checkpoint (keys '...branch_3x3...'). Build "
@@ -226,7 +240,7 @@ class RepVGG(BaseModule):
                 "repvgg_seg.reparam.reparameterize_model), or convert the file with "
                 "tools/convert_checkpoint.py."
             )
-        if not self.deploy and deployed and not training:
+        if not self.deploy and deployed is True:
             raise RuntimeError(
                 f"This RepVGG-{self.arch_name} backbone is training-time (deploy=False) but "
                 "the state dict is a deployed (fused) checkpoint (keys '...fused_conv...'). "

@@ -2,6 +2,10 @@
 
 Training time: ``ReLU(BN(conv3x3(x)) + BN(conv1x1(x)) + BN(x))``, the identity branch only
 where it preserves shape. Deploy time: ``ReLU(conv3x3'(x) + b')``.
+
+The branch attribute names (``branch_3x3``, ``branch_1x1``, ``branch_identity``,
+``fused_conv``) are this package's checkpoint key layout; :mod:`repvgg_seg.checkpoint` reads
+it by the same names.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from mmcv.cnn import build_norm_layer
 from torch import nn
 
 from ..reparam import fuse_bn, identity_kernel, pad_to_3x3
+from .arch import has_identity_branch
 
 DEFAULT_NORM_CFG = {"type": "BN", "requires_grad": True}
 
@@ -95,7 +100,7 @@ class RepVGGBlock(nn.Module):
             self.branch_1x1 = ConvBN(in_channels, out_channels, 1, stride, 0, 1, groups, norm_cfg)
             self.branch_identity = (
                 build_norm_layer(norm_cfg, in_channels)[1]
-                if in_channels == out_channels and stride == 1
+                if has_identity_branch(in_channels, out_channels, stride)
                 else None
             )
         self.act = nn.ReLU(inplace=True)

@@ -11,8 +11,8 @@ Files in the output directory:
 - ``metrics.jsonl``: one JSON object per epoch.
 
 Everything is plain tensors, numbers, strings and lists, so it loads with
-``torch.load(..., weights_only=True)``; the ``model`` entry's ``backbone.*`` keys initialize
-the segmentation backbone directly.
+``torch.load(..., weights_only=True)`` (:func:`repvgg_seg.checkpoint.read_checkpoint`); the
+``model`` entry's ``backbone.*`` keys initialize the segmentation backbone directly.
 """
 
 from __future__ import annotations
@@ -24,9 +24,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ..atomic_io import write_atomically
+from ..checkpoint import CheckpointError, read_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -39,26 +38,20 @@ METRICS_NAME = "metrics.jsonl"
 TRAINING_KEYS = ("model", "optimizer", "lr_scheduler", "epoch", "args")
 
 
-def load_checkpoint(path: str | Path) -> dict:
-    """Loads a checkpoint on CPU with ``weights_only=True``.
+def read_pretraining_checkpoint(path: str | Path) -> dict:
+    """A checkpoint of this package's classifier (a dict with a ``model`` entry).
+
+    Read by :func:`repvgg_seg.checkpoint.read_checkpoint` (CPU, ``weights_only=True``).
 
     Raises:
-        FileNotFoundError: No such file.
-        ValueError: The file is not a checkpoint dict.
+        CheckpointError: The file is missing (also a FileNotFoundError), unreadable, or has
+            no ``model`` entry.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Checkpoint {path} does not exist.")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ValueError(
-            f"Cannot load checkpoint {path}: {error}. Pass a file written by "
-            "tools/pretrain_imagenet.py (or another torch.save'd dict of tensors)."
-        ) from error
+    checkpoint = read_checkpoint(path)
     if not isinstance(checkpoint, Mapping) or "model" not in checkpoint:
-        raise ValueError(
-            f"Checkpoint {path} has no 'model' entry; it was not written by this tool."
+        raise CheckpointError(
+            f"Checkpoint {str(path)!r} has no 'model' entry; pass a file written by "
+            "tools/pretrain_imagenet.py (checkpoint.pth, model_best.pth or model_deploy.pth)."
         )
     return dict(checkpoint)
 
@@ -73,8 +66,8 @@ def check_resumable(checkpoint: Mapping, path: str | Path) -> None:
         )
 
 
-def deploy_checkpoint(fused_state_dict: Mapping, arch: str, num_classes: int) -> dict:
-    """The deployed classifier's file contents."""
+def deployed_checkpoint_dict(fused_state_dict: Mapping, arch: str, num_classes: int) -> dict:
+    """What ``model_deploy.pth`` holds (only builds the dict; the caller saves it)."""
     return {
         "model": dict(fused_state_dict),
         "deploy": True,

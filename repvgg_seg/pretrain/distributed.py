@@ -101,9 +101,3 @@ def broadcast_buffers(module: torch.nn.Module) -> None:
         return
     for buffer in module.buffers():
         dist.broadcast(buffer, src=0)
-
-
-def barrier() -> None:
-    """Waits for every process (a no-op outside torchrun)."""
-    if dist.is_initialized():
-        dist.barrier()

@@ -1,7 +1,9 @@
 """One training epoch, evaluation (top-1/top-5) and the fused-versus-unfused check.
 
-Every function takes the values it needs, not the whole command line, and reduces its
-metrics over all processes, so each rank returns the same numbers.
+:class:`TrainingState` holds what an epoch updates (model, optimizer, scheduler, scaler,
+EMA) and saves it as a checkpoint; :func:`train_one_epoch` steps it over one pass of the
+loader. Every function takes the values it needs, not the whole command line, and reduces
+its metrics over all processes, so each rank returns the same numbers.
 """
 
 from __future__ import annotations
@@ -12,10 +14,10 @@ import math
 import time
 from dataclasses import dataclass, replace
 from datetime import timedelta
+from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 
@@ -50,6 +52,93 @@ def build_ema(model: nn.Module, decay: float, update_every: int) -> AveragedMode
 
 
 @dataclass
+class TrainingState:
+    """The objects an epoch updates and a checkpoint saves, and how a step uses them.
+
+    Attributes:
+        model: The classifier itself (not wrapped); checkpoints hold its weights.
+        optimizer: The optimizer.
+        lr_scheduler: Per-iteration LR scheduler.
+        scaler: Gradient scaler for float16 autocast on CUDA, or None.
+        model_ema: EMA of the weights, or None.
+        train_model: What the forward pass runs: ``model`` or its DDP wrapper.
+        criterion: Loss on ``(logits, targets)``; targets are class indices or, with mixup,
+            class probabilities.
+        device: Where the model is.
+        amp: Run forward passes under autocast.
+        ema_update_every: Update the EMA every this many steps.
+        world_size: Processes (images/s counts the global batch).
+    """
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler | None
+    model_ema: AveragedModel | None
+    train_model: nn.Module
+    criterion: nn.Module
+    device: torch.device
+    amp: bool = False
+    ema_update_every: int = 32
+    world_size: int = 1
+
+    def state_dict(self, epoch: int, best_acc1: float, args: dict[str, Any]) -> dict:
+        """The checkpoint after 0-based epoch ``epoch`` (torchvision's keys)."""
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "lr_scheduler": self.lr_scheduler.state_dict(),
+            "epoch": epoch,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "best_acc1": best_acc1,
+            "args": args,
+        }
+        if self.model_ema is not None:
+            # The averaged module's own keys (same as 'model'), so any loader can use it.
+            state["model_ema"] = self.model_ema.module.state_dict()
+            state["model_ema_updates"] = int(self.model_ema.n_averaged.item())
+        return state
+
+    def load_state_dict(self, checkpoint: dict) -> None:
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
+        if self.scaler is not None and checkpoint.get("scaler"):
+            self.scaler.load_state_dict(checkpoint["scaler"])
+        if self.model_ema is not None:
+            if "model_ema" in checkpoint:
+                self.model_ema.module.load_state_dict(checkpoint["model_ema"])
+                self.model_ema.n_averaged.fill_(checkpoint["model_ema_updates"])
+            else:
+                logger.warning("The checkpoint has no EMA; starting it from the loaded weights.")
+                self.model_ema.module.load_state_dict(checkpoint["model"])
+
+    def step(self, images: torch.Tensor, targets: torch.Tensor, step: int) -> tuple[float, float]:
+        """One optimizer step (then the scheduler's, and the EMA's when due) on a batch.
+
+        Returns:
+            The loss and the LR the step used.
+        """
+        images = images.to(self.device, non_blocking=True)
+        targets = targets.to(self.device, non_blocking=True)
+        with autocast(self.device, self.amp):
+            loss = self.criterion(self.train_model(images), targets)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.lr_scheduler.step()
+        if self.model_ema is not None and (step + 1) % self.ema_update_every == 0:
+            self.model_ema.update_parameters(self.model)
+        return loss.item(), lr
+
+
+@dataclass
 class TrainStats:
     """What one epoch reports (averaged over all processes)."""
 
@@ -59,100 +148,75 @@ class TrainStats:
     seconds: float
 
 
+class _ProgressLog:
+    """Logs loss, LR, throughput and ETAs every ``print_freq`` steps of an epoch."""
+
+    def __init__(self, num_steps: int, epoch: int, num_epochs: int, print_freq: int) -> None:
+        self.num_steps, self.epoch, self.num_epochs = num_steps, epoch, num_epochs
+        self.print_freq = print_freq
+        self.start = self.last_log = time.perf_counter()
+        self.images_since_log = 0
+
+    def update(self, step: int, images: int, loss: float, mean_loss: float, lr: float) -> None:
+        self.images_since_log += images
+        if (step + 1) % self.print_freq and step + 1 != self.num_steps:
+            return
+        now = time.perf_counter()
+        seconds_per_step = (now - self.start) / (step + 1)
+        epoch_eta = seconds_per_step * (self.num_steps - step - 1)
+        later_epochs = seconds_per_step * self.num_steps * (self.num_epochs - self.epoch - 1)
+        logger.info(
+            "Epoch [%d/%d] [%d/%d] loss %.4f (avg %.4f) lr %.6f %.1f img/s "
+            "eta epoch %s, total %s",
+            self.epoch + 1,
+            self.num_epochs,
+            step + 1,
+            self.num_steps,
+            loss,
+            mean_loss,
+            lr,
+            self.images_since_log / max(now - self.last_log, 1e-9),
+            format_eta(epoch_eta),
+            format_eta(epoch_eta + later_epochs),
+        )
+        self.last_log, self.images_since_log = now, 0
+
+
 def train_one_epoch(
-    model: nn.Module,
-    criterion: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    lr_scheduler: torch.optim.lr_scheduler.LRScheduler,
+    state: TrainingState,
     loader: DataLoader,
-    device: torch.device,
     epoch: int,
     num_epochs: int,
-    world_size: int = 1,
-    scaler: torch.amp.GradScaler | None = None,
-    amp: bool = False,
-    model_ema: AveragedModel | None = None,
-    ema_update_every: int = 32,
     print_freq: int = 10,
 ) -> TrainStats:
-    """Trains ``model`` for one epoch; the LR scheduler steps every iteration.
+    """Trains for one epoch; the LR scheduler steps every iteration.
 
     Args:
-        model: The classifier, possibly wrapped in DDP.
-        criterion: Loss on ``(logits, targets)``; targets are class indices or, with
-            mixup, class probabilities.
-        optimizer: The optimizer.
-        lr_scheduler: Per-iteration scheduler.
+        state: The model, optimizer, scheduler, scaler and EMA, and how to step them.
         loader: Training batches for this process.
-        device: Where the model is.
         epoch: 0-based epoch index (for logs and the ETA).
         num_epochs: Total epochs of the run (for the ETA).
-        world_size: Processes; images/s counts the global batch.
-        scaler: Gradient scaler for float16 autocast on CUDA, or None.
-        amp: Run forward passes under autocast.
-        model_ema: EMA to update, or None.
-        ema_update_every: Update the EMA every this many steps.
         print_freq: Log every this many iterations.
 
     Returns:
         Mean loss over all processes, the LR of the last step, throughput and duration.
     """
-    model.train()
-    num_steps = len(loader)
-    loss_sum, sample_count = 0.0, 0
-    start = last_log = time.perf_counter()
-    images_since_log = 0
+    state.train_model.train()
+    progress = _ProgressLog(len(loader), epoch, num_epochs, print_freq)
+    loss_sum, sample_count, lr = 0.0, 0, state.optimizer.param_groups[0]["lr"]
     for step, (images, targets) in enumerate(loader):
-        images = images.to(device, non_blocking=True)
-        targets = targets.to(device, non_blocking=True)
-        with autocast(device, amp):
-            loss = criterion(model(images), targets)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
-        lr = optimizer.param_groups[0]["lr"]
-        lr_scheduler.step()
-        if model_ema is not None and (step + 1) % ema_update_every == 0:
-            unwrapped = model.module if isinstance(model, DistributedDataParallel) else model
-            model_ema.update_parameters(unwrapped)
-
-        batch = images.shape[0]
-        loss_value = loss.item()
-        if not math.isfinite(loss_value):
+        loss, lr = state.step(images, targets, step)
+        if not math.isfinite(loss):
             raise FloatingPointError(
-                f"Loss is {loss_value} at epoch {epoch + 1}, step {step + 1}; lower --lr or "
-                "check the data."
+                f"Loss is {loss} at epoch {epoch + 1}, step {step + 1}; lower --lr or check "
+                "the data."
             )
-        loss_sum += loss_value * batch
+        batch = images.shape[0]
+        loss_sum += loss * batch
         sample_count += batch
-        images_since_log += batch * world_size
-        if (step + 1) % print_freq == 0 or step + 1 == num_steps:
-            now = time.perf_counter()
-            seconds_per_step = (now - start) / (step + 1)
-            epoch_eta = seconds_per_step * (num_steps - step - 1)
-            total_eta = epoch_eta + seconds_per_step * num_steps * (num_epochs - epoch - 1)
-            logger.info(
-                "Epoch [%d/%d] [%d/%d] loss %.4f (avg %.4f) lr %.6f %.1f img/s "
-                "eta epoch %s, total %s",
-                epoch + 1,
-                num_epochs,
-                step + 1,
-                num_steps,
-                loss_value,
-                loss_sum / sample_count,
-                lr,
-                images_since_log / max(now - last_log, 1e-9),
-                format_eta(epoch_eta),
-                format_eta(total_eta),
-            )
-            last_log, images_since_log = now, 0
-    seconds = time.perf_counter() - start
-    total_loss, total_count = all_reduce_sum([loss_sum, sample_count], device)
+        progress.update(step, batch * state.world_size, loss, loss_sum / sample_count, lr)
+    seconds = time.perf_counter() - progress.start
+    total_loss, total_count = all_reduce_sum([loss_sum, sample_count], state.device)
     return TrainStats(
         loss=total_loss / max(total_count, 1),
         lr=lr,

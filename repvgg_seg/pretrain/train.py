@@ -1,23 +1,23 @@
-"""The pretraining run: build everything from a :class:`PretrainConfig`, train, evaluate,
-checkpoint every epoch, and finish with the fused (deployed) classifier.
+"""The pretraining run, in four parts: build (data, model, optimizer: :func:`_build_data`,
+:func:`_build_state`), resume (:func:`_resume`), the epoch loop (:func:`_train_epochs`,
+one :func:`_run_epoch` per epoch) and finish (:func:`_finish_with_deploy`: the fused,
+deployed classifier). :func:`run_pretraining` runs them from a :class:`PretrainConfig`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import random
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from mmengine.logging import MMLogger
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
 
 from ..atomic_io import save_atomically
 from ..equivalence import Agreement
@@ -27,10 +27,18 @@ from . import checkpoint as ckpt
 from .config import PretrainConfig
 from .data import build_datasets, build_loaders
 from .distributed import DistContext, broadcast_buffers, cleanup_distributed, init_distributed
-from .engine import build_ema, compare_fused, evaluate, format_eta, train_one_epoch
+from .engine import (
+    TrainingState,
+    build_ema,
+    compare_fused,
+    evaluate,
+    format_eta,
+    train_one_epoch,
+)
 from .recipe import build_lr_scheduler, build_optimizer, scaled_lr
 
 logger = logging.getLogger(__name__)
+
 
 def seed_epoch(seed: int, epoch: int, rank: int) -> None:
     """Seeds augmentation and mixup for one epoch of one process.
@@ -41,59 +49,6 @@ def seed_epoch(seed: int, epoch: int, rank: int) -> None:
     derived = random.Random(f"{seed}-{epoch}-{rank}").getrandbits(63)
     random.seed(derived)
     torch.manual_seed(derived)
-
-
-@contextlib.contextmanager
-def _quiet_mmengine() -> Iterator[None]:
-    """Silences mmengine's INFO logs: its init_weights logs one entry per parameter."""
-    mm_logger = MMLogger.get_current_instance()
-    level = mm_logger.level
-    mm_logger.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        mm_logger.setLevel(level)
-
-
-@dataclass
-class TrainingState:
-    """The objects a checkpoint saves and restores."""
-
-    model: RepVGGClassifier
-    optimizer: torch.optim.Optimizer
-    lr_scheduler: torch.optim.lr_scheduler.LRScheduler
-    scaler: torch.amp.GradScaler | None
-    model_ema: torch.optim.swa_utils.AveragedModel | None
-
-    def state_dict(self, epoch: int, best_acc1: float, args: dict[str, Any]) -> dict:
-        state = {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "lr_scheduler": self.lr_scheduler.state_dict(),
-            "epoch": epoch,
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "best_acc1": best_acc1,
-            "args": args,
-        }
-        if self.model_ema is not None:
-            # The averaged module's own keys (same as 'model'), so any loader can use it.
-            state["model_ema"] = self.model_ema.module.state_dict()
-            state["model_ema_updates"] = int(self.model_ema.n_averaged.item())
-        return state
-
-    def load_state_dict(self, checkpoint: dict) -> None:
-        self.model.load_state_dict(checkpoint["model"])
-        self.optimizer.load_state_dict(checkpoint["optimizer"])
-        self.lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
-        if self.scaler is not None and checkpoint.get("scaler"):
-            self.scaler.load_state_dict(checkpoint["scaler"])
-        if self.model_ema is not None:
-            if "model_ema" in checkpoint:
-                self.model_ema.module.load_state_dict(checkpoint["model_ema"])
-                self.model_ema.n_averaged.fill_(checkpoint["model_ema_updates"])
-            else:
-                logger.warning("The checkpoint has no EMA; starting it from the loaded weights.")
-                self.model_ema.module.load_state_dict(checkpoint["model"])
 
 
 def _check_resume_matches(saved: dict, current: dict, path: str) -> None:
@@ -109,7 +64,7 @@ def _check_resume_matches(saved: dict, current: dict, path: str) -> None:
 
 
 def _load_for_evaluation(path: str, arch: str, num_classes: int) -> RepVGGClassifier:
-    checkpoint = ckpt.load_checkpoint(path)
+    checkpoint = ckpt.read_pretraining_checkpoint(path)
     deploy = bool(checkpoint.get("deploy", False))
     saved_arch = checkpoint.get("arch") or checkpoint.get("args", {}).get("model")
     if saved_arch is not None and saved_arch != arch:
@@ -120,8 +75,7 @@ def _load_for_evaluation(path: str, arch: str, num_classes: int) -> RepVGGClassi
             f"--resume {path} has {fc_weight.shape[0]} classes but the dataset has "
             f"{num_classes}; evaluate on the dataset it was trained on."
         )
-    with _quiet_mmengine():
-        model = RepVGGClassifier(arch, num_classes=num_classes, deploy=deploy)
+    model = RepVGGClassifier(arch, num_classes=num_classes, deploy=deploy)
     model.load_state_dict(checkpoint["model"])
     return model
 
@@ -156,7 +110,7 @@ def _finish_with_deploy(
     agreement.check("fused vs unfused classifier on the val set", "images")
     if ctx.is_main and output_dir is not None:
         path = output_dir / ckpt.DEPLOY_NAME
-        save_atomically(ckpt.deploy_checkpoint(fused.state_dict(), arch, num_classes), path)
+        save_atomically(ckpt.deployed_checkpoint_dict(fused.state_dict(), arch, num_classes), path)
         logger.info("Wrote the deployed classifier to %s", path)
     return result
 
@@ -179,12 +133,45 @@ def run_pretraining(config: PretrainConfig) -> dict[str, Any]:
             cleanup_distributed()
 
 
+@dataclass(frozen=True)
+class _Data:
+    num_classes: int
+    train_loader: DataLoader
+    val_loader: DataLoader
+    train_sampler: DistributedSampler
+
+
 def _run(cfg: PretrainConfig, ctx: DistContext) -> dict[str, Any]:
     output_dir = Path(cfg.output_dir) if cfg.output_dir else None
+    data = _build_data(cfg, ctx)
+    if cfg.test_only:
+        model = _load_for_evaluation(cfg.resume, cfg.model, data.num_classes).to(ctx.device)
+        return evaluate(model, data.val_loader, ctx.device, amp=cfg.amp)
+
+    args = _run_args(cfg, ctx, data.num_classes)
+    state = _build_state(cfg, ctx, data.num_classes, len(data.train_loader), args["scaled_lr"])
+    start_epoch, best_acc1 = _resume(state, cfg.resume, args) if cfg.resume else (0, 0.0)
+    if ctx.is_main and output_dir is not None:
+        ckpt.truncate_metrics(output_dir / ckpt.METRICS_NAME, completed_epochs=start_epoch)
+    end_epoch = cfg.stop_after_epoch or cfg.epochs
+    last, best_acc1 = _train_epochs(
+        cfg, ctx, state, data, range(start_epoch, end_epoch), best_acc1, args, output_dir
+    )
+
+    result: dict[str, Any] = {"epochs_completed": end_epoch, "best_acc1": best_acc1, "last": last}
+    if end_epoch == cfg.epochs:
+        result["fused"] = _finish_with_deploy(
+            state.model, data.val_loader, ctx, cfg.model, data.num_classes, output_dir
+        )
+    elif start_epoch < end_epoch:
+        logger.info("Stopped after epoch %d of %d; continue with --resume.", end_epoch, cfg.epochs)
+    return result
+
+
+def _build_data(cfg: PretrainConfig, ctx: DistContext) -> _Data:
     splits = build_datasets(
         cfg.data_path, cfg.train_crop_size, cfg.val_resize_size, cfg.val_crop_size, cfg.auto_augment
     )
-    num_classes = splits.num_classes
     train_loader, val_loader, train_sampler = build_loaders(
         splits,
         batch_size=cfg.batch_size,
@@ -195,20 +182,13 @@ def _run(cfg: PretrainConfig, ctx: DistContext) -> dict[str, Any]:
         mixup_alpha=cfg.mixup_alpha,
         pin_memory=ctx.device.type == "cuda",
     )
+    return _Data(splits.num_classes, train_loader, val_loader, train_sampler)
 
-    if cfg.test_only:
-        model = _load_for_evaluation(cfg.resume, cfg.model, num_classes).to(ctx.device)
-        return evaluate(model, val_loader, ctx.device, amp=cfg.amp)
 
+def _run_args(cfg: PretrainConfig, ctx: DistContext, num_classes: int) -> dict[str, Any]:
+    """The run's settings as saved in every checkpoint (``args``), logged once."""
     global_batch = cfg.batch_size * ctx.world_size
     lr = scaled_lr(cfg.lr, global_batch)
-    args = {
-        **cfg.as_dict(),
-        "num_classes": num_classes,
-        "world_size": ctx.world_size,
-        "global_batch_size": global_batch,
-        "scaled_lr": lr,
-    }
     logger.info(
         "RepVGG-%s, recipe %s: %d epochs, global batch %d (%d x %d), lr %.4g (%.4g per 256), "
         "wd %.1e, warmup %d, label smoothing %.2f, mixup %.2f, auto-augment %s",
@@ -226,90 +206,80 @@ def _run(cfg: PretrainConfig, ctx: DistContext) -> dict[str, Any]:
         cfg.mixup_alpha,
         cfg.auto_augment,
     )
+    return {
+        **cfg.as_dict(),
+        "num_classes": num_classes,
+        "world_size": ctx.world_size,
+        "global_batch_size": global_batch,
+        "scaled_lr": lr,
+    }
 
+
+def _build_state(
+    cfg: PretrainConfig, ctx: DistContext, num_classes: int, steps_per_epoch: int, lr: float
+) -> TrainingState:
     torch.manual_seed(cfg.seed)
-    with _quiet_mmengine():
-        model = RepVGGClassifier(cfg.model, num_classes=num_classes).to(ctx.device)
+    model = RepVGGClassifier(cfg.model, num_classes=num_classes).to(ctx.device)
     optimizer = build_optimizer(model, lr=lr, momentum=cfg.momentum, weight_decay=cfg.wd)
-    state = TrainingState(
+    train_model: nn.Module = model
+    if ctx.distributed:
+        device_ids = [ctx.local_rank] if ctx.device.type == "cuda" else None
+        train_model = DistributedDataParallel(model, device_ids=device_ids)
+    return TrainingState(
         model=model,
         optimizer=optimizer,
         lr_scheduler=build_lr_scheduler(
-            optimizer, cfg.epochs, len(train_loader), cfg.lr_warmup_epochs
+            optimizer, cfg.epochs, steps_per_epoch, cfg.lr_warmup_epochs
         ),
         scaler=torch.amp.GradScaler("cuda") if cfg.amp and ctx.device.type == "cuda" else None,
         model_ema=build_ema(model, cfg.model_ema_decay, cfg.model_ema_steps)
         if cfg.model_ema
         else None,
+        train_model=train_model,
+        criterion=nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
+        device=ctx.device,
+        amp=cfg.amp,
+        ema_update_every=cfg.model_ema_steps,
+        world_size=ctx.world_size,
     )
-    start_epoch, best_acc1 = 0, 0.0
-    if cfg.resume:
-        checkpoint = ckpt.load_checkpoint(cfg.resume)
-        ckpt.check_resumable(checkpoint, cfg.resume)
-        _check_resume_matches(checkpoint["args"], args, cfg.resume)
-        state.load_state_dict(checkpoint)
-        start_epoch = int(checkpoint["epoch"]) + 1
-        best_acc1 = float(checkpoint.get("best_acc1", 0.0))
-        logger.info("Resumed from %s: %d epochs done", cfg.resume, start_epoch)
-    if ctx.is_main and output_dir is not None:
-        ckpt.truncate_metrics(output_dir / ckpt.METRICS_NAME, completed_epochs=start_epoch)
 
-    train_model: nn.Module = model
-    if ctx.distributed:
-        device_ids = [ctx.local_rank] if ctx.device.type == "cuda" else None
-        train_model = DistributedDataParallel(model, device_ids=device_ids)
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    end_epoch = cfg.stop_after_epoch or cfg.epochs
+
+def _resume(state: TrainingState, path: str, args: dict[str, Any]) -> tuple[int, float]:
+    """Restores ``state`` from a training checkpoint; returns (next epoch, best top-1)."""
+    checkpoint = ckpt.read_pretraining_checkpoint(path)
+    ckpt.check_resumable(checkpoint, path)
+    _check_resume_matches(checkpoint["args"], args, path)
+    state.load_state_dict(checkpoint)
+    start_epoch = int(checkpoint["epoch"]) + 1
+    logger.info("Resumed from %s: %d epochs done", path, start_epoch)
+    return start_epoch, float(checkpoint.get("best_acc1", 0.0))
+
+
+def _train_epochs(
+    cfg: PretrainConfig,
+    ctx: DistContext,
+    state: TrainingState,
+    data: _Data,
+    epochs: range,
+    best_acc1: float,
+    args: dict[str, Any],
+    output_dir: Path | None,
+) -> tuple[dict[str, float], float]:
+    """Runs ``epochs``, checkpointing after each; returns the last val metrics and best top-1."""
     last: dict[str, float] = {}
     run_start = time.perf_counter()
-    for epoch in range(start_epoch, end_epoch):
-        seed_epoch(cfg.seed, epoch, ctx.rank)
-        train_sampler.set_epoch(epoch)
-        stats = train_one_epoch(
-            train_model,
-            criterion,
-            state.optimizer,
-            state.lr_scheduler,
-            train_loader,
-            ctx.device,
-            epoch=epoch,
-            num_epochs=cfg.epochs,
-            world_size=ctx.world_size,
-            scaler=state.scaler,
-            amp=cfg.amp,
-            model_ema=state.model_ema,
-            ema_update_every=cfg.model_ema_steps,
-            print_freq=cfg.print_freq,
-        )
-        if state.model_ema is not None and epoch < cfg.lr_warmup_epochs:
-            # During warmup the weights move too fast to average; the next update copies.
-            state.model_ema.n_averaged.fill_(0)
-        broadcast_buffers(model)
-        last = evaluate(model, val_loader, ctx.device, amp=cfg.amp)
-        record = {
-            "epoch": epoch + 1,
-            "train_loss": stats.loss,
-            "lr": stats.lr,
-            "acc1": last["acc1"],
-            "acc5": last["acc5"],
-            "val_loss": last["loss"],
-            "images_per_second": stats.images_per_second,
-            "epoch_seconds": stats.seconds,
-        }
-        if state.model_ema is not None:
-            broadcast_buffers(state.model_ema)
-            ema = evaluate(state.model_ema.module, val_loader, ctx.device, cfg.amp, "Val EMA")
-            record.update(acc1_ema=ema["acc1"], acc5_ema=ema["acc5"])
+    for epoch in epochs:
+        last, record = _run_epoch(cfg, ctx, state, data, epoch)
         is_best = last["acc1"] > best_acc1
         best_acc1 = max(best_acc1, last["acc1"])
         elapsed = time.perf_counter() - run_start
-        remaining = elapsed / (epoch + 1 - start_epoch) * (cfg.epochs - epoch - 1)
+        remaining = elapsed / (epoch + 1 - epochs.start) * (cfg.epochs - epoch - 1)
         logger.info(
             "Epoch %d/%d done in %s: train loss %.4f, val acc@1 %.3f (best %.3f), ETA %s",
             epoch + 1,
             cfg.epochs,
-            format_eta(stats.seconds),
-            stats.loss,
+            format_eta(record["epoch_seconds"]),
+            record["train_loss"],
             last["acc1"],
             best_acc1,
             format_eta(remaining),
@@ -320,12 +290,33 @@ def _run(cfg: PretrainConfig, ctx: DistContext) -> dict[str, Any]:
             save_atomically(saved, output_dir / ckpt.CHECKPOINT_NAME)
             if is_best:
                 save_atomically(saved, output_dir / ckpt.BEST_NAME)
+    return last, best_acc1
 
-    result: dict[str, Any] = {"epochs_completed": end_epoch, "best_acc1": best_acc1, "last": last}
-    if end_epoch == cfg.epochs:
-        result["fused"] = _finish_with_deploy(
-            model, val_loader, ctx, cfg.model, num_classes, output_dir
-        )
-    elif start_epoch < end_epoch:
-        logger.info("Stopped after epoch %d of %d; continue with --resume.", end_epoch, cfg.epochs)
-    return result
+
+def _run_epoch(
+    cfg: PretrainConfig, ctx: DistContext, state: TrainingState, data: _Data, epoch: int
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """Trains one epoch and evaluates; returns the val metrics and the metrics record."""
+    seed_epoch(cfg.seed, epoch, ctx.rank)
+    data.train_sampler.set_epoch(epoch)
+    stats = train_one_epoch(state, data.train_loader, epoch, cfg.epochs, cfg.print_freq)
+    if state.model_ema is not None and epoch < cfg.lr_warmup_epochs:
+        # During warmup the weights move too fast to average; the next update copies.
+        state.model_ema.n_averaged.fill_(0)
+    broadcast_buffers(state.model)
+    metrics = evaluate(state.model, data.val_loader, ctx.device, amp=cfg.amp)
+    record = {
+        "epoch": epoch + 1,
+        "train_loss": stats.loss,
+        "lr": stats.lr,
+        "acc1": metrics["acc1"],
+        "acc5": metrics["acc5"],
+        "val_loss": metrics["loss"],
+        "images_per_second": stats.images_per_second,
+        "epoch_seconds": stats.seconds,
+    }
+    if state.model_ema is not None:
+        broadcast_buffers(state.model_ema)
+        ema = evaluate(state.model_ema.module, data.val_loader, ctx.device, cfg.amp, "Val EMA")
+        record.update(acc1_ema=ema["acc1"], acc5_ema=ema["acc5"])
+    return metrics, record

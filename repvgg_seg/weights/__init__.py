@@ -8,10 +8,16 @@ A config asks for weights in one of three ways, all through mmengine's ``init_cf
     init_cfg=dict(type='Pretrained', checkpoint='/path/to/file.pth')           # local file
 
 Any RepVGG format loads (official, mmpretrain, timm, ours; training-time or fused); see
-:mod:`.formats`. Downloads are cached and verified (:mod:`.download`).
+:mod:`.formats`. Downloads are cached and verified (:mod:`.download`). Files are read by
+:func:`repvgg_seg.checkpoint.read_checkpoint`, like everywhere in the package.
+
+This package sits above :mod:`repvgg_seg.models`: it imports the backbone, never the
+reverse (the backbone reaches :class:`.loading.RepVGGPretrainedInit` through mmengine's
+``WEIGHT_INITIALIZERS`` registry).
 """
 
 from ..atomic_io import save_atomically
+from ..checkpoint import CheckpointError
 from .download import (
     OFFLINE_ENV,
     ChecksumError,
@@ -22,7 +28,6 @@ from .download import (
 )
 from .formats import (
     FORMATS,
-    CheckpointError,
     CheckpointFormat,
     ConvertedCheckpoint,
     Structure,
@@ -31,13 +36,13 @@ from .formats import (
     infer_structure,
 )
 from .loading import (
+    RepVGGPretrainedInit,
     backbone_state_dict,
+    check_backbone_structure,
     convert_checkpoint,
     convert_checkpoint_file,
     fuse_state_dict,
     load_pretrained_backbone,
-    pretrained_source,
-    read_checkpoint,
 )
 from .table import BASE_URL_ENV, DEFAULT_BASE_URL, WEIGHTS, PublishedWeights, published_weights
 
@@ -52,10 +57,12 @@ __all__ = [
     "ChecksumError",
     "ConvertedCheckpoint",
     "PublishedWeights",
+    "RepVGGPretrainedInit",
     "Structure",
     "backbone_state_dict",
     "cache_dir",
     "cached_download",
+    "check_backbone_structure",
     "convert_checkpoint",
     "convert_checkpoint_file",
     "convert_state_dict",
@@ -64,9 +71,7 @@ __all__ = [
     "infer_structure",
     "load_pretrained_backbone",
     "offline_mode",
-    "pretrained_source",
     "published_weights",
-    "read_checkpoint",
     "resolve_checkpoint",
     "save_atomically",
 ]

@@ -26,11 +26,15 @@ from dataclasses import dataclass
 
 import torch
 
+from ..checkpoint import (
+    FUSED_CONV,
+    TRAINING_BRANCH,
+    CheckpointError,
+    is_deployed_state_dict,
+    preview_keys,
+    state_dict_of,
+)
 from ..models.arch import ARCHS, RepVGGArch
-
-
-class CheckpointError(ValueError):
-    """A checkpoint cannot initialize the backbone; the message says why and what to do."""
 
 
 @dataclass(frozen=True)
@@ -74,12 +78,12 @@ class CheckpointFormat:
 
 def _branches(three: str, one: str, norm: str, identity: str, fused: str) -> tuple:
     return (
-        (f"{three}.conv.", "branch_3x3.conv."),
-        (f"{three}.{norm}.", "branch_3x3.bn."),
+        (f"{three}.conv.", f"{TRAINING_BRANCH}.conv."),
+        (f"{three}.{norm}.", f"{TRAINING_BRANCH}.bn."),
         (f"{one}.conv.", "branch_1x1.conv."),
         (f"{one}.{norm}.", "branch_1x1.bn."),
         (f"{identity}.", "branch_identity."),
-        (f"{fused}.", "fused_conv."),
+        (f"{fused}.", f"{FUSED_CONV}."),
     )
 
 
@@ -116,9 +120,9 @@ FORMATS: tuple[CheckpointFormat, ...] = (
         stem="stem",
         stage_pattern=re.compile(r"stages\.(\d+)\.(\d+)\."),
         first_stage_number=0,
-        branches=_branches("branch_3x3", "branch_1x1", "bn", "branch_identity", "fused_conv"),
+        branches=_branches(TRAINING_BRANCH, "branch_1x1", "bn", "branch_identity", FUSED_CONV),
         head_prefixes=("fc.", "head."),
-        signatures=("stem.branch_3x3.bn.", "stem.fused_conv."),
+        signatures=(f"stem.{TRAINING_BRANCH}.bn.", f"stem.{FUSED_CONV}."),
     ),
 )
 
@@ -172,35 +176,6 @@ class Structure:
         return text if self.in_channels == 3 else f"{text} with {self.in_channels} input channels"
 
 
-def _preview(keys: Iterable[str], limit: int = 5) -> str:
-    keys = list(keys)
-    shown = ", ".join(repr(k) for k in keys[:limit])
-    return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
-
-
-def unwrap_state_dict(checkpoint: object, source: str) -> Mapping[str, torch.Tensor]:
-    """The state dict inside a checkpoint: its ``state_dict`` or ``model`` entry, or the
-    tensors at its top level.
-
-    Our pretraining also saves ``model_ema``; ``model`` is taken, as its evaluation uses it.
-    """
-    if not isinstance(checkpoint, Mapping):
-        raise CheckpointError(
-            f"Checkpoint {source} holds a {type(checkpoint).__name__}, not a dict; save "
-            "model.state_dict(), not the model."
-        )
-    for key in ("state_dict", "model"):
-        if isinstance(checkpoint.get(key), Mapping):
-            return checkpoint[key]
-    tensors = {k: v for k, v in checkpoint.items() if isinstance(v, torch.Tensor)}
-    if not tensors:
-        raise CheckpointError(
-            f"Checkpoint {source} has no state dict: its top-level keys are "
-            f"{_preview(checkpoint)}; expected 'state_dict', 'model', or parameter tensors."
-        )
-    return tensors
-
-
 def detect_format(keys: Iterable[str]) -> CheckpointFormat | None:
     """The format whose stem signature appears among ``keys`` (already without prefixes)."""
     keys = list(keys)
@@ -228,7 +203,7 @@ def convert_state_dict(
     """
     state = {
         key.removeprefix("module."): value
-        for key, value in unwrap_state_dict(checkpoint, source).items()
+        for key, value in state_dict_of(checkpoint, source).items()
     }
     if prefix is None:
         prefix = "backbone." if any(key.startswith("backbone.") for key in state) else ""
@@ -239,7 +214,7 @@ def convert_state_dict(
         known = "; ".join(f"{f.name}: '{f.signatures[0]}...'" for f in FORMATS)
         raise CheckpointError(
             f"Checkpoint {source} has no RepVGG backbone weights in a known format: none of "
-            f"its {len(state)} keys ({_preview(state)}) is a RepVGG stem key ({known}; "
+            f"its {len(state)} keys ({preview_keys(state)}) is a RepVGG stem key ({known}; "
             "mmpretrain and repvgg_seg under 'backbone.'). A classification head alone "
             "cannot initialize the backbone."
         )
@@ -256,15 +231,10 @@ def convert_state_dict(
     if unexpected:
         raise CheckpointError(
             f"Checkpoint {source} ({fmt.name} format) has keys that are not RepVGG layers: "
-            f"{_preview(unexpected)}. It may be a different model (e.g. RepVGG with SE "
+            f"{preview_keys(unexpected)}. It may be a different model (e.g. RepVGG with SE "
             "blocks, RepVGGplus); this backbone loads plain RepVGG only."
         )
-    deployed = any(".fused_conv." in f".{key}" for key in renamed)
-    if deployed and any(".branch_3x3." in f".{key}" for key in renamed):
-        raise CheckpointError(
-            f"Checkpoint {source} mixes fused and unfused blocks; fuse all of them "
-            "(repvgg_seg.reparam.reparameterize_model) or none before saving."
-        )
+    deployed = is_deployed_state_dict(renamed, f"Checkpoint {source}") is True
     return ConvertedCheckpoint(renamed, fmt.name, deployed, tuple(dropped))
 
 
@@ -273,7 +243,7 @@ def infer_structure(state: Mapping[str, torch.Tensor], deployed: bool) -> Struct
 
     Returns None when there is no stem conv to start from.
     """
-    conv = "fused_conv.weight" if deployed else "branch_3x3.conv.weight"
+    conv = f"{FUSED_CONV}.weight" if deployed else f"{TRAINING_BRANCH}.conv.weight"
     stem = state.get(f"stem.{conv}")
     if stem is None or stem.dim() != 4:
         return None

@@ -1,27 +1,28 @@
-"""Loading any RepVGG checkpoint into the backbone, and converting checkpoint files.
+"""Loading any RepVGG checkpoint into a backbone, and converting checkpoint files.
 
-The backbone's ``init_weights`` calls :func:`pretrained_source` and
-:func:`load_pretrained_backbone`; ``tools/convert_checkpoint.py`` calls
-:func:`convert_checkpoint_file`.
+A backbone whose ``init_cfg`` is ``Pretrained`` builds :class:`RepVGGPretrainedInit` from
+mmengine's ``WEIGHT_INITIALIZERS`` registry and calls it on itself (the backbone never
+imports this module), which runs :func:`load_pretrained_backbone` on that instance.
+``tools/convert_checkpoint.py`` calls :func:`convert_checkpoint_file`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import pickle
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+from mmengine.registry import WEIGHT_INITIALIZERS
 
 from ..atomic_io import save_atomically
+from ..checkpoint import CheckpointError, describe_key_mismatch, read_checkpoint
 from ..models.arch import RepVGGArch
-from ..models.backbone import RepVGG
+from ..models.backbone import PRETRAINED_INITIALIZER, RepVGG
 from .download import resolve_checkpoint
 from .formats import (
-    CheckpointError,
     ConvertedCheckpoint,
     Structure,
     convert_state_dict,
@@ -31,39 +32,21 @@ from .formats import (
 logger = logging.getLogger(__name__)
 
 
-def pretrained_source(init_cfg: Any) -> dict | None:
-    """The keyword arguments of :func:`load_pretrained_backbone` that a ``Pretrained``
-    init_cfg asks for (``checkpoint``, ``prefix``), or None when it asks for none.
+@WEIGHT_INITIALIZERS.register_module(name=PRETRAINED_INITIALIZER)
+class RepVGGPretrainedInit:
+    """The mmengine weight initializer behind a RepVGG backbone's ``Pretrained`` init_cfg.
 
-    ``init_cfg`` may be one dict or a list of them, as mmengine allows.
+    Args:
+        checkpoint: ``'repvgg:B2'``, an http(s) URL, or a local path.
+        prefix: See :func:`load_pretrained_backbone`.
     """
-    cfgs = init_cfg if isinstance(init_cfg, list | tuple) else [init_cfg]
-    for cfg in cfgs:
-        if isinstance(cfg, Mapping) and cfg.get("type") == "Pretrained":
-            if not cfg.get("checkpoint"):
-                raise ValueError(
-                    "init_cfg type='Pretrained' needs checkpoint=: 'repvgg:B2' (published "
-                    "ImageNet weights), an http(s) URL, or a local path."
-                )
-            return {"checkpoint": cfg["checkpoint"], "prefix": cfg.get("prefix")}
-    return None
 
+    def __init__(self, checkpoint: str | os.PathLike, prefix: str | None = None) -> None:
+        self.checkpoint = checkpoint
+        self.prefix = prefix
 
-def read_checkpoint(path: str | os.PathLike) -> Any:
-    """``torch.load`` with ``weights_only=True``, with errors that name the file."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise CheckpointError(
-            f"{path} holds Python objects that are not loaded for safety (weights_only=True): "
-            f"{error}. If you trust the file, re-save only its tensors, e.g. "
-            "torch.save({'state_dict': model.state_dict()}, 'clean.pth')."
-        ) from error
-    except (RuntimeError, EOFError, OSError) as error:
-        raise CheckpointError(
-            f"{path} is not a readable PyTorch checkpoint ({error}); it may be truncated or "
-            "corrupt. Delete it and download or copy it again."
-        ) from error
+    def __call__(self, backbone: RepVGG) -> None:
+        load_pretrained_backbone(backbone, self.checkpoint, self.prefix)
 
 
 def load_pretrained_backbone(
@@ -109,6 +92,27 @@ def backbone_structure(backbone: RepVGG) -> Structure:
     return Structure.of_arch(backbone.arch, backbone.stem.in_channels)
 
 
+def check_backbone_structure(
+    state: Mapping[str, torch.Tensor], deployed: bool, backbone: RepVGG, source: str
+) -> Structure:
+    """Raises unless ``state`` (our keys) has the backbone's variant; returns its structure.
+
+    Raises:
+        CheckpointError: The weights are of another variant; the message names both and the
+            ``arch`` to set instead.
+    """
+    expected = backbone_structure(backbone)
+    found = infer_structure(state, deployed)
+    if found is not None and found != expected:
+        hint = f"arch='{found.arch_name}'" if found.arch_name else "the matching arch"
+        raise CheckpointError(
+            f"Checkpoint {source} holds {found.describe()} weights, but the backbone is "
+            f"{expected.describe()}. Set {hint} in the backbone config to use these weights, "
+            f"or use a checkpoint of the backbone's variant."
+        )
+    return expected
+
+
 def backbone_state_dict(
     converted: ConvertedCheckpoint, backbone: RepVGG, source: str
 ) -> dict[str, torch.Tensor]:
@@ -118,15 +122,7 @@ def backbone_state_dict(
     backbone's BN eps); a fused checkpoint for a training-time backbone is an error, as it
     cannot be split back into branches.
     """
-    expected = backbone_structure(backbone)
-    found = infer_structure(converted.state_dict, converted.deployed)
-    if found is not None and found != expected:
-        hint = f"arch='{found.arch_name}'" if found.arch_name else "the matching arch"
-        raise CheckpointError(
-            f"Checkpoint {source} holds {found.describe()} weights, but the backbone is "
-            f"{expected.describe()}. Set {hint} in the backbone config to use these weights, "
-            f"or use a checkpoint of the backbone's variant."
-        )
+    expected = check_backbone_structure(converted.state_dict, converted.deployed, backbone, source)
     state = converted.state_dict
     if converted.deployed and not backbone.deploy:
         raise CheckpointError(
@@ -153,27 +149,12 @@ def _checked_against(
         # Some exports drop BN step counters; they do not affect any output.
         if key.endswith("num_batches_tracked") and key not in state:
             state[key] = torch.zeros(value.shape, dtype=value.dtype)
-    missing = [key for key in model_state if key not in state]
-    unexpected = [key for key in state if key not in model_state]
-    wrong_shape = [
-        f"{key}: checkpoint {tuple(state[key].shape)}, backbone {tuple(value.shape)}"
-        for key, value in model_state.items()
-        if key in state and state[key].shape != value.shape
-    ]
-    if missing or unexpected or wrong_shape:
-        problems = [
-            f"{label} ({len(keys)}): {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}"
-            for label, keys in (
-                ("missing", missing),
-                ("unexpected", unexpected),
-                ("wrong shape", wrong_shape),
-            )
-            if keys
-        ]
+    problems = describe_key_mismatch(model_state, state)
+    if problems:
         raise CheckpointError(
             f"Checkpoint {source} does not match the RepVGG-{model.arch_name} backbone (keys "
-            "as renamed to ours): " + "; ".join(problems) + ". The file is incomplete or "
-            "from a different model; every backbone weight must be present."
+            f"as renamed to ours): {problems}. The file is incomplete or from a different "
+            "model; every backbone weight must be present."
         )
     return state
 
