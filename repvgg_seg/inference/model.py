@@ -1,0 +1,139 @@
+"""A segmentor ready for inference from any of its checkpoint forms, and its predictions.
+
+Three forms load, each with the config it was made for:
+
+- a training-time checkpoint with its training config (``fuse=True`` re-parameterizes every
+  RepVGG block after loading, as ``tools/test.py --fuse`` does);
+- a fused checkpoint (RepVGG blocks already re-parameterized) with the same training config:
+  recognised by its keys, the backbone is built with ``deploy=True``;
+- a ``tools/deploy.py`` output: its ``*_deploy.py`` config and ``*_deploy.pth`` checkpoint
+  (folded conv+BN, no auxiliary head, Winograd convs on CPU).
+
+Prediction is mmseg's :func:`mmseg.apis.inference_model`: the config's ``test_pipeline``
+(its resize) and ``test_cfg`` (whole or slide), with the logits resized back to each
+input's own size.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+from mmengine.config import Config
+from mmengine.model import revert_sync_batchnorm
+from mmseg.apis import inference_model
+from mmseg.models.segmentors import EncoderDecoder
+
+from ..checkpoint import CheckpointError, is_deployed_state_dict, read_checkpoint, state_dict_of
+from ..deploy import build_segmentor
+from ..reparam import reparameterize_model
+
+
+def resolve_device(device: str) -> torch.device:
+    """``cpu``, ``cuda`` or ``cuda:N`` as a device, checked to exist here.
+
+    Raises:
+        ValueError: Not a device name, or CUDA (that GPU) is not available.
+    """
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as error:
+        raise ValueError(f"Unknown device {device!r}; pass cpu, cuda or cuda:N.") from error
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"Device {device!r}: CUDA is not available here; pass --device cpu.")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"Device {device!r}: only {torch.cuda.device_count()} CUDA device(s) here."
+            )
+    elif resolved.type != "cpu":
+        raise ValueError(f"Device {device!r} is not supported; pass cpu, cuda or cuda:N.")
+    return resolved
+
+
+def load_inference_model(
+    config: str | os.PathLike | Config,
+    checkpoint: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    fuse: bool = False,
+) -> EncoderDecoder:
+    """Builds a config's segmentor, loads a checkpoint strictly, and readies it for inference.
+
+    Args:
+        config: The config the checkpoint was made with (a deploy config for a
+            ``tools/deploy.py`` checkpoint).
+        checkpoint: A training-time, fused or deployed checkpoint.
+        device: Where the model runs.
+        fuse: Re-parameterize the RepVGG blocks after loading (no-op when already fused).
+
+    Returns:
+        The segmentor in eval mode on ``device``, with ``cfg`` set (mmseg's inference API
+        reads its ``test_pipeline``).
+
+    Raises:
+        CheckpointError: The checkpoint cannot be read or does not fit the config.
+        ValueError: The config has no ``test_pipeline``.
+    """
+    cfg = Config.fromfile(os.fspath(config)) if not isinstance(config, Config) else config
+    if "test_pipeline" not in cfg:
+        raise ValueError(
+            f"Config {_name(config)!r} has no test_pipeline (the loading and resizing of test "
+            "images); inference needs one, like every mmseg config has."
+        )
+    source = os.fspath(checkpoint)
+    state = state_dict_of(read_checkpoint(checkpoint), source)
+    backbone = cfg.model.get("backbone", {})
+    if backbone.get("type") == "RepVGG" and is_deployed_state_dict(state, source):
+        backbone["deploy"] = True
+    model = build_segmentor(cfg)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise CheckpointError(
+            f"Checkpoint {source!r} does not fit the model of config {_name(config)!r}: "
+            f"{str(error).splitlines()[0]} A tools/deploy.py checkpoint needs the "
+            "*_deploy.py config written beside it; a training or fused checkpoint needs the "
+            "training config."
+        ) from error
+    if num_classes_of(model) > 255:
+        raise ValueError(
+            f"Config {_name(config)!r} predicts {num_classes_of(model)} classes; label maps "
+            "are written as 8-bit PNGs, which hold at most 255."
+        )
+    if fuse:
+        reparameterize_model(model)
+    # Plain BN on one device: SyncBN in eval mode is the same computation.
+    model = revert_sync_batchnorm(model)
+    model.cfg = cfg
+    return model.to(device).eval()
+
+
+def _name(config: str | os.PathLike | Config) -> str:
+    return config.filename if isinstance(config, Config) else os.fspath(config)
+
+
+def num_classes_of(model: EncoderDecoder) -> int:
+    """The number of classes the segmentor predicts."""
+    return int(model.decode_head.num_classes)
+
+
+@torch.no_grad()
+def predict_labels(model: EncoderDecoder, images: list[np.ndarray]) -> list[np.ndarray]:
+    """Predicts the train-id label map of each image, at the image's own size.
+
+    Args:
+        model: From :func:`load_inference_model`.
+        images: ``H x W x 3`` uint8 RGB arrays, all of one size (one batch).
+
+    Returns:
+        One ``H x W`` uint8 label map per image.
+    """
+    if len({image.shape for image in images}) > 1:
+        raise ValueError(
+            f"A batch needs images of one size, got {sorted({i.shape for i in images})}."
+        )
+    # mmseg's pipeline takes BGR arrays, as cv2/mmcv read them; the data preprocessor of our
+    # configs converts them back to RGB.
+    samples = inference_model(model, [np.ascontiguousarray(image[:, :, ::-1]) for image in images])
+    return [sample.pred_sem_seg.data[0].to(torch.uint8).cpu().numpy() for sample in samples]

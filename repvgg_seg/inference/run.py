@@ -1,0 +1,224 @@
+"""Segmenting images and videos: batching, writing the results, progress and a summary."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+import cv2
+import numpy as np
+from mmseg.models.segmentors import EncoderDecoder
+from PIL import Image
+
+from ..atomic_io import write_atomically
+from .model import predict_labels
+from .overlay import Palette, draw_overlay
+from .sources import Source, UnreadableInputError, read_image
+
+VIDEO_CODEC = "mp4v"  # MPEG-4 Part 2: encodable by every opencv-python build, played widely
+
+
+@dataclass
+class RunSummary:
+    """What :func:`segment_sources` did.
+
+    Attributes:
+        images: Images segmented.
+        videos: Videos segmented.
+        frames: Video frames segmented (all videos).
+        seconds: Wall time, reading and writing included.
+        failed: ``(file, reason)`` of every input that could not be read.
+    """
+
+    images: int = 0
+    videos: int = 0
+    frames: int = 0
+    seconds: float = 0.0
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+
+    @property
+    def images_per_second(self) -> float:
+        return (self.images + self.frames) / self.seconds if self.seconds > 0 else 0.0
+
+
+class Progress:
+    """One status line (done/total, images/s, ETA), redrawn at most 5 times a second."""
+
+    def __init__(self, total: int | None, stream: TextIO | None = None) -> None:
+        self.total = total
+        self.done = 0
+        self.stream = stream if stream is not None else sys.stderr
+        self.start = self.last_draw = time.perf_counter()
+
+    def update(self, count: int = 1) -> None:
+        self.done += count
+        now = time.perf_counter()
+        if now - self.last_draw >= 0.2 or self.done == self.total:
+            self.last_draw = now
+            self._draw(now)
+
+    def close(self) -> None:
+        self._draw(time.perf_counter())
+        self.stream.write("\n")
+        self.stream.flush()
+
+    def _draw(self, now: float) -> None:
+        elapsed = now - self.start
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        if self.total:
+            filled = min(20, 20 * self.done // self.total)
+            eta = (self.total - self.done) / rate if rate > 0 else math.inf
+            eta_text = f"ETA {eta:.0f}s" if math.isfinite(eta) else "ETA ?"
+            line = f"{self.done}/{self.total} [{'#' * filled}{'.' * (20 - filled)}]"
+        else:
+            line, eta_text = f"{self.done} images", ""
+        self.stream.write(f"\r{line} {rate:.2f} images/s, {elapsed:.0f}s elapsed {eta_text}  ")
+        self.stream.flush()
+
+
+def segment_sources(
+    model: EncoderDecoder,
+    sources: list[Source],
+    palette: Palette,
+    opacity: float = 0.5,
+    batch_size: int = 1,
+    progress_stream: TextIO | None = None,
+) -> RunSummary:
+    """Segments every source and writes its overlay (and labels, where the source asks).
+
+    Consecutive images of one size share a batch of up to ``batch_size``; video frames are
+    batched likewise. An input that cannot be decoded is recorded in the summary and
+    skipped; other errors stop the run.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+    images = [source for source in sources if not source.is_video]
+    videos = [source for source in sources if source.is_video]
+    frame_counts = [_frame_count(video.path) for video in videos]
+    total = len(images) + sum(frame_counts) if all(frame_counts) else None
+    progress = Progress(total, progress_stream)
+    summary = RunSummary()
+    start = time.perf_counter()
+    render = _Renderer(model, palette, opacity)
+
+    batch: list[tuple[Source, np.ndarray]] = []
+    for source in images:
+        try:
+            image = read_image(source.path)
+        except UnreadableInputError as error:
+            summary.failed.append((source.path, str(error)))
+            progress.update()
+            continue
+        if batch and (len(batch) == batch_size or image.shape != batch[0][1].shape):
+            summary.images += render.images(batch, progress)
+            batch = []
+        batch.append((source, image))
+    if batch:
+        summary.images += render.images(batch, progress)
+
+    for video in videos:
+        try:
+            summary.frames += render.video(video, batch_size, progress)
+            summary.videos += 1
+        except UnreadableInputError as error:
+            summary.failed.append((video.path, str(error)))
+    progress.close()
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+@dataclass
+class _Renderer:
+    model: EncoderDecoder
+    palette: Palette
+    opacity: float
+
+    def images(self, batch: list[tuple[Source, np.ndarray]], progress: Progress) -> int:
+        labels = predict_labels(self.model, [image for _, image in batch])
+        for (source, image), label in zip(batch, labels):
+            _write_png(source.overlay, draw_overlay(image, label, self.palette, self.opacity))
+            if source.labels is not None:
+                _write_png(source.labels, label)
+        progress.update(len(batch))
+        return len(batch)
+
+    def video(self, source: Source, batch_size: int, progress: Progress) -> int:
+        """Writes the annotated video (and per-frame labels); returns the frame count."""
+        capture = cv2.VideoCapture(str(source.path))
+        if not capture.isOpened():
+            raise UnreadableInputError(f"{source.path}: not a video OpenCV can open.")
+        fps = capture.get(cv2.CAP_PROP_FPS)
+        fps = fps if math.isfinite(fps) and fps > 0 else 25.0
+        frames = 0
+        writer = None
+        with tempfile.TemporaryDirectory(prefix="repvgg_seg_video.") as scratch:
+            partial = Path(scratch) / f"video{source.overlay.suffix}"
+            try:
+                for batch in _frame_batches(capture, batch_size):
+                    labels = predict_labels(self.model, batch)
+                    for frame, label in zip(batch, labels):
+                        if writer is None:
+                            writer = _open_writer(partial, fps, frame.shape, source.path)
+                        overlay = draw_overlay(frame, label, self.palette, self.opacity)
+                        writer.write(np.ascontiguousarray(overlay[:, :, ::-1]))
+                        if source.labels is not None:
+                            _write_png(source.labels / f"{frames:06d}.png", label)
+                        frames += 1
+                    progress.update(len(batch))
+            finally:
+                capture.release()
+                if writer is not None:
+                    writer.release()
+            if frames == 0:
+                raise UnreadableInputError(f"{source.path}: no frame could be decoded.")
+            with partial.open("rb") as encoded:
+                write_atomically(source.overlay, lambda file: shutil.copyfileobj(encoded, file))
+        return frames
+
+
+def _frame_batches(capture: cv2.VideoCapture, batch_size: int) -> Iterator[list[np.ndarray]]:
+    """Decoded frames as RGB arrays, in batches of one size (until the stream ends)."""
+    batch: list[np.ndarray] = []
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        frame = np.ascontiguousarray(frame[:, :, ::-1])
+        if batch and (len(batch) == batch_size or frame.shape != batch[0].shape):
+            yield batch
+            batch = []
+        batch.append(frame)
+    if batch:
+        yield batch
+
+
+def _open_writer(path: Path, fps: float, shape: tuple, source: Path) -> cv2.VideoWriter:
+    height, width = shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*VIDEO_CODEC), fps, (width, height))
+    if not writer.isOpened():
+        raise RuntimeError(
+            f"OpenCV cannot write a {VIDEO_CODEC} video of {width}x{height} for {source}; "
+            "install an opencv-python build with FFmpeg (the pinned one has it)."
+        )
+    return writer
+
+
+def _frame_count(path: Path) -> int:
+    """The frame count a video's header claims (0 if unknown or unreadable)."""
+    capture = cv2.VideoCapture(str(path))
+    try:
+        count = capture.get(cv2.CAP_PROP_FRAME_COUNT) if capture.isOpened() else 0
+    finally:
+        capture.release()
+    return int(count) if math.isfinite(count) and count > 0 else 0
+
+
+def _write_png(path: Path, array: np.ndarray) -> None:
+    write_atomically(path, lambda file: Image.fromarray(array).save(file, format="PNG"))

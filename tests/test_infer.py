@@ -1,0 +1,304 @@
+"""tools/infer.py: segmenting a user's own images, folders and videos, for every checkpoint form."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import io
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from mmengine.config import Config
+from PIL import Image
+
+import repvgg_seg  # noqa: F401  (registers the RepVGG backbone)
+from repvgg_seg.deploy import build_segmentor, deploy_checkpoint
+from repvgg_seg.inference import Palette, draw_overlay, find_sources, legend_entries, read_image
+from repvgg_seg.reparam import reparameterize_model
+
+from helpers import randomize_bn
+
+ROOT = Path(__file__).resolve().parents[1]
+SYNTHETIC_CONFIG = ROOT / "configs" / "pspnet_repvgg_a0_synthetic.py"
+
+# (name, height, width, Pillow mode): several sizes and aspect ratios, grayscale and RGBA.
+IMAGES = [
+    ("street.png", 37, 53, "RGB"),
+    ("wide.jpg", 20, 90, "RGB"),
+    ("gray.png", 40, 30, "L"),
+    ("rgba.png", 33, 33, "RGBA"),
+    ("nested/street.png", 48, 64, "RGB"),  # same file name as the first, in a subfolder
+]
+
+
+def load_tool():
+    spec = importlib.util.spec_from_file_location("tools_infer", ROOT / "tools" / "infer.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def blobs(height: int, width: int, seed: int) -> np.ndarray:
+    """A smooth random RGB image (large regions, so that predictions vary across it)."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (max(2, height // 8), max(2, width // 8), 3), dtype=np.uint8)
+    return cv2.resize(small, (width, height), interpolation=cv2.INTER_CUBIC)
+
+
+def write_image(path: Path, height: int, width: int, mode: str, seed: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.fromarray(blobs(height, width, seed))
+    if mode == "RGBA":
+        image.putalpha(128)
+    image.convert(mode).save(path)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """The small synthetic config (test images resized to 96x48) and its three checkpoint forms.
+
+    Random weights with random BN statistics stand in for training: fusion and deployment are
+    exact for any weights, and default BN statistics would hide fusion bugs.
+    """
+    root = tmp_path_factory.mktemp("infer_model")
+    config = root / "pspnet_tiny.py"
+    config.write_text(
+        f"_base_ = {str(SYNTHETIC_CONFIG)!r}\n"
+        "test_pipeline = [dict(type='LoadImageFromFile'),\n"
+        "    dict(type='Resize', scale=(96, 48), keep_ratio=True), dict(type='PackSegInputs')]\n"
+        "test_dataloader = dict(dataset=dict(pipeline=test_pipeline))\n"
+    )
+    model = randomize_bn(build_segmentor(Config.fromfile(str(config))), seed=1)
+    with torch.no_grad():  # larger class scores, so that the argmax varies over the image
+        model.decode_head.conv_seg.weight.mul_(100)
+    trained = root / "trained.pth"
+    torch.save({"meta": {}, "state_dict": model.state_dict()}, trained)
+    fused = root / "fused.pth"
+    fused_model = reparameterize_model(copy.deepcopy(model))
+    torch.save({"meta": {}, "state_dict": fused_model.state_dict()}, fused)
+    # A low channel threshold so that most of this small model's convs run by Winograd.
+    report = deploy_checkpoint(
+        config,
+        trained,
+        root / "deploy",
+        random_size=(48, 96),
+        check_real_image=False,
+        winograd_min_channels=16,
+    )
+    assert report.checkpoint.is_file() and report.winograd_convs >= 20
+    return {
+        "training-time": (config, trained, []),
+        "training-time --fuse": (config, trained, ["--fuse"]),
+        "fused": (config, fused, []),
+        "deployed": (report.config, report.checkpoint, []),
+    }
+
+
+@pytest.fixture()
+def image_folder(tmp_path):
+    folder = tmp_path / "photos"
+    for seed, (name, height, width, mode) in enumerate(IMAGES):
+        write_image(folder / name, height, width, mode, seed)
+    return folder
+
+
+def labels_of(out_dir: Path) -> dict[str, np.ndarray]:
+    return {
+        str(path.relative_to(out_dir / "labels")): np.asarray(Image.open(path))
+        for path in sorted((out_dir / "labels").rglob("*.png"))
+    }
+
+
+def test_every_checkpoint_form_gives_the_same_labels_at_input_size(
+    checkpoints, image_folder, tmp_path, capsys
+):
+    tool = load_tool()
+    results = {}
+    for form, (config, checkpoint, flags) in checkpoints.items():
+        out = tmp_path / form.replace(" ", "_")
+        # Batches of 2 for one form: batching must not change a prediction either.
+        batch = ["--batch-size", "2"] if form == "fused" else []
+        argv = [str(config), str(checkpoint), str(image_folder), "--out-dir", str(out)]
+        assert tool.main([*argv, "--save-labels", *flags, *batch]) == 0, form
+        assert "segmented 5 images in" in capsys.readouterr().out
+        results[form] = labels_of(out)
+        for name, height, width, _ in IMAGES:
+            overlay = Image.open(out / "overlays" / name.replace(".jpg", ".png"))
+            assert (overlay.height, overlay.width, overlay.mode) == (height, width, "RGB")
+    expected = results.pop("training-time")
+    assert sorted(expected) == sorted(name.replace(".jpg", ".png") for name, *_ in IMAGES)
+    for name, height, width, _ in IMAGES:
+        labels = expected[name.replace(".jpg", ".png")]
+        assert labels.shape == (height, width) and labels.dtype == np.uint8
+    assert max(len(np.unique(labels)) for labels in expected.values()) > 1, "trivial labels"
+    for form, labels in results.items():
+        for name in expected:
+            np.testing.assert_array_equal(labels[name], expected[name], err_msg=f"{form}: {name}")
+
+
+def test_unreadable_files_are_reported_and_skipped(checkpoints, image_folder, tmp_path, capsys):
+    (image_folder / "broken.png").write_bytes(b"this is not a PNG file")
+    buffer = io.BytesIO()
+    Image.fromarray(blobs(64, 64, 9)).save(buffer, format="JPEG")
+    (image_folder / "nested" / "truncated.jpg").write_bytes(buffer.getvalue()[:300])
+    (image_folder / "notes.txt").write_text("not an image, not looked at")
+    write_image(image_folder / ".hidden" / "skip.png", 16, 16, "RGB", 0)
+    write_image(image_folder / "street.jpg", 24, 24, "RGB", 5)  # same stem as street.png
+    config, checkpoint, _ = checkpoints["fused"]
+    out = tmp_path / "out"
+    argv = [str(config), str(checkpoint), str(image_folder), "--out-dir", str(out)]
+
+    assert load_tool().main(argv) == 1
+    captured = capsys.readouterr()
+    assert str(image_folder / "broken.png") in captured.err
+    assert str(image_folder / "nested" / "truncated.jpg") in captured.err
+    assert "segmented 6 images in" in captured.out and "2 failed" in captured.out
+    written = sorted(str(p.relative_to(out / "overlays")) for p in out.rglob("*.png"))
+    assert written == [
+        "gray.png",
+        "nested/street.png",
+        "rgba.png",
+        "street.jpg.png",
+        "street.png.png",
+        "wide.png",
+    ]
+
+
+def test_nothing_is_overwritten_without_the_flag(checkpoints, image_folder, tmp_path, capsys):
+    config, checkpoint, _ = checkpoints["deployed"]
+    out = tmp_path / "out"
+    image = image_folder / "street.png"
+    argv = [str(config), str(checkpoint), str(image), "--out-dir", str(out), "--save-labels"]
+    tool = load_tool()
+    assert tool.main(argv) == 0
+    overlay = out / "overlays" / "street.png"
+    before = overlay.stat().st_mtime_ns
+    assert tool.main(argv) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert overlay.stat().st_mtime_ns == before
+    assert tool.main([*argv, "--overwrite"]) == 0
+    assert sorted(p.name for p in out.rglob("*") if p.is_file()) == ["street.png", "street.png"]
+
+
+def test_video_in_annotated_video_out(checkpoints, tmp_path, capsys):
+    frames = [blobs(40, 56, seed) for seed in range(5)]
+    video = tmp_path / "clips" / "drive.avi"
+    video.parent.mkdir()
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (56, 40))
+    for frame in frames:
+        writer.write(frame)
+    writer.release()
+    config, checkpoint, _ = checkpoints["deployed"]
+    out = tmp_path / "out"
+    argv = [str(config), str(checkpoint), str(video), "--out-dir", str(out), "--save-labels"]
+    assert load_tool().main([*argv, "--batch-size", "2"]) == 0
+    assert "0 images and 5 frames of 1 videos" in capsys.readouterr().out
+
+    capture = cv2.VideoCapture(str(out / "overlays" / "drive.mp4"))
+    decoded = []
+    while (frame := capture.read())[0]:
+        decoded.append(frame[1])
+    capture.release()
+    assert [frame.shape for frame in decoded] == [(40, 56, 3)] * 5
+    labels = sorted((out / "labels" / "drive").iterdir())
+    assert [p.name for p in labels] == [f"{i:06d}.png" for i in range(5)]
+    assert all(np.asarray(Image.open(p)).shape == (40, 56) for p in labels)
+
+
+def test_bad_arguments_run_nothing(checkpoints, image_folder, tmp_path, capsys):
+    tool = load_tool()
+    config, checkpoint, _ = checkpoints["training-time"]
+    missing = tmp_path / "no_such_photo.jpg"
+    out = str(tmp_path / "out")
+    assert tool.main([str(config), str(checkpoint), str(missing), "--out-dir", out]) == 2
+    assert str(missing) in capsys.readouterr().err
+    # A tools/deploy.py checkpoint with the training config: named, and the fix said.
+    _, deployed, _ = checkpoints["deployed"]
+    assert tool.main([str(config), str(deployed), str(image_folder), "--out-dir", out]) == 2
+    assert "_deploy.py config" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu(checkpoints, image_folder, tmp_path):
+    tool = load_tool()
+    config, checkpoint, _ = checkpoints["deployed"]
+    labels = {}
+    for device in ("cpu", "cuda"):
+        out = tmp_path / device
+        argv = [str(config), str(checkpoint), str(image_folder), "--out-dir", str(out)]
+        assert tool.main([*argv, "--device", device, "--save-labels"]) == 0
+        labels[device] = labels_of(out)
+    assert sorted(labels["cuda"]) == sorted(labels["cpu"])
+    for name, expected in labels["cpu"].items():
+        # cuDNN may use TF32 and other summation orders: only near-ties may flip.
+        assert (labels["cuda"][name] != expected).mean() < 0.01, name
+
+
+# --------------------------------------------------------------------------- units
+
+
+def test_read_image_respects_exif_and_converts_modes(tmp_path):
+    rgb = blobs(24, 40, 0)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: stored sideways, shown rotated 90 degrees clockwise
+    Image.fromarray(rgb).save(tmp_path / "sideways.jpg", exif=exif, quality=100)
+    assert read_image(tmp_path / "sideways.jpg").shape == (40, 24, 3)
+
+    Image.fromarray(rgb[:, :, 0]).save(tmp_path / "gray.png")
+    gray = read_image(tmp_path / "gray.png")
+    assert gray.shape == (24, 40, 3) and (gray == rgb[:, :, :1]).all()
+
+    deep = (rgb[:, :, 0].astype(np.uint16) * 257).astype(np.uint16)
+    Image.fromarray(deep).save(tmp_path / "gray16.png")
+    assert (read_image(tmp_path / "gray16.png") == rgb[:, :, :1]).all()
+
+    rgba = np.dstack([rgb, np.full((24, 40), 7, np.uint8)])
+    Image.fromarray(rgba).save(tmp_path / "rgba.png")
+    assert (read_image(tmp_path / "rgba.png") == rgb).all()
+
+
+def test_outputs_mirror_folders_and_never_collide(tmp_path):
+    for name in ("a/x.png", "b/x.png", "a/deep/x.png", "a/y.jpg", "a/y.png", "clip.mp4"):
+        (tmp_path / "in" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "in" / name).write_bytes(b"")
+    out = tmp_path / "in" / "results"  # inside an input folder: its files are not inputs
+    (out / "overlays").mkdir(parents=True)
+    (out / "overlays" / "old.png").write_bytes(b"")
+    sources = find_sources(
+        [tmp_path / "in" / "a", tmp_path / "in" / "b", tmp_path / "in"], out, True
+    )
+    mapping = {str(s.path.relative_to(tmp_path / "in")): s for s in sources}
+    assert sorted(mapping) == [
+        "a/deep/x.png",
+        "a/x.png",
+        "a/y.jpg",
+        "a/y.png",
+        "b/x.png",
+        "clip.mp4",
+    ]
+    assert mapping["a/x.png"].overlay == out / "overlays" / "a" / "x.png"
+    assert mapping["b/x.png"].labels == out / "labels" / "b" / "x.png"
+    assert mapping["a/y.jpg"].overlay == out / "overlays" / "a" / "y.jpg.png"
+    assert mapping["clip.mp4"].is_video and mapping["clip.mp4"].labels == out / "labels" / "clip"
+
+
+def test_overlay_blends_colours_and_lists_present_classes():
+    palette = Palette.from_dataset("cityscapes")
+    image = np.full((200, 300, 3), 100, np.uint8)
+    labels = np.zeros((200, 300), np.uint8)
+    labels[:, 100:] = 13  # car: two thirds of the image
+    assert [label for label, _ in legend_entries(labels, 19)] == [13, 0]
+    opaque = draw_overlay(image, labels, palette, opacity=1.0)
+    np.testing.assert_array_equal(
+        opaque[150:, 250:], np.broadcast_to(palette.colors[13], (50, 50, 3))
+    )
+    np.testing.assert_array_equal(
+        opaque[150:, :50], np.broadcast_to(palette.colors[0], (50, 50, 3))
+    )
+    clear = draw_overlay(image, labels, palette, opacity=0.0)
+    np.testing.assert_array_equal(clear[100:], image[100:])
+    assert (clear[:20, :20] != 100).any(), "no legend drawn in the top-left corner"

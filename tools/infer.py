@@ -1,0 +1,121 @@
+"""Segment your own images, folders and videos; writes coloured overlays (and label maps).
+
+    python tools/infer.py CONFIG CHECKPOINT INPUTS... --out-dir DIR [--device cpu|cuda]
+        [--batch-size N] [--opacity A] [--fuse] [--save-labels] [--palette cityscapes]
+        [--overwrite]
+
+CHECKPOINT is a training-time checkpoint (``--fuse`` re-parameterizes it first), a fused one
+(recognised by its keys), or a ``tools/deploy.py`` output with its ``*_deploy.py`` config.
+INPUTS are images, folders (searched recursively) and videos. Results mirror the inputs'
+folders under ``DIR/overlays`` (and ``DIR/labels`` with ``--save-labels``: train-id PNGs of
+the input's size). Exit status: 0 when every input was segmented, 1 when some could not be
+read (they are listed), 2 when nothing was run (bad arguments, existing outputs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from repvgg_seg.inference import (  # noqa: E402
+    PALETTE_NAMES,
+    Palette,
+    RunSummary,
+    existing_outputs,
+    find_sources,
+    load_inference_model,
+    num_classes_of,
+    resolve_device,
+    segment_sources,
+)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("config", help="the checkpoint's config (*_deploy.py for a deployed one)")
+    parser.add_argument("checkpoint", help="training-time, fused or deployed checkpoint")
+    parser.add_argument("inputs", nargs="+", help="image files, folders or video files")
+    parser.add_argument("--out-dir", required=True, type=Path, help="where results are written")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    parser.add_argument(
+        "--batch-size", type=int, default=1, help="images of one size per forward pass"
+    )
+    parser.add_argument(
+        "--opacity", type=float, default=0.5, help="weight of the label colours, 0-1 (0.5)"
+    )
+    parser.add_argument(
+        "--fuse", action="store_true", help="re-parameterize the RepVGG blocks after loading"
+    )
+    parser.add_argument("--save-labels", action="store_true", help="also write train-id label PNGs")
+    parser.add_argument(
+        "--palette",
+        default="cityscapes",
+        choices=PALETTE_NAMES,
+        metavar="NAME",
+        help="class names and colours of this mmseg dataset (default: cityscapes)",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace results that exist already"
+    )
+    args = parser.parse_args(argv)
+    if not 0.0 <= args.opacity <= 1.0:
+        parser.error(f"--opacity must be between 0 and 1, got {args.opacity}")
+    if args.batch_size < 1:
+        parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
+    return args
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type != "cuda":
+        return str(device)
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+
+
+def describe(summary: RunSummary, device: str) -> str:
+    done = f"{summary.images} images"
+    if summary.videos:
+        done += f" and {summary.frames} frames of {summary.videos} videos"
+    text = (
+        f"segmented {done} in {summary.seconds:.1f} s "
+        f"({summary.images_per_second:.2f} images/s) on {device}"
+    )
+    return text + (f"; {len(summary.failed)} failed" if summary.failed else "")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        palette = Palette.from_dataset(args.palette)
+        device = resolve_device(args.device)
+        sources = find_sources(args.inputs, args.out_dir, args.save_labels)
+        existing = existing_outputs(sources)
+        if existing and not args.overwrite:
+            raise ValueError(
+                f"{len(existing)} result(s) exist already, e.g. {str(existing[0])!r}; pass "
+                "--overwrite to replace them, or choose another --out-dir."
+            )
+        model = load_inference_model(args.config, args.checkpoint, device, fuse=args.fuse)
+        if num_classes_of(model) != len(palette.classes):
+            raise ValueError(
+                f"The model predicts {num_classes_of(model)} classes but palette "
+                f"{args.palette!r} has {len(palette.classes)}; pass a --palette with "
+                f"{num_classes_of(model)} classes."
+            )
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    summary = segment_sources(model, sources, palette, args.opacity, args.batch_size)
+    for _, reason in summary.failed:
+        print(f"skipped {reason}", file=sys.stderr)
+    print(describe(summary, describe_device(device)) + f"; results in {args.out_dir}")
+    return 1 if summary.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
