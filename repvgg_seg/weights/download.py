@@ -9,117 +9,59 @@ cache only after it passed its check, so a later run can trust whatever it finds
   ending in the same file name never share a cached file), and the body must be a
   checkpoint that loads with ``weights_only=True``; an HTML page is named as such.
 
-A download is streamed to a temporary file beside its target and renamed into place; a
-failure, Ctrl-C or SIGTERM removes the temporary file, and temporary files of killed
-downloads (no live process holds their lock) are removed by the next download into the
-cache. A download that is too slow (:class:`DownloadLimits`) is given up with an error
-naming the URL. With ``REPVGG_SEG_OFFLINE=1`` nothing is downloaded: a cached file or a
-local path is used, and a missing one is reported with the exact path to put it at.
+The transfer itself (limits, SIGTERM, temporary files, the checks) is :mod:`.fetch`. With
+``REPVGG_SEG_OFFLINE=1`` nothing is downloaded: a cached file or a local path is used, and
+a missing one is reported with the exact path to put it at.
 """
 
 from __future__ import annotations
 
-import collections
-import contextlib
-import fcntl
 import hashlib
-import http.client
 import logging
 import os
 import posixpath
 import re
-import signal
-import threading
-import time
-import urllib.error
 import urllib.parse
-import urllib.request
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
 
 import torch
 
-from ..atomic_io import write_atomically
-from ..checkpoint import CheckpointError, read_checkpoint
+from .fetch import (
+    DEADLINE_ENV,
+    MIN_RATE_ENV,
+    RATE_WINDOW_ENV,
+    ChecksumError,
+    DownloadLimits,
+    download_checked,
+    remove_stale_partials,
+)
 from .table import NAME_SCHEME, WEIGHTS, find_by_filename, published_weights
+
+__all__ = [
+    "DEADLINE_ENV",
+    "MIN_RATE_ENV",
+    "OFFLINE_ENV",
+    "RATE_WINDOW_ENV",
+    "ChecksumError",
+    "DownloadLimits",
+    "cache_dir",
+    "cache_path",
+    "cached_download",
+    "expected_sha256_prefix",
+    "offline_mode",
+    "resolve_checkpoint",
+    "url_filename",
+]
 
 logger = logging.getLogger(__name__)
 
 OFFLINE_ENV = "REPVGG_SEG_OFFLINE"
-DEADLINE_ENV = "REPVGG_SEG_DOWNLOAD_DEADLINE"
-MIN_RATE_ENV = "REPVGG_SEG_DOWNLOAD_MIN_RATE"
-RATE_WINDOW_ENV = "REPVGG_SEG_DOWNLOAD_RATE_WINDOW"
 
 # torch.hub's convention: 'name-<first hex digits of sha256>.ext'.
 _HUB_HASH = re.compile(r"-([0-9a-f]{8,64})\.[^.]+$")
 # What a cached file name may hold; anything else becomes '_'.
 _UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._+-]")
 _MAX_NAME_CHARS = 150
-
-_CHUNK_BYTES = 1 << 20
-_READ_TIMEOUT_S = 60
-# A temporary file younger than this is left alone even when unlocked: its writer may be
-# between creating it and locking it.
-_STALE_AFTER_S = 10
-
-_ZIP_MAGIC = b"PK\x03\x04"
-# torch.save's legacy format is a pickle: PROTO opcode, then protocol 2 to 5.
-_PICKLE_MAGICS = tuple(b"\x80" + bytes([protocol]) for protocol in range(2, 6))
-
-
-class ChecksumError(RuntimeError):
-    """A downloaded file's sha256 does not start with the expected prefix."""
-
-
-@dataclass(frozen=True)
-class DownloadLimits:
-    """When a download is given up (each with an error naming the URL).
-
-    The defaults suit the 100-500 MB checkpoints this project loads: a 500 MB file passes
-    the rate check at 10 KB/s but would need 14 h at it; the deadline stops it at 2 h.
-
-    Attributes:
-        deadline_s: Overall time limit of one download, headers included.
-        min_rate: Bytes per second that the last ``rate_window_s`` seconds must average;
-            0 turns the check off.
-        rate_window_s: The window the rate is averaged over.
-        read_timeout_s: Longest wait for any single read from the server.
-    """
-
-    deadline_s: float = 2 * 3600.0
-    min_rate: float = 10 * 1024.0
-    rate_window_s: float = 60.0
-    read_timeout_s: float = _READ_TIMEOUT_S
-
-    @classmethod
-    def from_env(cls) -> DownloadLimits:
-        """The defaults, overridden by ``$REPVGG_SEG_DOWNLOAD_DEADLINE`` (seconds),
-        ``$REPVGG_SEG_DOWNLOAD_MIN_RATE`` (bytes per second) and
-        ``$REPVGG_SEG_DOWNLOAD_RATE_WINDOW`` (seconds)."""
-        default = cls()
-        return cls(
-            deadline_s=_env_number(DEADLINE_ENV, default.deadline_s, positive=True),
-            min_rate=_env_number(MIN_RATE_ENV, default.min_rate, positive=False),
-            rate_window_s=_env_number(RATE_WINDOW_ENV, default.rate_window_s, positive=True),
-        )
-
-
-def _env_number(name: str, default: float, positive: bool) -> float:
-    text = os.environ.get(name, "").strip()
-    if not text:
-        return default
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not (value > 0 if positive else value >= 0):
-        raise ValueError(
-            f"${name}={text!r} is not a {'positive' if positive else 'non-negative'} number; "
-            f"unset it for the default ({default:g})."
-        )
-    return value
 
 
 def cache_dir() -> Path:
@@ -236,7 +178,8 @@ def cached_download(
     offline: bool | None = None,
     limits: DownloadLimits | None = None,
 ) -> Path:
-    """Returns the cached copy of ``url``, downloading and checking it first if absent.
+    """Returns the cached copy of ``url``, downloading and checking it first if absent
+    (:func:`.fetch.download_checked`).
 
     A cached file is trusted without checking it again: only files that passed their
     check (the sha256 prefix, or else a ``weights_only`` load) are renamed into the cache.
@@ -248,7 +191,7 @@ def cached_download(
         progress: Show download progress.
         offline: Forbid downloading; None reads ``$REPVGG_SEG_OFFLINE``.
         limits: When to give up a slow download; None reads them from the environment
-            (:meth:`DownloadLimits.from_env`).
+            (:meth:`.fetch.DownloadLimits.from_env`).
     """
     target = cache_path(url, sha256_prefix)
     if target.is_file():
@@ -273,243 +216,5 @@ def cached_download(
             "checkpoint.",
             url,
         )
-    _download(url, target, sha256_prefix, progress, limits or DownloadLimits.from_env())
+    download_checked(url, target, sha256_prefix, progress, limits or DownloadLimits.from_env())
     return target
-
-
-def remove_stale_partials(folder: Path) -> list[Path]:
-    """Removes the temporary files of downloads into ``folder`` whose process is gone.
-
-    A live download holds an exclusive lock on its temporary file (released by the kernel
-    when its process dies, however it dies); files nobody holds and that were not written
-    in the last few seconds are left over from killed downloads.
-
-    Returns:
-        The files removed.
-    """
-    removed = []
-    for partial in folder.glob(".*.part"):
-        try:
-            if time.time() - partial.stat().st_mtime < _STALE_AFTER_S:
-                continue
-            with open(partial, "rb") as file:
-                fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                partial.unlink()
-        except (BlockingIOError, FileNotFoundError):
-            continue  # a live download's, or removed meanwhile by another process
-        except OSError as error:
-            logger.warning("Could not remove the stale temporary file %s: %s", partial, error)
-            continue
-        removed.append(partial)
-        logger.info("Removed %s, left by a download that was killed.", partial)
-    return removed
-
-
-def _download(
-    url: str, target: Path, sha256_prefix: str | None, progress: bool, limits: DownloadLimits
-) -> None:
-    """Streams ``url`` into ``target`` and checks it; a failed or rejected download, or one
-    stopped by Ctrl-C or SIGTERM, leaves nothing."""
-
-    facts: dict[str, Any] = {}
-
-    def stream(file: BinaryIO) -> None:
-        # Tells remove_stale_partials in other processes that this file is in use; the lock
-        # lasts until write_atomically closes the file, after the check.
-        fcntl.flock(file.fileno(), fcntl.LOCK_EX)
-        logger.info("Downloading %s to %s", url, target)
-        clock = _Clock(url, target, limits)
-        try:
-            response = urllib.request.urlopen(
-                url, timeout=min(limits.read_timeout_s, limits.deadline_s)
-            )
-        except (urllib.error.URLError, OSError) as error:
-            raise ConnectionError(
-                f"Could not download {url}: {error}. Check the network, or download it "
-                f"elsewhere and copy it to {target} (then it is used from the cache)."
-            ) from error
-        with response:
-            content_type = response.headers.get("Content-Type", "")
-            length = response.headers.get("Content-Length")
-            total = int(length) if length and length.isdigit() else None
-            digest, head, written = hashlib.sha256(), b"", 0
-            try:
-                with _progress_bar(total, target.name, progress) as advance:
-                    while chunk := response.read1(_CHUNK_BYTES):
-                        file.write(chunk)
-                        digest.update(chunk)
-                        if len(head) < 512:
-                            head += chunk[: 512 - len(head)]
-                        written += len(chunk)
-                        advance(len(chunk))
-                        clock.check(written)
-            except (OSError, http.client.HTTPException) as error:
-                raise ConnectionError(
-                    f"Download of {url} failed after {written} bytes: {error!r}; run "
-                    "again to retry."
-                ) from error
-        if total is not None and written != total:
-            raise ConnectionError(
-                f"Download of {url} stopped after {written} of {total} bytes; run again to retry."
-            )
-        if sha256_prefix is not None:
-            _check_sha256(digest.hexdigest(), sha256_prefix, url, head, content_type)
-        facts.update(head=head, content_type=content_type)
-
-    def check(partial: Path) -> None:
-        if sha256_prefix is None:
-            _check_loadable(partial, url, facts["head"], facts["content_type"])
-        # A long check leaves an old mtime; the file must not look stale while it is
-        # unlocked between its close and its rename.
-        os.utime(partial)
-
-    with _sigterm_raises():
-        write_atomically(target, stream, check)
-
-
-class _Clock:
-    """Gives up a download past its deadline or below its minimum rate."""
-
-    def __init__(self, url: str, target: Path, limits: DownloadLimits) -> None:
-        self.url, self.target, self.limits = url, target, limits
-        self.start = time.monotonic()
-        # (time, bytes so far): the oldest entry is at or just before the window's start.
-        self.samples = collections.deque([(self.start, 0)])
-
-    def check(self, written: int) -> None:
-        now = time.monotonic()
-        limits = self.limits
-        advice = (
-            f"Retry later, raise the limit (${DEADLINE_ENV} seconds, ${MIN_RATE_ENV} bytes "
-            f"per second, 0 turns the rate check off), or download it elsewhere and copy it "
-            f"to {self.target}."
-        )
-        if now - self.start > limits.deadline_s:
-            raise ConnectionError(
-                f"Download of {self.url} did not finish within its deadline of "
-                f"{limits.deadline_s:g} s ({written} bytes received) and was given up. " + advice
-            )
-        self.samples.append((now, written))
-        while len(self.samples) > 1 and self.samples[1][0] <= now - limits.rate_window_s:
-            self.samples.popleft()
-        since, then = self.samples[0]
-        if limits.min_rate > 0 and now - self.start >= limits.rate_window_s:
-            rate = (written - then) / max(now - since, 1e-9)
-            if rate < limits.min_rate:
-                raise ConnectionError(
-                    f"Download of {self.url} is too slow: {rate:.0f} bytes/s over the last "
-                    f"{now - since:.0f} s, under the minimum of {limits.min_rate:g} bytes/s; "
-                    f"given up after {written} bytes. " + advice
-                )
-
-
-def _is_checkpoint_header(head: bytes) -> bool:
-    return head.startswith(_ZIP_MAGIC) or head.startswith(_PICKLE_MAGICS)
-
-
-def _is_html(head: bytes, content_type: str) -> bool:
-    if content_type.split(";")[0].strip().lower() in ("text/html", "application/xhtml+xml"):
-        return True
-    start = head.lstrip().lower()
-    return start.startswith((b"<!doctype html", b"<html", b"<head", b"<body", b"<?xml"))
-
-
-def _html_error(url: str) -> CheckpointError:
-    return CheckpointError(
-        f"The server returned an HTML page, not a checkpoint: {url} (often a login, error or "
-        "download-confirmation page). Nothing was cached; use the URL of the .pth file itself."
-    )
-
-
-def _check_sha256(actual: str, prefix: str, url: str, head: bytes, content_type: str) -> None:
-    if actual.startswith(prefix.lower()):
-        return
-    if not _is_checkpoint_header(head) and _is_html(head, content_type):
-        raise _html_error(url)
-    raise ChecksumError(
-        f"Downloaded {url} has sha256 {actual}, which does not start with the expected "
-        f"{prefix}; the file is corrupt or not the published one and was discarded. Run "
-        "again; if it persists, the server serves a different file."
-    )
-
-
-def _check_loadable(partial: Path, url: str, head: bytes, content_type: str) -> None:
-    """Raises unless the downloaded temporary file ``partial`` loads with the project's
-    ``weights_only`` reader."""
-    if not _is_checkpoint_header(head):
-        if _is_html(head, content_type):
-            raise _html_error(url)
-        raise CheckpointError(
-            f"The server returned a file that is not a PyTorch checkpoint: {url} (it starts "
-            f"with {head[:16]!r}, not a zip or pickle header). Nothing was cached; check "
-            "the URL."
-        )
-    try:
-        read_checkpoint(partial)
-    except CheckpointError as error:
-        # The reader's reason, naming the URL instead of the temporary file.
-        reason = str(error).replace(repr(os.fspath(partial)), url)
-        raise CheckpointError(
-            f"The file downloaded from {url} is not a loadable checkpoint and was not "
-            f"cached: {reason}"
-        ) from error
-
-
-class _Terminated(BaseException):
-    """SIGTERM arrived during a download (raised so that the temporary file is removed)."""
-
-
-@contextlib.contextmanager
-def _sigterm_raises() -> Iterator[None]:
-    """Turns SIGTERM into an exception for the duration, then re-delivers it.
-
-    Python's default SIGTERM ends the process without unwinding, which would leave the
-    temporary file behind. Only the main thread can install handlers; elsewhere, and when
-    SIGTERM is ignored, nothing changes.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.getsignal(signal.SIGTERM)
-    if previous in (signal.SIG_IGN, None):
-        yield
-        return
-
-    def raise_terminated(signum, frame):
-        raise _Terminated
-
-    signal.signal(signal.SIGTERM, raise_terminated)
-    try:
-        yield
-    except _Terminated:
-        signal.signal(signal.SIGTERM, previous)
-        os.kill(os.getpid(), signal.SIGTERM)  # ends the process, or runs the old handler
-        raise ConnectionError("The download was stopped by SIGTERM.") from None
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-@contextlib.contextmanager
-def _progress_bar(total: int | None, name: str, enabled: bool) -> Iterator[Callable[[int], None]]:
-    """Yields ``advance(num_bytes)``: a tqdm bar when tqdm is installed, else log lines."""
-    if not enabled:
-        yield lambda num_bytes: None
-        return
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        tqdm = None
-    if tqdm is not None:
-        with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=name) as bar:
-            yield bar.update
-        return
-    done, next_report = 0, 0.1
-
-    def advance(num_bytes: int) -> None:
-        nonlocal done, next_report
-        done += num_bytes
-        if total and done / total >= next_report:
-            logger.info("%s: %d%% of %.1f MB", name, 100 * done // total, total / 2**20)
-            next_report += 0.1
-
-    yield advance
