@@ -127,9 +127,11 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
             f"Checkpoint {path!r} is empty (0 bytes): it was never written completely. Delete "
             "it and save, copy or download it again."
         )
+    # Not torch.serialization.safe_globals(...): leaving it removes these types from the
+    # process-wide list too, and mmengine's own torch.load (--resume) then refuses its files.
+    allow_mmengine_checkpoint_types()
     try:
-        with torch.serialization.safe_globals(MMENGINE_CHECKPOINT_GLOBALS):
-            return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         raise CheckpointError(
             f"Checkpoint {path!r} holds Python objects that are not loaded for safety "
