@@ -29,7 +29,7 @@ from mmengine.registry import HOOKS, RUNNERS
 from mmengine.runner import Runner
 
 from .atomic_io import write_atomically
-from .checkpoint import CheckpointError, allow_mmengine_checkpoint_types, read_checkpoint
+from .checkpoint import allow_mmengine_checkpoint_types, read_checkpoint
 from .work_dir import (
     WorkDirBusyError,
     WorkDirLock,
@@ -143,12 +143,18 @@ class AtomicCheckpointRunner(Runner):
 
     def save_checkpoint(self, out_dir: str, filename: str, file_client_args=None, *args, **kwargs):
         """``Runner.save_checkpoint``; local files are written by :mod:`repvgg_seg.atomic_io`."""
-        if file_client_args is None and kwargs.get("backend_args") is None:
-            if "://" not in str(out_dir):
-                kwargs["backend_args"] = dict(backend=ATOMIC_BACKEND)
+        local = "://" not in str(out_dir)
+        if local and file_client_args is None and kwargs.get("backend_args") is None:
+            kwargs["backend_args"] = dict(backend=ATOMIC_BACKEND)
         super().save_checkpoint(out_dir, filename, file_client_args, *args, **kwargs)
 
     def train(self) -> torch.nn.Module:
+        """``Runner.train`` while holding the work dir's lock, after removing leftovers.
+
+        Raises:
+            NothingToTrainError: ``train_cfg`` asks for zero (or fewer) iterations or epochs.
+            WorkDirBusyError: Another live training holds the work dir (on every rank).
+        """
         self._check_schedule()
         lock = self._lock_work_dir()
         try:
@@ -222,7 +228,7 @@ class AtomicCheckpointRunner(Runner):
         if path is None:
             choice = checkpoint_to_resume(self.work_dir)
             for reason in choice.skipped:
-                self.logger.warning(f"--resume: passed over: {reason}.")
+                self.logger.warning(f"--resume: passed over: {reason.rstrip('.')}.")
             if choice.path is None:
                 self.logger.info(
                     f"--resume: no checkpoint in '{self.work_dir}'; training from the start."

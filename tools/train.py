@@ -18,10 +18,27 @@ from mmengine.config import Config, DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
+from repvgg_seg.checkpoint import CheckpointError
+from repvgg_seg.datasets import CityscapesDataError
 from repvgg_seg.runtime import (
+    NothingToTrainError,
+    WorkDirBusyError,
     configure_for_cpu,
     init_cpu_distributed,
 )
+
+# Errors whose message names the file or setting at fault and says what to do: printed as
+# one line (no traceback) with a non-zero exit.
+USER_ERRORS = (CheckpointError, CityscapesDataError, NothingToTrainError, WorkDirBusyError)
+
+
+def one_line(error: BaseException) -> str:
+    """The message of ``error``; of one re-raised from a DataLoader worker, the original's."""
+    text = str(error).strip()
+    if "Original Traceback" in text:  # torch's ExceptionWrapper.reraise
+        text = text.splitlines()[-1].split(": ", 1)[-1]
+    return text
+
 
 logger = logging.getLogger("tools.train")
 
@@ -59,6 +76,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def build_config(args: argparse.Namespace) -> Config:
     """The config with the command-line settings applied."""
+    if not osp.isfile(args.config):
+        raise SystemExit(
+            f"Config file '{args.config}' does not exist (working directory: {os.getcwd()}). "
+            "Pass one of the files under configs/, e.g. configs/pspnet_repvgg_a0.py."
+        )
     cfg = Config.fromfile(args.config)
     cfg.launcher = args.launcher
     if args.cfg_options:
@@ -84,8 +106,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     cfg = build_config(args)
     init_cpu_distributed(args.launcher)
-    runner = RUNNERS.build(cfg) if "runner_type" in cfg else Runner.from_cfg(cfg)
-    runner.train()
+    try:
+        runner = RUNNERS.build(cfg) if "runner_type" in cfg else Runner.from_cfg(cfg)
+        runner.train()
+    except USER_ERRORS as error:
+        raise SystemExit(f"tools/train.py: error: {one_line(error)}") from None
 
 
 if __name__ == "__main__":

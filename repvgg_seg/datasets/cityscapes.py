@@ -3,9 +3,12 @@
 mmseg's ``CityscapesDataset`` lists whatever matches its suffixes: a wrong ``data_root``
 gives an empty dataset (and an obscure sampler error much later), an image without its
 ``*_labelTrainIds.png`` fails deep in a data-loader worker, and an unreadable file gives
-``'NoneType' object has no attribute 'shape'``. ``CheckedCityscapesDataset`` is the same
-dataset (same files, same pipeline, same metainfo) that checks the split when it is built
-and names the file when one cannot be read.
+``'NoneType' object has no attribute 'shape'``; a label with values outside the classes
+fails in the loss as ``IndexError: Target 50 is out of bounds`` and a label of the wrong
+size fails in a crop or the metric, neither naming the file. ``CheckedCityscapesDataset``
+is the same dataset (same files, same pipeline, same metainfo) that checks the split when
+it is built, checks every label as it is loaded (:class:`CheckSegLabels`), and names the
+file when one cannot be read.
 """
 
 from __future__ import annotations
@@ -14,8 +17,11 @@ import os
 from pathlib import Path
 
 import cv2
+import numpy as np
+from mmcv.transforms import BaseTransform
+from mmcv.transforms import LoadAnnotations as BaseLoadAnnotations
 from mmseg.datasets import CityscapesDataset
-from mmseg.registry import DATASETS
+from mmseg.registry import DATASETS, TRANSFORMS
 
 HELP = "See data/README.md for how to download and prepare Cityscapes."
 MAX_LISTED = 5
@@ -114,14 +120,90 @@ def unreadable_reason(path: str) -> str | None:
     return None
 
 
+def _size(shape: tuple[int, ...]) -> str:
+    return f"{shape[1]}x{shape[0]}"
+
+
+@TRANSFORMS.register_module()
+class CheckSegLabels(BaseTransform):
+    """Checks a label map just loaded: the size of its image, values within the classes.
+
+    Place it right after ``LoadAnnotations`` (:class:`CheckedCityscapesDataset` does so
+    itself). Costs one ``np.bincount`` per label.
+
+    Args:
+        num_classes: Labels hold ``0 .. num_classes - 1`` ...
+        ignore_index: ... or this value.
+
+    Raises:
+        CityscapesDataError: The label is not a single-channel map of its image's size, or
+            holds other values; the message names the label file.
+    """
+
+    def __init__(self, num_classes: int, ignore_index: int = 255) -> None:
+        if num_classes <= 0:
+            raise ValueError(f"num_classes must be positive, got {num_classes}.")
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+
+    def transform(self, results: dict) -> dict:
+        labels = results["gt_seg_map"]
+        path = results.get("seg_map_path", "the label")
+        image_shape = results.get("ori_shape")
+        if labels.ndim != 2:
+            raise CityscapesDataError(
+                f"Label '{path}' has shape {labels.shape}; expected a single-channel image of "
+                f"training ids (a *_labelTrainIds.png, not a colour image). Recreate it with "
+                f"tools/prepare_cityscapes.py. {HELP}"
+            )
+        if image_shape is not None and labels.shape != tuple(image_shape[:2]):
+            raise CityscapesDataError(
+                f"Label '{path}' is {_size(labels.shape)} pixels but its image "
+                f"'{results.get('img_path')}' is {_size(image_shape)}; a label must have its "
+                f"image's size. Replace the label (or the image) with the matching file. {HELP}"
+            )
+        counts = np.bincount(labels.ravel(), minlength=self.num_classes)
+        counts[: self.num_classes] = 0
+        if 0 <= self.ignore_index < counts.size:
+            counts[self.ignore_index] = 0
+        bad = np.flatnonzero(counts)
+        if bad.size:
+            found = ", ".join(f"{value} ({counts[value]} pixels)" for value in bad)
+            raise CityscapesDataError(
+                f"Label '{path}' holds values outside the {self.num_classes} training ids "
+                f"(0-{self.num_classes - 1}) and the ignore index {self.ignore_index}: {found}. "
+                "Is it a *_labelIds.png (raw Cityscapes ids) saved under the train-id name? "
+                f"Recreate it with `python tools/prepare_cityscapes.py <data_root>`. {HELP}"
+            )
+        return results
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(num_classes={self.num_classes}, "
+            f"ignore_index={self.ignore_index})"
+        )
+
+
 @DATASETS.register_module()
 class CheckedCityscapesDataset(CityscapesDataset):
     """mmseg's ``CityscapesDataset`` with clear errors for missing or broken files.
 
     Takes the same arguments. The split is checked when the file list is loaded
-    (:func:`check_cityscapes_split`); a sample whose image or label cannot be decoded
+    (:func:`check_cityscapes_split`); :class:`CheckSegLabels` is inserted after each
+    ``LoadAnnotations`` of the pipeline; a sample whose image or label cannot be decoded
     raises :class:`CityscapesDataError` naming the file.
     """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        transforms = self.pipeline.transforms
+        for index in reversed(range(len(transforms))):
+            following = transforms[index + 1] if index + 1 < len(transforms) else None
+            if isinstance(transforms[index], BaseLoadAnnotations) and not isinstance(
+                following, CheckSegLabels
+            ):
+                check = CheckSegLabels(len(self.metainfo["classes"]), self.ignore_index)
+                transforms.insert(index + 1, check)
 
     def load_data_list(self) -> list[dict]:
         if not self.ann_file:

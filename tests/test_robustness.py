@@ -1,0 +1,421 @@
+"""What a training run guarantees when things go wrong (issue 12, points 7-9).
+
+Two trainings in one work dir, killed runs, a broken ``last_checkpoint``, the best checkpoint
+replaced, and the one-line errors for bad labels, bad configs and bad checkpoints. The
+command-line cases run tools/train.py as a real process on tiny synthetic Cityscapes; the
+checkpoint-hook cases drive mmengine's real Runner on a one-parameter model (seconds).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from mmengine.evaluator import BaseMetric, Evaluator
+from mmengine.logging import HistoryBuffer
+from mmengine.model import BaseModel
+from mmengine.registry import init_default_scope
+from mmseg.registry import DATASETS
+from test_train_test import CONFIG, ENV, ROOT, small
+from torch import nn
+
+from repvgg_seg.checkpoint import read_checkpoint
+from repvgg_seg.datasets import CityscapesDataError, make_synthetic_cityscapes
+from repvgg_seg.runtime import AtomicCheckpointRunner, NothingToTrainError
+from repvgg_seg.work_dir import (
+    LOCK_NAME,
+    WorkDirBusyError,
+    WorkDirLock,
+    checkpoint_to_resume,
+)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    return make_synthetic_cityscapes(tmp_path_factory.mktemp("data"), 4, 3, (128, 64), 0)
+
+
+def train_command(work_dir: Path, data_root: Path, *options: str) -> list[str]:
+    return [sys.executable, "tools/train.py", CONFIG, "--work-dir", str(work_dir)] + small(
+        data_root, "train_cfg.val_interval=1000", *options
+    )
+
+
+def run(command: list[str], **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300, **kwargs
+    )
+
+
+def last_line(result: subprocess.CompletedProcess) -> str:
+    return result.stderr.strip().splitlines()[-1]
+
+
+# --- 7: one training per work dir ------------------------------------------------------------
+
+
+def lock_owner_pid(work_dir: Path) -> int | None:
+    try:
+        return json.loads((work_dir / LOCK_NAME).read_text())["pid"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def test_second_training_in_a_busy_work_dir_is_refused(tmp_path, data_root):
+    work_dir = tmp_path / "work"
+    command = train_command(
+        work_dir, data_root, "train_cfg.max_iters=100000", "param_scheduler.0.end=100000"
+    )
+    first = subprocess.Popen(
+        command, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while lock_owner_pid(work_dir) != first.pid:
+            assert first.poll() is None and time.monotonic() < deadline, "first run never started"
+            time.sleep(0.05)
+        second = run(command)
+        assert second.returncode != 0
+        message = last_line(second)
+        assert f"Work dir '{work_dir}' is in use by another training (pid {first.pid}" in message
+        assert "--work-dir" in message
+        assert first.poll() is None, "the running training was disturbed"
+        assert lock_owner_pid(work_dir) == first.pid
+    finally:
+        first.kill()
+        first.wait()
+    # SIGKILL released the lock with the process; the next run takes it over.
+    lock = WorkDirLock(work_dir)
+    stale = lock.acquire()
+    lock.release()
+    assert stale is not None and stale.pid == first.pid
+
+
+def test_torchrun_training_in_a_busy_work_dir_is_refused_on_every_rank(tmp_path, data_root):
+    work_dir = tmp_path / "dist"
+    with WorkDirLock(work_dir):
+        result = subprocess.run(
+            ["bash", "tools/dist_train.sh", CONFIG, "2", "--work-dir", str(work_dir)]
+            + small(data_root, "train_cfg.max_iters=1"),
+            cwd=ROOT,
+            env={**ENV, "PYTHON": sys.executable, "PORT": "29523"},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    log = result.stdout + result.stderr
+    assert result.returncode != 0
+    busy = rf"error: Work dir '{re.escape(str(work_dir))}' is in use .*pid {os.getpid()}"
+    assert len(re.findall(busy, log)) >= 2, log[-3000:]  # rank 0 and rank 1, no hang
+    assert not list(work_dir.glob("iter_*.pth"))
+
+
+def test_lock_is_exclusive_and_released(tmp_path):
+    with WorkDirLock(tmp_path) as held:
+        record = json.loads((tmp_path / LOCK_NAME).read_text())
+        assert record["pid"] == os.getpid()
+        with pytest.raises(
+            WorkDirBusyError, match=rf"'{re.escape(str(tmp_path))}' .*pid {os.getpid()}"
+        ):
+            WorkDirLock(tmp_path).acquire()
+        assert held.path.exists()
+    assert not (tmp_path / LOCK_NAME).exists()
+    with WorkDirLock(tmp_path) as again:
+        assert again.path.exists()
+
+
+# --- the checkpoint hook, on mmengine's Runner with a one-parameter model -------------------
+
+
+class OneParameter(BaseModel):
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(1))
+
+    def forward(self, inputs, data_samples=None, mode="tensor"):
+        if mode == "loss":
+            return {"loss": ((self.weight - torch.stack(inputs)) ** 2).mean()}
+        return list(inputs)
+
+
+class ScriptedMetric(BaseMetric):
+    """Reports the given mIoU values, one per validation."""
+
+    def __init__(self, scores: list[float]) -> None:
+        super().__init__()
+        self.scores = list(scores)
+
+    def process(self, data_batch, data_samples) -> None:
+        self.results.append(0)
+
+    def compute_metrics(self, results) -> dict:
+        return {"mIoU": self.scores.pop(0)}
+
+
+def loader() -> dict:
+    return dict(
+        dataset=[dict(inputs=torch.ones(1))] * 2,
+        sampler=dict(type="DefaultSampler", shuffle=False),
+        batch_size=1,
+        num_workers=0,
+    )
+
+
+def tiny_runner(work_dir: Path, scores: list[float], **kwargs) -> AtomicCheckpointRunner:
+    return AtomicCheckpointRunner(
+        model=OneParameter(),
+        work_dir=str(work_dir),
+        train_dataloader=loader(),
+        train_cfg=dict(by_epoch=False, max_iters=len(scores), val_interval=1),
+        val_dataloader=loader(),
+        val_cfg=dict(),
+        val_evaluator=Evaluator([ScriptedMetric(scores)]),
+        optim_wrapper=dict(optimizer=dict(type="SGD", lr=0.1)),
+        default_hooks=dict(
+            checkpoint=dict(
+                type="CheckpointHook", interval=1, by_epoch=False, save_best="mIoU", rule="greater"
+            )
+        ),
+        default_scope="mmengine",
+        log_level="WARNING",
+        # Unique: mmengine reuses the logger of an earlier runner of the same name.
+        experiment_name=f"tiny_{work_dir.name}_{time.monotonic_ns()}",
+        **kwargs,
+    )
+
+
+def log_text(work_dir: Path) -> str:
+    return "".join(p.read_text() for p in work_dir.glob("*/*.log"))
+
+
+def test_best_checkpoint_is_written_before_the_old_one_is_removed(tmp_path, monkeypatch):
+    removals = []
+    real_remove = os.remove
+
+    def remove(path, *args, **kwargs):
+        if Path(path).name.startswith("best_"):
+            removals.append((Path(path).name, sorted(p.name for p in tmp_path.glob("best_*"))))
+        real_remove(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "remove", remove)
+    tiny_runner(tmp_path, scores=[1.0, 2.0, 1.5, 3.0]).train()
+    assert removals == [
+        ("best_mIoU_iter_1.pth", ["best_mIoU_iter_1.pth", "best_mIoU_iter_2.pth"]),
+        ("best_mIoU_iter_2.pth", ["best_mIoU_iter_2.pth", "best_mIoU_iter_4.pth"]),
+    ]
+    assert sorted(p.name for p in tmp_path.glob("best_*")) == ["best_mIoU_iter_4.pth"]
+    assert not list(tmp_path.glob(".*part*"))
+
+
+def test_runner_writes_checkpoints_through_atomic_io(tmp_path, monkeypatch):
+    import repvgg_seg.runtime as runtime
+
+    written = []
+    real = runtime.write_atomically
+
+    def spy(path, write, *args, **kwargs):
+        written.append(Path(path).name)
+        return real(path, write, *args, **kwargs)
+
+    monkeypatch.setattr(runtime, "write_atomically", spy)
+    tiny_runner(tmp_path, scores=[1.0, 2.0]).train()
+    assert {"iter_1.pth", "iter_2.pth", "best_mIoU_iter_2.pth"} <= set(written)
+
+
+def test_stale_lock_and_temporary_files_are_cleaned_at_start(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    dead_pid = dead.pid
+    (tmp_path / LOCK_NAME).write_text(json.dumps({"pid": dead_pid, "host": "h", "started": "t"}))
+    leftovers = [tmp_path / ".iter_2.pth.abc_1234.part", tmp_path / ".iter_4.pth.partial"]
+    for path in leftovers:
+        path.write_bytes(b"\0" * 1000)
+    keep = tmp_path / ".notes.part"  # not a name of ours
+    keep.write_text("x")
+    tiny_runner(tmp_path, scores=[1.0]).train()
+    assert not any(path.exists() for path in leftovers) and keep.exists()
+    log = log_text(tmp_path)
+    assert f"ended without releasing it (pid {dead_pid} on host h" in log
+    assert all(f"Removed {path}" in log for path in leftovers)
+    assert not (tmp_path / LOCK_NAME).exists()
+
+
+def test_zero_iterations_is_an_error(tmp_path):
+    with pytest.raises(NothingToTrainError, match=r"train_cfg.max_iters is 0"):
+        tiny_runner(tmp_path, scores=[]).train()
+
+
+# --- 8: resume -------------------------------------------------------------------------------
+
+
+def save_iterations(work_dir: Path, *iterations: int) -> None:
+    for iteration in iterations:
+        torch.save({"meta": {"iter": iteration}}, work_dir / f"iter_{iteration}.pth")
+
+
+@pytest.mark.parametrize("record", ["", "{work_dir}/moved/iter_9.pth", "{work_dir}/iter_3.pth"])
+def test_resume_falls_back_to_newest_readable_iteration(tmp_path, record):
+    save_iterations(tmp_path, 1, 2, 10)
+    (tmp_path / "iter_3.pth").write_bytes(b"PK\3\4 truncated")
+    (tmp_path / "iter_10.pth").write_bytes(b"")
+    (tmp_path / "last_checkpoint").write_text(record.format(work_dir=tmp_path))
+    choice = checkpoint_to_resume(tmp_path)
+    assert choice.path == str(tmp_path / "iter_2.pth") and choice.fell_back
+    assert any("iter_10.pth' cannot be read" in reason for reason in choice.skipped)
+
+
+def test_resume_uses_last_checkpoint_when_readable(tmp_path):
+    save_iterations(tmp_path, 1, 2)
+    (tmp_path / "last_checkpoint").write_text(str(tmp_path / "iter_1.pth"))
+    assert checkpoint_to_resume(tmp_path).path == str(tmp_path / "iter_1.pth")
+    assert checkpoint_to_resume(tmp_path / "empty").path is None
+
+
+def test_reading_a_checkpoint_keeps_mmengine_types_allowed(tmp_path):
+    # mmengine's --resume loads with plain torch.load: the process-wide allow-list must
+    # survive a read_checkpoint call (a safe_globals context removed it on exit).
+    path = tmp_path / "hub.pth"
+    torch.save({"message_hub": HistoryBuffer([1.0, 2.0], [1, 1])}, path)
+    read_checkpoint(path)
+    assert torch.load(path, weights_only=True)["message_hub"].current() == 2.0
+
+
+def test_resume_cli_with_empty_last_checkpoint_and_leftovers(tmp_path, data_root):
+    work_dir = tmp_path / "work"
+    options = ("default_hooks.checkpoint.interval=1", "param_scheduler.0.end=3")
+    first = run(train_command(work_dir, data_root, "train_cfg.max_iters=2", *options))
+    assert first.returncode == 0, first.stderr[-3000:]
+    # A run killed while writing: last_checkpoint emptied, iter_2.pth cut short (a copy
+    # interrupted), temporary files left behind.
+    (work_dir / "last_checkpoint").write_text("")
+    iter_2 = work_dir / "iter_2.pth"
+    iter_2.write_bytes(iter_2.read_bytes()[:1000])
+    leftovers = [work_dir / ".iter_3.pth.k2j4_x9a.part", work_dir / ".iter_3.pth.partial"]
+    for path in leftovers:
+        path.write_bytes(b"\0" * 100)
+    resumed = run(
+        train_command(work_dir, data_root, "train_cfg.max_iters=3", *options) + ["--resume"]
+    )
+    log = resumed.stdout + resumed.stderr
+    assert resumed.returncode == 0, log[-3000:]
+    assert f"--resume: using the newest readable {work_dir / 'iter_1.pth'}" in log
+    assert re.search(r"resumed epoch: \d+, iter: 1\b", log), log[-3000:]
+    assert (work_dir / "iter_3.pth").is_file() and not any(p.exists() for p in leftovers)
+
+
+# --- 9: one-line errors ----------------------------------------------------------------------
+
+
+def load_tool(name: str):
+    spec = importlib.util.spec_from_file_location(f"tools_{name}", ROOT / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_train_missing_config_is_one_line(tmp_path):
+    missing = str(tmp_path / "nope.py")
+    with pytest.raises(SystemExit, match=rf"Config file '{re.escape(missing)}' does not exist"):
+        load_tool("train").main([missing])
+
+
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("max_iters", r"train_cfg.max_iters is -1: this run would train nothing"),
+        ("empty", r"Checkpoint '{path}' is empty \(0 bytes\)"),
+        ("truncated", r"Checkpoint '{path}' is not a readable PyTorch checkpoint"),
+    ],
+)
+def test_train_cli_errors_are_one_line(tmp_path, data_root, case, expected):
+    checkpoint = tmp_path / "given.pth"
+    if case == "max_iters":
+        command = train_command(tmp_path / "w", data_root, "train_cfg.max_iters=-1")
+    else:
+        torch.save({"state_dict": {"w": torch.zeros(1000)}}, checkpoint)
+        checkpoint.write_bytes(b"" if case == "empty" else checkpoint.read_bytes()[:500])
+        command = train_command(tmp_path / "w", data_root) + ["--resume", str(checkpoint)]
+    result = run(command)
+    assert result.returncode != 0
+    assert re.match(
+        "tools/train.py: error: " + expected.format(path=re.escape(str(checkpoint))),
+        last_line(result),
+    ), result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+
+
+def build_dataset(root: Path, split: str = "train"):
+    init_default_scope("mmseg")
+    return DATASETS.build(
+        dict(
+            type="CheckedCityscapesDataset",
+            data_root=str(root),
+            data_prefix=dict(img_path=f"leftImg8bit/{split}", seg_map_path=f"gtFine/{split}"),
+            pipeline=[dict(type="LoadImageFromFile"), dict(type="LoadAnnotations")],
+        )
+    )
+
+
+@pytest.fixture
+def synthetic(tmp_path) -> Path:
+    return make_synthetic_cityscapes(tmp_path / "cityscapes", 2, 1, (128, 64), 0)
+
+
+def test_out_of_range_train_ids_name_the_label_file(synthetic):
+    dataset = build_dataset(synthetic)
+    label = dataset.get_data_info(1)["seg_map_path"]
+    train_ids = cv2.imread(label, cv2.IMREAD_UNCHANGED)
+    train_ids[:2, :5] = 50
+    train_ids[10, 10] = 19
+    cv2.imwrite(label, train_ids)
+    assert dataset[0]["gt_seg_map"].shape == (64, 128)
+    with pytest.raises(CityscapesDataError) as error:
+        dataset[1]
+    message = str(error.value)
+    assert f"Label '{label}'" in message and "19 (1 pixels), 50 (10 pixels)" in message
+    assert "0-18" in message and "tools/prepare_cityscapes.py" in message
+
+
+def test_wrong_size_label_names_the_file(synthetic):
+    dataset = build_dataset(synthetic)
+    info = dataset.get_data_info(0)
+    label = info["seg_map_path"]
+    cv2.imwrite(label, cv2.imread(label, cv2.IMREAD_UNCHANGED)[:32, :64])
+    with pytest.raises(
+        CityscapesDataError, match=r"is 64x32 pixels but its image .* is 128x64"
+    ) as error:
+        dataset[0]
+    assert label in str(error.value) and info["img_path"] in str(error.value)
+
+
+def test_prepare_cityscapes_refuses_unknown_label_ids(synthetic):
+    (source,) = [p for p in (synthetic / "gtFine" / "val").rglob("*_labelIds.png")]
+    label_ids = cv2.imread(str(source), cv2.IMREAD_UNCHANGED)
+    label_ids[0, :3] = 34
+    label_ids[1, 0] = 200
+    cv2.imwrite(str(source), label_ids)
+    target = Path(str(source).replace("_labelIds", "_labelTrainIds"))
+    before = target.read_bytes()
+    prepare = load_tool("prepare_cityscapes")
+    with pytest.raises(SystemExit) as error:
+        prepare.main([str(synthetic)])
+    assert f"'{source}'" in str(error.value.code)
+    assert "34 (3 pixels), 200 (1 pixels)" in str(error.value.code)
+    assert "--unknown-ids-to-ignore" in str(error.value.code)
+    assert target.read_bytes() == before
+    prepare.main([str(synthetic), "--unknown-ids-to-ignore"])
+    train_ids = cv2.imread(str(target), cv2.IMREAD_UNCHANGED)
+    assert (train_ids[0, :3] == 255).all() and train_ids[1, 0] == 255
+    np.testing.assert_array_equal(
+        train_ids[5:], cv2.imdecode(np.frombuffer(before, np.uint8), -1)[5:]
+    )
