@@ -338,7 +338,9 @@ def test_next_download_removes_dead_downloads_temp_files_but_not_live_ones(serve
         )
     )
     live.start()
+    deadline = time.monotonic() + 30
     while len(list(hub.glob(".*.part"))) < 2:
+        assert live.is_alive() and time.monotonic() < deadline, "the live download never started"
         time.sleep(0.05)
     [live_partial] = set(hub.glob(".*.part")) - {dead}
     for partial in (dead, live_partial):  # both look old: only the lock tells them apart
