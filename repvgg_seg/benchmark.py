@@ -78,7 +78,9 @@ class BenchmarkSettings:
         if self.warmup < 0:
             raise ValueError(f"warmup must be >= 0, got {self.warmup}.")
         if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}.")
+            raise ValueError(
+                f"precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}."
+            )
         device = torch.device(self.device)
         if device.type not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}.")
@@ -507,12 +509,11 @@ SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16"
 def cpu_info(path: str = "/proc/cpuinfo") -> tuple[str, list[str]]:
     """The CPU model name and which of :data:`SIMD_FLAGS` it reports (from ``path``)."""
     model, flags = "unknown", set()
-    with contextlib.suppress(OSError):
-        with open(path) as file:
-            for line in file:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name" and model == "unknown":
-                    model = value.strip()
-                elif key.strip() == "flags" and not flags:
-                    flags = set(value.split())
+    with contextlib.suppress(OSError), open(path) as file:
+        for line in file:
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model == "unknown":
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
     return model, [flag for flag in SIMD_FLAGS if flag in flags]

@@ -253,3 +253,93 @@ def test_deploy_report_on_a_real_image(small_trained_model, tmp_path):
         assert agreement.changed == 0
         assert agreement.max_relative_diff < 1e-5
     assert report.real_image.num_compared == 128 * 64
+
+
+def near_tie_checkpoint(checkpoint: Path, path: Path) -> Path:
+    """The trained checkpoint with classes 0 and 1 made identical and winning: exact ties."""
+    state = load_checkpoint_file(checkpoint)
+    weights = state["state_dict"]
+    weight, bias = weights["decode_head.conv_seg.weight"], weights["decode_head.conv_seg.bias"]
+    weight[1] = weight[0]
+    bias[1] = bias[0] = bias.max() + 20
+    torch.save(state, path)
+    return path
+
+
+def deploy_then(change):
+    """A stand-in for ``deploy_segmentor`` that applies ``change`` to the deployed model."""
+    from repvgg_seg.deploy import pipeline
+
+    real = pipeline.deploy_segmentor
+
+    def deploy(model, *args, **kwargs):
+        pairs = real(model, *args, **kwargs)
+        with torch.no_grad():
+            change(model)
+        return pairs
+
+    return deploy
+
+
+def test_deploy_accepts_round_off_flips_on_near_ties(small_trained_model, tmp_path, monkeypatch):
+    """Exact ties everywhere, then a float32-sized nudge: every pixel flips, none for real."""
+    from repvgg_seg.deploy import pipeline
+
+    config, checkpoint = small_trained_model
+    tied = near_tie_checkpoint(checkpoint, tmp_path / "tied.pth")
+
+    def nudge(model):
+        model.decode_head.conv_seg.bias[1] += 1e-3  # 1e-5 of the logits (about 200)
+
+    monkeypatch.setattr(pipeline, "deploy_segmentor", deploy_then(nudge))
+    report = deploy_checkpoint(config, tied, tmp_path / "out", random_size=(48, 80))
+    for _, agreement in report.fusion_checks:
+        assert agreement.changed > 0  # the old rule (no changed pixel at all) failed here
+        assert agreement.changed_beyond_margin == 0
+        assert agreement.ok
+    assert report.passed and report.written and report.checkpoint.is_file()
+
+
+def test_deploy_refuses_a_broken_fusion_and_writes_nothing(small_trained_model, tmp_path, capsys):
+    from repvgg_seg.deploy import pipeline
+
+    config, checkpoint = small_trained_model
+
+    def break_fusion(model):
+        model.backbone.stages[1][0].fused_conv.bias += 0.5
+
+    out_dir = tmp_path / "out"
+    tool = load_tool("deploy")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pipeline, "deploy_segmentor", deploy_then(break_fusion))
+        assert tool.main([str(config), str(checkpoint), str(out_dir)]) == 1
+    assert "FAILED" in capsys.readouterr().err
+    assert list(out_dir.iterdir()) == []  # no deployed files, no staging folder
+
+
+def test_deploy_with_a_missing_dataset_writes_nothing(small_trained_model, tmp_path, capsys):
+    config, checkpoint = small_trained_model
+    moved = tmp_path / "config.py"
+    moved.write_text(
+        config.read_text() + "\ntest_dataloader = dict(dataset=dict(data_root='/nope/'))\n"
+    )
+    out_dir = tmp_path / "out"
+    assert load_tool("deploy").main([str(moved), str(checkpoint), str(out_dir)]) == 2
+    assert "/nope/" in capsys.readouterr().err
+    assert not out_dir.exists() or list(out_dir.iterdir()) == []
+
+
+def test_test_tool_fuse_stops_on_a_broken_fusion(small_trained_model, tmp_path, monkeypatch):
+    config, checkpoint = small_trained_model
+    tool = load_tool("test")
+    real = tool.reparameterize_model
+
+    def broken(model, *args, **kwargs):
+        result = real(model, *args, **kwargs)
+        with torch.no_grad():
+            model.backbone.stages[1][0].fused_conv.bias += 0.5
+        return result
+
+    monkeypatch.setattr(tool, "reparameterize_model", broken)
+    with pytest.raises(SystemExit, match="beyond the round-off margin|re-parameterization"):
+        tool.main([str(config), str(checkpoint), "--fuse", "--work-dir", str(tmp_path / "w")])

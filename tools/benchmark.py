@@ -49,7 +49,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("configs", nargs="*", help="mmseg config files")
     parser.add_argument("--size", nargs=2, type=int, default=(713, 713), metavar=("H", "W"))
     parser.add_argument(
-        "-b", "--batch", type=int, default=None, help="images per pass (default: 16 on CUDA, 1 on CPU)"
+        "-b",
+        "--batch",
+        type=int,
+        default=None,
+        help="images per pass (default: 16 on CUDA, 1 on CPU)",
     )
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed passes per case")
@@ -209,7 +213,9 @@ def main(argv: list[str] | None = None) -> None:
     results = run_benchmark(cases, settings, matmul_rate)
     print(describe_run(args, settings))
     if matmul_rate is not None:
-        print(f"dense {settings.precision} matmul rate (8192^3, measured now): {matmul_rate:.0f} TFLOP/s")
+        print(
+            f"dense {settings.precision} matmul (8192^3, measured now): {matmul_rate:.0f} TFLOP/s"
+        )
     print(format_table(results))
     rows = results_as_dicts(results)
     if args.csv:

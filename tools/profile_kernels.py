@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     if settings.channels_last:
         image = image.contiguous(memory_format=torch.channels_last)
     activity = ProfilerActivity.CUDA if on_cuda else ProfilerActivity.CPU
-    sort_key = "cuda_time_total" if on_cuda else "cpu_time_total"
+    sort_key = "self_device_time_total" if on_cuda else "self_cpu_time_total"
     for variant in [v.strip() for v in args.variants.split(",") if v.strip()]:
         module = prepare_module(SegmentorLogits(models[variant]), settings)
         forward = make_forward(module, image, "eager", settings)
@@ -84,7 +84,11 @@ def main(argv: list[str] | None = None) -> None:
                 if on_cuda:
                     torch.cuda.synchronize()
         print(f"\n{Path(args.config).stem} ({variant}), {args.passes} passes")
-        print(prof.key_averages().table(sort_by=sort_key, row_limit=args.top, max_name_column_width=70))
+        print(
+            prof.key_averages().table(
+                sort_by=sort_key, row_limit=args.top, max_name_column_width=70
+            )
+        )
 
 
 if __name__ == "__main__":

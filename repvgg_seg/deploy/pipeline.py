@@ -124,93 +124,81 @@ def deploy_checkpoint(
         device: Where the trained and the deployed model are compared (ONNX always on CPU).
     """
     cfg = Config.fromfile(str(config))
-    out_dir = Path(out_dir)
-    stem = Path(config).stem
-    device = torch.device(device)
+    out_dir, stem, device = Path(out_dir), Path(config).stem, torch.device(device)
     reference = load_segmentor(cfg, checkpoint)
     deployed = copy.deepcopy(reference)
     pairs = deploy_segmentor(deployed, torch.randn(1, 3, 64, 64), fuse_conv_bn=fuse_conv_bn)
-    reference.to(device)
     if random_size is None:
         random_size = tuple(cfg.model.get("data_preprocessor", {}).get("size") or (512, 1024))
-    # Fails early (before any file is written) when the dataset is missing.
+    # Fails here, before any file is written, when the dataset is missing.
     batch = first_dataset_batch(cfg) if check_real_image else None
 
-    names = [f"{stem}_deploy.pth", f"{stem}_deploy.py"] + ([f"{stem}_deploy.onnx"] if onnx else [])
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out_dir, prefix=f".{stem}_deploy.", suffix=".staging"))
     try:
-        report = _deploy_in(
-            staging, cfg, checkpoint, reference, deployed, pairs, batch, random_size,
-            names, onnx, opset, winograd, winograd_min_channels, onnx_atol, device,
-        )  # fmt: skip
-        if report.passed:
-            for name in names:
-                os.replace(staging / name, out_dir / name)
-            report.written = True
-            logger.info("wrote %s", ", ".join(str(out_dir / name) for name in names))
-        else:
-            logger.error("verification failed: nothing written to %s", out_dir)
+        checkpoint_path, config_path = staging / f"{stem}_deploy.pth", staging / f"{stem}_deploy.py"
+        deploy_cfg = make_deploy_config(cfg, pairs, winograd, winograd_min_channels)
+        deploy_cfg.load_from = str(out_dir / checkpoint_path.name)
+        meta = load_checkpoint_file(checkpoint).get("meta", {})
+        meta = {
+            "dataset_meta": meta.get("dataset_meta"),
+            "deployed_from": str(checkpoint),
+            "folded_conv_bn": len(pairs),
+        }
+        save_atomically({"meta": meta, "state_dict": deployed.state_dict()}, checkpoint_path)
+        deploy_cfg.dump(str(config_path))
+
+        # Check exactly what a user will load: rebuilt from the written files, strictly.
+        rebuilt = load_segmentor(config_path, checkpoint_path).to(device)
+        random_input = torch.randn(1, 3, *random_size, generator=torch.Generator().manual_seed(0))
+        report = DeployReport(
+            checkpoint=checkpoint_path,
+            config=config_path,
+            folded_pairs=len(pairs),
+            winograd_convs=len(getattr(rebuilt, "winograd_convs", [])),
+            random_input=compare_on_tensor(reference.to(device), rebuilt, random_input),
+            onnx_atol=onnx_atol,
+        )
+        if batch is not None:
+            report.real_image = compare_on_batch(reference, rebuilt, batch)
+        if onnx:
+            _export_and_check_onnx(report, rebuilt.cpu(), opset, random_input, batch)
+        _publish(report, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    report.checkpoint, report.config = out_dir / names[0], out_dir / names[1]
-    if onnx:
-        report.onnx = out_dir / names[2]
     return report
 
 
-def _deploy_in(
-    staging: Path,
-    cfg: Config,
-    checkpoint: str | Path,
-    reference: EncoderDecoder,
-    deployed: EncoderDecoder,
-    pairs: list,
-    batch: dict | None,
-    random_size: tuple[int, int],
-    names: list[str],
-    onnx: bool,
+def _export_and_check_onnx(
+    report: DeployReport,
+    rebuilt: EncoderDecoder,
     opset: int,
-    winograd: bool,
-    winograd_min_channels: int,
-    onnx_atol: float,
-    device: torch.device,
-) -> DeployReport:
-    """Writes the deployed files into ``staging`` and checks what they rebuild."""
-    checkpoint_path, config_path = staging / names[0], staging / names[1]
-    deploy_cfg = make_deploy_config(cfg, pairs, winograd, winograd_min_channels)
-    deploy_cfg.load_from = str(Path(staging.parent, names[0]))
-    meta = load_checkpoint_file(checkpoint).get("meta", {})
-    meta = {
-        "dataset_meta": meta.get("dataset_meta"),
-        "deployed_from": str(checkpoint),
-        "folded_conv_bn": len(pairs),
-    }
-    save_atomically({"meta": meta, "state_dict": deployed.state_dict()}, checkpoint_path)
-    deploy_cfg.dump(str(config_path))
-
-    rebuilt = load_segmentor(config_path, checkpoint_path).to(device)
-    generator = torch.Generator().manual_seed(0)
-    random_input = torch.randn(1, 3, *random_size, generator=generator)
-    report = DeployReport(
-        checkpoint=checkpoint_path,
-        config=config_path,
-        folded_pairs=len(pairs),
-        winograd_convs=len(getattr(rebuilt, "winograd_convs", [])),
-        random_input=compare_on_tensor(reference, rebuilt, random_input),
-        onnx_atol=onnx_atol,
-    )
-    real_input = None
+    random_input: torch.Tensor,
+    batch: dict | None,
+) -> None:
+    """Exports ``rebuilt`` beside the staged checkpoint and compares ONNX Runtime with it."""
+    report.onnx = report.checkpoint.with_suffix(".onnx")
+    export_onnx(rebuilt, report.onnx, random_input, opset=opset)
+    height, width = random_input.shape[-2:]
+    inputs = [random_input, torch.randn(1, 3, height // 2 + 8, width + 16)]
     if batch is not None:
-        report.real_image = compare_on_batch(reference, rebuilt, batch)
-        real_input = rebuilt.data_preprocessor(copy.deepcopy(batch), False)["inputs"].cpu()
-    if onnx:
-        rebuilt.cpu()
-        onnx_path = staging / names[2]
-        export_onnx(rebuilt, onnx_path, random_input, opset=opset)
-        inputs = [random_input, torch.randn(1, 3, random_size[0] // 2 + 8, random_size[1] + 16)]
-        if real_input is not None:
-            inputs.append(real_input)
-        report.onnx = onnx_path
-        report.onnx_agreements = compare_onnx(onnx_path, rebuilt, inputs)
-    return report
+        inputs.append(rebuilt.data_preprocessor(copy.deepcopy(batch), False)["inputs"])
+    report.onnx_agreements = compare_onnx(report.onnx, rebuilt, inputs)
+
+
+def _publish(report: DeployReport, out_dir: Path) -> None:
+    """Renames the staged files into ``out_dir`` if every check passed (``report.written``)."""
+    staged = [report.checkpoint, report.config] + ([report.onnx] if report.onnx else [])
+    if not report.passed:
+        logger.error("verification failed: nothing written to %s", out_dir)
+        return
+    for path in staged:
+        os.replace(path, out_dir / path.name)
+    report.checkpoint, report.config = (
+        out_dir / report.checkpoint.name,
+        out_dir / report.config.name,
+    )
+    if report.onnx is not None:
+        report.onnx = out_dir / report.onnx.name
+    report.written = True
+    logger.info("wrote %s", ", ".join(str(out_dir / path.name) for path in staged))
