@@ -223,19 +223,24 @@ def test_bad_arguments_run_nothing(checkpoints, image_folder, tmp_path, capsys):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_matches_cpu(checkpoints, image_folder, tmp_path):
+def test_cuda_gives_the_same_labels_for_every_form(checkpoints, image_folder, tmp_path):
     tool = load_tool()
-    config, checkpoint, _ = checkpoints["deployed"]
     labels = {}
-    for device in ("cpu", "cuda"):
-        out = tmp_path / device
-        argv = [str(config), str(checkpoint), str(image_folder), "--out-dir", str(out)]
-        assert tool.main([*argv, "--device", device, "--save-labels"]) == 0
-        labels[device] = labels_of(out)
-    assert sorted(labels["cuda"]) == sorted(labels["cpu"])
-    for name, expected in labels["cpu"].items():
-        # cuDNN may use TF32 and other summation orders: only near-ties may flip.
-        assert (labels["cuda"][name] != expected).mean() < 0.01, name
+    for form in ("training-time", "deployed"):
+        config, checkpoint, flags = checkpoints[form]
+        for device in ("cpu", "cuda"):
+            out = tmp_path / f"{form}_{device}".replace("-", "_")
+            argv = [str(config), str(checkpoint), str(image_folder), "--out-dir", str(out)]
+            argv += ["--device", device, "--save-labels", "--strict-float32", *flags]
+            assert tool.main(argv) == 0, (form, device)
+            labels[form, device] = labels_of(out)
+    expected = labels["training-time", "cuda"]
+    assert sorted(expected) == sorted(labels["training-time", "cpu"])
+    for name, reference in expected.items():
+        assert reference.shape == labels["training-time", "cpu"][name].shape
+        np.testing.assert_array_equal(labels["deployed", "cuda"][name], reference, err_msg=name)
+        # GPU and CPU sum in other orders: only near-ties may differ.
+        assert (labels["training-time", "cpu"][name] != reference).mean() < 0.01, name
 
 
 # --------------------------------------------------------------------------- units

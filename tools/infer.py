@@ -2,19 +2,22 @@
 
     python tools/infer.py CONFIG CHECKPOINT INPUTS... --out-dir DIR [--device cpu|cuda]
         [--batch-size N] [--opacity A] [--fuse] [--save-labels] [--palette cityscapes]
-        [--overwrite]
+        [--overwrite] [--strict-float32]
 
 CHECKPOINT is a training-time checkpoint (``--fuse`` re-parameterizes it first), a fused one
 (recognised by its keys), or a ``tools/deploy.py`` output with its ``*_deploy.py`` config.
 INPUTS are images, folders (searched recursively) and videos. Results mirror the inputs'
 folders under ``DIR/overlays`` (and ``DIR/labels`` with ``--save-labels``: train-id PNGs of
-the input's size). Exit status: 0 when every input was segmented, 1 when some could not be
-read (they are listed), 2 when nothing was run (bad arguments, existing outputs).
+the input's size). On CUDA, cuDNN's TF32 convs (PyTorch's default) can flip the class of
+near-tie pixels between checkpoint forms; ``--strict-float32`` turns TF32 off. Exit status:
+0 when every input was segmented, 1 when some could not be read (they are listed), 2 when
+nothing was run (bad arguments, existing outputs).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -22,6 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from repvgg_seg.equivalence import strict_float32  # noqa: E402
 from repvgg_seg.inference import (  # noqa: E402
     PALETTE_NAMES,
     Palette,
@@ -61,6 +65,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--overwrite", action="store_true", help="replace results that exist already"
+    )
+    parser.add_argument(
+        "--strict-float32",
+        action="store_true",
+        help="true float32 on CUDA (TF32 off), as the fusion checks run: every checkpoint form "
+        "then gives the same labels (slower on GPUs with TF32)",
     )
     args = parser.parse_args(argv)
     if not 0.0 <= args.opacity <= 1.0:
@@ -110,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    summary = segment_sources(model, sources, palette, args.opacity, args.batch_size)
+    with strict_float32() if args.strict_float32 else contextlib.nullcontext():
+        summary = segment_sources(model, sources, palette, args.opacity, args.batch_size)
     for _, reason in summary.failed:
         print(f"skipped {reason}", file=sys.stderr)
     print(describe(summary, describe_device(device)) + f"; results in {args.out_dir}")

@@ -86,7 +86,12 @@ def _draw_legend(canvas: np.ndarray, entries: list[tuple[int, float]], palette: 
     scale = 0.55 * row / 22  # FONT_HERSHEY_SIMPLEX is about 22 px high at scale 1
     thickness = max(1, round(row / 20))
     pad = max(2, row // 6)
-    texts = [f"{palette.classes[label]} {fraction:.0%}" for label, fraction in entries]
+    texts = [
+        f"{palette.classes[label]} {fraction:.0%}"
+        if fraction >= 0.005
+        else f"{palette.classes[label]} <1%"
+        for label, fraction in entries
+    ]
     text_width = max(cv2.getTextSize(text, font, scale, thickness)[0][0] for text in texts)
     column_width = row + pad + text_width + 2 * pad
     rows_per_column = max(1, (height - pad) // row)
