@@ -3,7 +3,7 @@
 # weights, 128/64-channel heads, 256x128 images and 64x128 crops. Make the data first:
 #   python tools/make_synthetic_cityscapes.py data/synthetic_cityscapes
 # It is never a stand-in for Cityscapes: its data root holds only generated scenes.
-_base_ = "./pspnet_repvgg_a0_fast.py"
+_base_ = "./mmseg_style/pspnet_repvgg_a0_fast.py"
 norm_cfg = dict(type="BN", requires_grad=True)
 crop_size = (64, 128)
 model = dict(
@@ -31,6 +31,24 @@ test_pipeline = [
     dict(type="Resize", scale=image_scale, keep_ratio=True),
     dict(type="LoadAnnotations"),
     dict(type="PackSegInputs"),
+]
+# tools/test.py --tta: the base's multi-scale + flip test around this config's test scale.
+tta_scale_factors = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
+tta_pipeline = [
+    dict(type="LoadImageFromFile"),
+    dict(type="Resize", scale=image_scale, keep_ratio=True),
+    dict(
+        type="TestTimeAug",
+        transforms=[
+            [dict(type="Resize", scale_factor=r, keep_ratio=True) for r in tta_scale_factors],
+            [
+                dict(type="RandomFlip", prob=0.0, direction="horizontal"),
+                dict(type="RandomFlip", prob=1.0, direction="horizontal"),
+            ],
+            [dict(type="LoadAnnotations")],
+            [dict(type="PackSegInputs")],
+        ],
+    ),
 ]
 train_dataloader = dict(
     batch_size=8,

@@ -1,4 +1,5 @@
-"""Every config in configs/ builds: its model (and a forward pass) and its datasets."""
+"""Every config in configs/ and configs/mmseg_style/ builds: its model (and a forward pass)
+and its datasets. The paper-faithful family's recipe is tested in test_paper_recipe.py."""
 
 from __future__ import annotations
 
@@ -13,9 +14,14 @@ from mmseg.registry import DATASETS, MODELS
 from repvgg_seg.datasets import make_synthetic_cityscapes
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted(p.name for p in (ROOT / "configs").glob("*.py"))
-REPVGG_CONFIGS = [name for name in CONFIGS if name.startswith("pspnet_repvgg")]
-PAPER_CONFIGS = [name for name in CONFIGS if "synthetic" not in name]
+CONFIGS = sorted(
+    str(p.relative_to(ROOT / "configs"))
+    for p in [*(ROOT / "configs").glob("*.py"), *(ROOT / "configs" / "mmseg_style").glob("*.py")]
+)
+REPVGG_CONFIGS = [name for name in CONFIGS if Path(name).name.startswith("pspnet_repvgg")]
+CITYSCAPES_CONFIGS = [name for name in CONFIGS if "synthetic" not in name]
+MMSEG_STYLE_CONFIGS = [name for name in CONFIGS if name.startswith("mmseg_style/")]
+CROPS = ("RandomCrop", "PadAndRandomCrop")
 
 
 @pytest.fixture(scope="module")
@@ -30,11 +36,11 @@ def load(name: str) -> Config:
 
 
 def test_every_expected_config_exists():
-    expected = {
-        f"pspnet_repvgg_{v}.py" for v in ("b2", "b2_fast", "b1g2", "b1g2_fast", "a0", "a0_fast")
-    }
-    expected |= {"pspnet_r50.py", "pspnet_r101.py", "pspnet_repvgg_a0_synthetic.py"}
-    assert expected <= set(CONFIGS)
+    paper = {f"pspnet_repvgg_{v}.py" for v in ("b2", "b2_fast", "b1g2", "b1g2_fast")}
+    paper |= {"pspnet_r50.py", "pspnet_r101.py"}
+    mmseg_style = {f"mmseg_style/{name}" for name in paper}
+    mmseg_style |= {"mmseg_style/pspnet_repvgg_a0.py", "mmseg_style/pspnet_repvgg_a0_fast.py"}
+    assert paper | mmseg_style | {"pspnet_repvgg_a0_synthetic.py"} <= set(CONFIGS)
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -64,7 +70,7 @@ def test_datasets_build(name, synthetic_root):
         assert len(dataset) == 2
         labels = dataset[0]["data_samples"].gt_sem_seg.data
         if loader == "train_dataloader":
-            crop = next(t for t in dataset_cfg.pipeline if t.type == "RandomCrop")
+            crop = next(t for t in dataset_cfg.pipeline if t.type in CROPS)
             assert labels.shape[-2:] == tuple(crop.crop_size)
         else:  # metrics are computed at the labels' own size
             assert labels.shape[-2:] == (64, 128)
@@ -80,11 +86,14 @@ def test_repvgg_configs_load_imagenet_weights_of_their_variant(name):
         return
     assert backbone.init_cfg == {"type": "Pretrained", "checkpoint": f"repvgg:{backbone.arch}"}
     assert backbone.dilation_mode == ("fast" if name.endswith("_fast.py") else "dilated")
+    assert cfg.model.decode_head.type == (
+        "PSPHead" if name.startswith("mmseg_style/") else "SemsegPSPHead"
+    )
     assert cfg.model.decode_head.norm_cfg.type == "SyncBN"
 
 
-@pytest.mark.parametrize("name", PAPER_CONFIGS)
-def test_paper_schedule_and_pipeline(name):
+@pytest.mark.parametrize("name", CITYSCAPES_CONFIGS)
+def test_paper_schedule_in_both_families(name):
     cfg = load(name)
     optimizer = cfg.optim_wrapper.optimizer
     assert (optimizer.type, optimizer.lr, optimizer.momentum) == ("SGD", 0.01, 0.9)
@@ -96,7 +105,25 @@ def test_paper_schedule_and_pipeline(name):
     assert epochs == pytest.approx(40, abs=0.05)
     assert cfg.default_hooks.checkpoint.save_best == "mIoU"
     assert cfg.val_evaluator.type == "IoUMetric"
-    crop = next(t for t in cfg.train_pipeline if t.type == "RandomCrop")
-    assert crop.crop_size == (512, 1024)
     resize = next(t for t in cfg.test_pipeline if t.type == "Resize")
     assert resize.scale == (2048, 1024)
+
+
+@pytest.mark.parametrize("name", MMSEG_STYLE_CONFIGS)
+def test_mmseg_style_pipeline(name):
+    cfg = load(name)
+    crop = next(t for t in cfg.train_pipeline if t.type == "RandomCrop")
+    assert (crop.crop_size, crop.cat_max_ratio) == ((512, 1024), 0.75)
+    assert "PhotoMetricDistortion" in [t.type for t in cfg.train_pipeline]
+    assert cfg.model.test_cfg.mode == "whole"
+    assert "paramwise_cfg" not in cfg.optim_wrapper
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_every_config_has_a_tta_pipeline(name):
+    cfg = load(name)
+    assert cfg.tta_model.type == "SegTTAModel"
+    *_, tta = cfg.tta_pipeline
+    resizes, flips, *_ = tta.transforms
+    assert [t.scale_factor for t in resizes] == [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
+    assert sorted(t.prob for t in flips) == [0.0, 1.0]

@@ -37,7 +37,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add = parser.add_argument
     add("--data-path", required=True, help="ImageFolder root with train/ and val/")
     add("--model", default="A0", help=f"RepVGG variant: {', '.join(ARCHS)} (or RepVGG-B2)")
-    add("--recipe", default="simple", choices=list(RECIPES), help="paper preset (default simple)")
+    add(
+        "--recipe",
+        choices=list(RECIPES),
+        help="paper preset (default: the paper's for --model: heavy for B3, B3g2, B3g4; "
+        "simple for the others, B2 included)",
+    )
     add("-b", "--batch-size", type=int, default=32, help="images per process per step")
     add("--epochs", type=int, help=RECIPE_DEFAULT)
     add("-j", "--workers", type=int, default=8, help="data loading workers per process")
@@ -74,6 +79,17 @@ def main(argv: list[str] | None = None) -> None:
     )
     try:
         config = PretrainConfig(**vars(args))
+        resolved = config.resolved()
+        source = "--recipe" if args.recipe else f"the paper's preset for RepVGG-{resolved.model}"
+        logging.getLogger("pretrain_imagenet").info(
+            "Recipe: %s (%s): %d epochs, label smoothing %g, mixup alpha %g, AutoAugment %s.",
+            resolved.recipe,
+            source,
+            resolved.epochs,
+            resolved.label_smoothing,
+            resolved.mixup_alpha,
+            resolved.auto_augment,
+        )
         run_pretraining(config)
     except (ValueError, FileNotFoundError) as error:
         logging.getLogger("pretrain_imagenet").error("%s", error)

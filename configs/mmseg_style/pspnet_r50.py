@@ -1,8 +1,8 @@
-# Baseline of RepVGG Table 8: PSPNet with mmseg's ResNetV1c-50-D8, under the same
-# 40-epoch schedule and pipeline as the RepVGG configs.
+# mmseg-style recipe (README.md, "PSPNet on Cityscapes"): PSPNet with mmseg's ResNetV1c-50-D8,
+# under the same schedule and pipeline as the mmseg-style RepVGG configs here.
 _base_ = [
-    "./_base_/models/pspnet_r50-d8.py",
-    "./_base_/datasets/cityscapes.py",
-    "./_base_/default_runtime.py",
-    "./_base_/schedules/schedule_paper_40e.py",
+    "../_base_/models/pspnet_r50-d8.py",
+    "../_base_/datasets/cityscapes.py",
+    "../_base_/default_runtime.py",
+    "../_base_/schedules/schedule_paper_40e.py",
 ]

@@ -1,10 +1,11 @@
-# PSPNet, RepVGG-A0 backbone (dilated: output stride 8), Cityscapes 512x1024, the
-# paper's 40-epoch schedule (RepVGG Table 8). Heads: 512b = 1280 and 256a = 192 input channels.
+# mmseg-style recipe (README.md, "PSPNet on Cityscapes"): PSPNet, RepVGG-A0 backbone (dilated:
+# output stride 8), Cityscapes 512x1024 crops, the paper's 40-epoch schedule.
+# Heads: 512b = 1280 and 256a = 192 input channels.
 _base_ = [
-    "./_base_/models/pspnet_repvgg.py",
-    "./_base_/datasets/cityscapes.py",
-    "./_base_/default_runtime.py",
-    "./_base_/schedules/schedule_paper_40e.py",
+    "../_base_/models/pspnet_repvgg.py",
+    "../_base_/datasets/cityscapes.py",
+    "../_base_/default_runtime.py",
+    "../_base_/schedules/schedule_paper_40e.py",
 ]
 model = dict(
     backbone=dict(

@@ -2,6 +2,7 @@ from .arch import ARCHS, RepVGGArch, canonical_arch_name, get_arch
 from .backbone import DILATION_MODES, RepVGG
 from .blocks import RepVGGBlock
 from .classifier import RepVGGClassifier
+from .psp_head import SemsegPSPHead
 
 __all__ = [
     "ARCHS",
@@ -10,6 +11,7 @@ __all__ = [
     "RepVGGArch",
     "RepVGGBlock",
     "RepVGGClassifier",
+    "SemsegPSPHead",
     "canonical_arch_name",
     "get_arch",
 ]

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..models.arch import canonical_arch_name
 from .data import AUTO_AUGMENT_POLICIES
-from .recipe import get_recipe
+from .recipe import default_recipe, get_recipe
 
 
 @dataclass(frozen=True)
@@ -21,7 +21,9 @@ class PretrainConfig:
     Attributes:
         data_path: ImageFolder root with ``train/`` and ``val/``.
         model: RepVGG variant (``'A0'``, ``'RepVGG-B2'``, ...).
-        recipe: ``'simple'`` or ``'heavy'``.
+        recipe: ``'simple'`` or ``'heavy'``; None takes the paper's preset for ``model``
+            (:func:`~repvgg_seg.pretrain.recipe.default_recipe`: heavy for B3, B3g2 and
+            B3g4, simple otherwise).
         batch_size: Images per process per step (the global batch is this x processes).
         epochs: Total epochs.
         workers: DataLoader workers per process.
@@ -51,7 +53,7 @@ class PretrainConfig:
 
     data_path: str
     model: str = "A0"
-    recipe: str = "simple"
+    recipe: str | None = None
     batch_size: int = 32
     epochs: int | None = None
     workers: int = 8
@@ -78,13 +80,15 @@ class PretrainConfig:
     stop_after_epoch: int | None = None
 
     def resolved(self) -> PretrainConfig:
-        """A copy with the recipe's values filled in and the model name canonical.
+        """A copy with the recipe chosen, its values filled in and the model name canonical.
 
         Raises:
             ValueError: An unknown model, recipe or policy, or an out-of-range value; the
                 message names the option.
         """
-        recipe = get_recipe(self.recipe)
+        model = canonical_arch_name(self.model)
+        recipe_name = self.recipe if self.recipe is not None else default_recipe(model)
+        recipe = get_recipe(recipe_name)
         from_recipe = {
             "epochs": recipe.epochs,
             "lr": recipe.lr,
@@ -96,7 +100,7 @@ class PretrainConfig:
             "lr_warmup_epochs": recipe.lr_warmup_epochs,
         }
         filled = {k: v for k, v in from_recipe.items() if getattr(self, k) is None}
-        config = dataclasses.replace(self, model=canonical_arch_name(self.model), **filled)
+        config = dataclasses.replace(self, model=model, recipe=recipe_name, **filled)
         config._validate()
         return config
 

@@ -7,6 +7,10 @@ Two presets:
 - ``heavy`` (B3, and B2 in both settings): 200 epochs, 5-epoch linear warmup, cosine, label
   smoothing 0.1, mixup, AutoAugment (ImageNet policy) + crop + flip.
 
+The default preset of a variant (:func:`default_recipe`) is the paper's: ``heavy`` for the B3
+family, which the paper trains only that way (Table 5), ``simple`` for the others. The B2
+family appears in both settings (Tables 4 and 5); it defaults to ``simple``.
+
 The paper names mixup but not its alpha; ``heavy`` uses 0.2 (our choice, the common value for
 ResNet-style ImageNet training). It gives no separate weight decay for ``heavy`` either, so both
 recipes use 1e-4.
@@ -74,6 +78,15 @@ RECIPES: dict[str, Recipe] = {
         lr_warmup_epochs=5,
     ),
 }
+
+
+# The variants that the paper trains only with the heavy recipe.
+HEAVY_BY_DEFAULT = frozenset({"B3", "B3g2", "B3g4"})
+
+
+def default_recipe(arch: str) -> str:
+    """The paper's preset for a canonical variant name: ``'heavy'`` or ``'simple'``."""
+    return "heavy" if arch in HEAVY_BY_DEFAULT else "simple"
 
 
 def get_recipe(name: str) -> Recipe:

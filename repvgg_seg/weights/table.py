@@ -2,8 +2,11 @@
 
 All entries are mmpretrain's re-trained releases (keys ``backbone.stem.branch_3x3...``);
 their file names end in the first 8 hex digits of the file's sha256, which downloads are
-checked against. ``paper_top1`` is the paper's ImageNet top-1 for the variant (Table 3),
-not mmpretrain's own measurement of its file: see mmpretrain's model zoo for that.
+checked against. ``paper_top1`` is the paper's ImageNet top-1 for the recipe the file was
+trained with: Table 4 (120 epochs, simple augmentation) for most files, Table 5 (200 epochs,
+AutoAugment, label smoothing, mixup) for B2g4, B3 and B3g4, whose published files are the
+200-epoch models. It is not mmpretrain's own measurement of its file: see mmpretrain's model
+zoo for that.
 """
 
 from __future__ import annotations
@@ -29,14 +32,16 @@ class PublishedWeights:
         arch: Canonical variant name (``'B1g2'``).
         filename: File name under the base URL.
         sha256_prefix: Leading hex digits of the file's sha256.
-        paper_top1: The paper's ImageNet top-1 (%) for this variant, None where the paper
-            reports none.
+        paper_top1: The paper's ImageNet top-1 (%) of the model this file is (Table 4 or 5,
+            see ``paper_epochs``), None where the paper reports none.
+        paper_epochs: The paper's schedule for that figure: 120 (Table 4) or 200 (Table 5).
     """
 
     arch: str
     filename: str
     sha256_prefix: str
     paper_top1: float | None = None
+    paper_epochs: int = 120
 
     @property
     def url(self) -> str:
@@ -44,9 +49,11 @@ class PublishedWeights:
         return base_url() + self.filename
 
 
-def _mmpretrain(arch: str, sha256_prefix: str, paper_top1: float | None) -> PublishedWeights:
+def _mmpretrain(
+    arch: str, sha256_prefix: str, paper_top1: float | None, paper_epochs: int = 120
+) -> PublishedWeights:
     filename = f"repvgg-{arch}_8xb32_in1k_20221213-{sha256_prefix}.pth"
-    return PublishedWeights(arch, filename, sha256_prefix, paper_top1)
+    return PublishedWeights(arch, filename, sha256_prefix, paper_top1, paper_epochs)
 
 
 WEIGHTS: dict[str, PublishedWeights] = {
@@ -60,10 +67,11 @@ WEIGHTS: dict[str, PublishedWeights] = {
         _mmpretrain("B1g2", "ae6428fd", 77.78),
         _mmpretrain("B1g4", "a7a4aaea", 77.58),
         _mmpretrain("B2", "d8b420ef", 78.78),
-        _mmpretrain("B2g4", "0c1990eb", 78.50),
-        # The paper's B3 number uses its 200-epoch recipe.
-        _mmpretrain("B3", "927a329a", 80.52),
-        _mmpretrain("B3g4", "e01cb280", None),
+        # The published B2g4, B3 and B3g4 files are the 200-epoch models of Table 5 (B2g4's
+        # 120-epoch figure in Table 4 is 78.50).
+        _mmpretrain("B2g4", "0c1990eb", 79.38, paper_epochs=200),
+        _mmpretrain("B3", "927a329a", 80.52, paper_epochs=200),
+        _mmpretrain("B3g4", "e01cb280", 80.21, paper_epochs=200),
     )
 }
 
