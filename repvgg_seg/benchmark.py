@@ -27,6 +27,7 @@ from torch import nn
 
 from .deploy import deploy_segmentor, enable_winograd
 from .models.arch import DILATION_MODES, get_arch, layer_plan
+from .models.blocks import fused_conv3x3
 
 logger = logging.getLogger(__name__)
 
@@ -162,14 +163,8 @@ def plain_repvgg(arch_name: str, dilation_mode: str = "fast") -> nn.Sequential:
     plan = layer_plan(get_arch(arch_name), *DILATION_MODES[dilation_mode])
     layers: list[nn.Module] = []
     for spec in (spec for stage in plan for spec in stage):
-        conv = nn.Conv2d(
-            spec.in_channels,
-            spec.out_channels,
-            3,
-            stride=spec.stride,
-            padding=spec.dilation,
-            dilation=spec.dilation,
-            groups=spec.groups,
+        conv = fused_conv3x3(
+            spec.in_channels, spec.out_channels, spec.stride, spec.dilation, spec.groups
         )
         layers += [conv, nn.ReLU()]
     return nn.Sequential(*layers)

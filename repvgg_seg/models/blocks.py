@@ -22,6 +22,32 @@ from .arch import has_identity_branch
 DEFAULT_NORM_CFG = {"type": "BN", "requires_grad": True}
 
 
+def fused_conv3x3(
+    in_channels: int,
+    out_channels: int,
+    stride: int = 1,
+    dilation: int = 1,
+    groups: int = 1,
+    skip_init: bool = False,
+) -> nn.Conv2d:
+    """A deployed RepVGG layer's conv: 3x3 with bias, padding equal to the dilation.
+
+    ``skip_init`` leaves the weights uninitialized: they are about to be overwritten, and
+    initializing a large random kernel costs more than the whole fusion.
+    """
+    make = functools.partial(torch.nn.utils.skip_init, nn.Conv2d) if skip_init else nn.Conv2d
+    return make(
+        in_channels,
+        out_channels,
+        3,
+        stride=stride,
+        padding=dilation,
+        dilation=dilation,
+        groups=groups,
+        bias=True,
+    )
+
+
 class ConvBN(nn.Module):
     """A bias-free conv followed by a norm layer (one RepVGG branch)."""
 
@@ -106,18 +132,8 @@ class RepVGGBlock(nn.Module):
         self.act = nn.ReLU(inplace=True)
 
     def _make_fused_conv(self, skip_init: bool = False) -> nn.Conv2d:
-        # skip_init: the weights are about to be overwritten, and initializing a large
-        # random kernel costs more than the whole fusion.
-        make = functools.partial(torch.nn.utils.skip_init, nn.Conv2d) if skip_init else nn.Conv2d
-        return make(
-            self.in_channels,
-            self.out_channels,
-            3,
-            stride=self.stride,
-            padding=self.dilation,
-            dilation=self.dilation,
-            groups=self.groups,
-            bias=True,
+        return fused_conv3x3(
+            self.in_channels, self.out_channels, self.stride, self.dilation, self.groups, skip_init
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
