@@ -16,7 +16,15 @@ from PIL import Image
 
 import repvgg_seg  # noqa: F401  (registers the RepVGG backbone)
 from repvgg_seg.deploy import build_segmentor, deploy_checkpoint
-from repvgg_seg.inference import Palette, draw_overlay, find_sources, legend_entries, read_image
+from repvgg_seg.inference import (
+    Palette,
+    draw_overlay,
+    find_sources,
+    legend_entries,
+    load_inference_model,
+    read_image,
+)
+from repvgg_seg.models import RepVGGBlock
 from repvgg_seg.reparam import reparameterize_model
 
 from helpers import randomize_bn
@@ -137,6 +145,22 @@ def test_every_checkpoint_form_gives_the_same_labels_at_input_size(
     for form, labels in results.items():
         for name in expected:
             np.testing.assert_array_equal(labels[name], expected[name], err_msg=f"{form}: {name}")
+
+
+def test_each_form_loads_as_what_it_is(checkpoints):
+    def summary(form: str, **kwargs) -> tuple[int, int, int]:
+        config, checkpoint, _ = checkpoints[form]
+        model = load_inference_model(config, checkpoint, **kwargs)
+        blocks = [m for m in model.modules() if isinstance(m, RepVGGBlock)]
+        fused = sum(block.deploy for block in blocks)
+        return len(blocks), fused, len(getattr(model, "winograd_convs", []))
+
+    blocks, fused, winograd = summary("training-time")
+    assert blocks == 22 and fused == 0 and winograd == 0  # RepVGG-A0: 1 + 2 + 4 + 14 + 1
+    assert summary("training-time", fuse=True) == (22, 22, 0)
+    assert summary("fused") == (22, 22, 0)
+    blocks, fused, winograd = summary("deployed")
+    assert (blocks, fused) == (22, 22) and winograd >= 20
 
 
 def test_unreadable_files_are_reported_and_skipped(checkpoints, image_folder, tmp_path, capsys):

@@ -16,6 +16,7 @@ input's own size.
 
 from __future__ import annotations
 
+import copy
 import os
 
 import numpy as np
@@ -75,7 +76,10 @@ def load_inference_model(
         CheckpointError: The checkpoint cannot be read or does not fit the config.
         ValueError: The config has no ``test_pipeline``.
     """
-    cfg = Config.fromfile(os.fspath(config)) if not isinstance(config, Config) else config
+    # A Config passed in is copied: the backbone's deploy flag is set below.
+    cfg = (
+        copy.deepcopy(config) if isinstance(config, Config) else Config.fromfile(os.fspath(config))
+    )
     if "test_pipeline" not in cfg:
         raise ValueError(
             f"Config {_name(config)!r} has no test_pipeline (the loading and resizing of test "
