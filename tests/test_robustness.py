@@ -101,22 +101,36 @@ def test_second_training_in_a_busy_work_dir_is_refused(tmp_path, data_root):
     assert stale is not None and stale.pid == first.pid
 
 
-def test_torchrun_training_in_a_busy_work_dir_is_refused_on_every_rank(tmp_path, data_root):
+def test_distributed_training_in_a_busy_work_dir_is_refused_on_every_rank(tmp_path, data_root):
+    # The two ranks are started as torchrun would (env:// rendezvous over gloo), but by the
+    # test: torchrun kills the other ranks when one fails, which would hide a rank that
+    # hangs instead of stopping.
     work_dir = tmp_path / "dist"
+    command = train_command(work_dir, data_root, "train_cfg.max_iters=1") + [
+        "--launcher",
+        "pytorch",
+    ]
+    rendezvous = {"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29523"}
     with WorkDirLock(work_dir):
-        result = subprocess.run(
-            ["bash", "tools/dist_train.sh", CONFIG, "2", "--work-dir", str(work_dir)]
-            + small(data_root, "train_cfg.max_iters=1"),
-            cwd=ROOT,
-            env={**ENV, "PYTHON": sys.executable, "PORT": "29523"},
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-    log = result.stdout + result.stderr
-    assert result.returncode != 0
+        ranks = [
+            subprocess.Popen(
+                command,
+                cwd=ROOT,
+                env={**ENV, **rendezvous, "RANK": str(rank), "LOCAL_RANK": str(rank)},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for rank in range(2)
+        ]
+        try:
+            outputs = [rank.communicate(timeout=300) for rank in ranks]
+        finally:
+            for rank in ranks:
+                rank.kill()
     busy = rf"error: Work dir '{re.escape(str(work_dir))}' is in use .*pid {os.getpid()}"
-    assert len(re.findall(busy, log)) >= 2, log[-3000:]  # rank 0 and rank 1, no hang
+    for rank, (stdout, stderr) in zip(ranks, outputs, strict=True):
+        assert rank.returncode != 0 and re.search(busy, stderr), (stdout + stderr)[-3000:]
     assert not list(work_dir.glob("iter_*.pth"))
 
 
@@ -290,11 +304,23 @@ def test_reading_a_checkpoint_keeps_mmengine_types_allowed(tmp_path):
     assert torch.load(path, weights_only=True)["message_hub"].current() == 2.0
 
 
-def test_resume_cli_with_empty_last_checkpoint_and_leftovers(tmp_path, data_root):
+def train_in_process(work_dir: Path, data_root: Path, *options: str, flags=()) -> None:
+    """tools/train.py's main in this process (a subprocess would mostly measure imports)."""
+    # Unique names: mmengine hands out an existing logger or visualizer of the same name.
+    name = f"{work_dir.parent.name}_{time.monotonic_ns()}"
+    options += (f"experiment_name={name}", f"visualizer.name={name}")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # like ENV's OMP_NUM_THREADS=1: more threads only contend here
+    try:
+        load_tool("train").main(train_command(work_dir, data_root, *options)[2:] + list(flags))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_resume_with_empty_last_checkpoint_and_leftovers(tmp_path, data_root, capfd):
     work_dir = tmp_path / "work"
     options = ("default_hooks.checkpoint.interval=1", "param_scheduler.0.end=3")
-    first = run(train_command(work_dir, data_root, "train_cfg.max_iters=2", *options))
-    assert first.returncode == 0, first.stderr[-3000:]
+    train_in_process(work_dir, data_root, "train_cfg.max_iters=2", *options)
     # A run killed while writing: last_checkpoint emptied, iter_2.pth cut short (a copy
     # interrupted), temporary files left behind.
     (work_dir / "last_checkpoint").write_text("")
@@ -303,13 +329,13 @@ def test_resume_cli_with_empty_last_checkpoint_and_leftovers(tmp_path, data_root
     leftovers = [work_dir / ".iter_3.pth.k2j4_x9a.part", work_dir / ".iter_3.pth.partial"]
     for path in leftovers:
         path.write_bytes(b"\0" * 100)
-    resumed = run(
-        train_command(work_dir, data_root, "train_cfg.max_iters=3", *options) + ["--resume"]
-    )
-    log = resumed.stdout + resumed.stderr
-    assert resumed.returncode == 0, log[-3000:]
+    capfd.readouterr()
+    train_in_process(work_dir, data_root, "train_cfg.max_iters=3", *options, flags=["--resume"])
+    log = "".join(capfd.readouterr())
+    assert f"passed over: '{iter_2}' cannot be read" in log
     assert f"--resume: using the newest readable {work_dir / 'iter_1.pth'}" in log
     assert re.search(r"resumed epoch: \d+, iter: 1\b", log), log[-3000:]
+    assert re.findall(r"Iter\(train\) \[\s*(\d+)/3\]", log) == ["2", "3"]
     assert (work_dir / "iter_3.pth").is_file() and not any(p.exists() for p in leftovers)
 
 
@@ -337,21 +363,20 @@ def test_train_missing_config_is_one_line(tmp_path):
         ("truncated", r"Checkpoint '{path}' is not a readable PyTorch checkpoint"),
     ],
 )
-def test_train_cli_errors_are_one_line(tmp_path, data_root, case, expected):
+def test_train_errors_are_one_line(tmp_path, data_root, case, expected):
     checkpoint = tmp_path / "given.pth"
+    options = []
     if case == "max_iters":
-        command = train_command(tmp_path / "w", data_root, "train_cfg.max_iters=-1")
+        options.append("train_cfg.max_iters=-1")
     else:
         torch.save({"state_dict": {"w": torch.zeros(1000)}}, checkpoint)
         checkpoint.write_bytes(b"" if case == "empty" else checkpoint.read_bytes()[:500])
-        command = train_command(tmp_path / "w", data_root) + ["--resume", str(checkpoint)]
-    result = run(command)
-    assert result.returncode != 0
-    assert re.match(
-        "tools/train.py: error: " + expected.format(path=re.escape(str(checkpoint))),
-        last_line(result),
-    ), result.stderr[-3000:]
-    assert "Traceback" not in result.stderr
+    flags = [] if case == "max_iters" else ["--resume", str(checkpoint)]
+    with pytest.raises(SystemExit) as exit_info:
+        train_in_process(tmp_path / "w", data_root, *options, flags=flags)
+    message = str(exit_info.value.code)
+    pattern = "tools/train.py: error: " + expected.format(path=re.escape(str(checkpoint)))
+    assert re.match(pattern, message) and "\n" not in message, message
 
 
 def build_dataset(root: Path, split: str = "train"):
