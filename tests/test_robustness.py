@@ -379,6 +379,20 @@ def test_train_errors_are_one_line(tmp_path, data_root, case, expected):
     assert re.match(pattern, message) and "\n" not in message, message
 
 
+def test_error_from_a_dataloader_worker_is_one_line():
+    from torch._utils import ExceptionWrapper
+
+    try:
+        raise CityscapesDataError("Label 'x.png' holds values outside: 50 (9 pixels).")
+    except CityscapesDataError:
+        wrapped = ExceptionWrapper(where="in DataLoader worker process 0")
+    with pytest.raises(CityscapesDataError) as error:
+        wrapped.reraise()  # what the main process gets: the worker's traceback in the text
+    assert "Traceback" in str(error.value)
+    message = load_tool("train").one_line(error.value)
+    assert message == "Label 'x.png' holds values outside: 50 (9 pixels)."
+
+
 def build_dataset(root: Path, split: str = "train"):
     init_default_scope("mmseg")
     return DATASETS.build(
