@@ -26,8 +26,11 @@ from mmengine.registry import RUNNERS, init_default_scope
 from mmseg.registry import DATASETS, MODELS, TRANSFORMS
 
 from repvgg_seg.datasets import make_synthetic_cityscapes
+from repvgg_seg.deploy import deploy_segmentor
 from repvgg_seg.pretrain import PretrainConfig
 from repvgg_seg.weights.table import WEIGHTS
+
+from helpers import assert_outputs_close, randomize_bn
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_CONFIGS = [f"pspnet_repvgg_{v}.py" for v in ("b1g2_fast", "b1g2", "b2_fast", "b2")] + [
@@ -36,9 +39,10 @@ PAPER_CONFIGS = [f"pspnet_repvgg_{v}.py" for v in ("b1g2_fast", "b1g2", "b2_fast
 ]
 MEAN_BGR = (103.53, 116.28, 123.675)
 # Tiny stand-ins for 713x713 crops and windows: 8k + 1 pixels like 713, stride ceil(2/3 crop).
-TINY_CROP = (65, 65)
-TINY_STRIDE = (44, 44)
-IMAGE_SIZE = (128, 64)  # width, height of the synthetic images
+# Output stride 8 keeps even B2 and R101-D8 costly per pixel: these sizes keep them at seconds.
+TINY_CROP = (33, 33)
+TINY_STRIDE = (22, 22)
+IMAGE_SIZE = (64, 32)  # width, height of the synthetic images
 
 
 def load(name: str) -> Config:
@@ -50,6 +54,12 @@ def load(name: str) -> Config:
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory) -> Path:
     return make_synthetic_cityscapes(tmp_path_factory.mktemp("data"), 2, 2, IMAGE_SIZE, 0)
+
+
+@pytest.fixture(scope="module")
+def train_root(tmp_path_factory) -> Path:
+    """2 training images and 1 validation image: validation is most of a tiny run's time."""
+    return make_synthetic_cityscapes(tmp_path_factory.mktemp("train"), 2, 1, IMAGE_SIZE, 0)
 
 
 # --- the configs say what the paper and semseg say ---------------------------------------------
@@ -161,6 +171,26 @@ def test_heads_have_example_pspnet_parameter_shapes(name, in_channels, aux_chann
     assert shapes == example_pspnet_shapes(in_channels, aux_channels)
 
 
+def test_semseg_head_folds_exactly_in_the_deploy_step():
+    cfg = load("pspnet_repvgg_b1g2_fast.py")
+    # The head is under test: A0 (512b = 1280, 256a = 192) keeps the backbone cheap.
+    cfg.model.backbone.update(arch="A0", init_cfg=None)
+    cfg.model.decode_head.in_channels, cfg.model.auxiliary_head.in_channels = 1280, 192
+    for part in (cfg.model.backbone, cfg.model.decode_head, cfg.model.auxiliary_head):
+        part.norm_cfg = dict(type="BN")
+    model = randomize_bn(MODELS.build(cfg.model), seed=1).eval()
+    inputs = torch.randn(1, 3, *TINY_CROP)
+    with torch.no_grad():
+        expected = model(inputs, mode="tensor")
+        pairs = deploy_segmentor(model, inputs)
+        actual = model(inputs, mode="tensor")
+    folded = {conv for conv, _ in pairs if conv.startswith("decode_head.")}
+    assert folded == {f"decode_head.psp_modules.{i}.1.conv" for i in range(4)} | {
+        "decode_head.bottleneck.conv"
+    }
+    assert_outputs_close(actual, expected)
+
+
 def test_semseg_head_rejects_uneven_branch_widths():
     with pytest.raises(ValueError, match="in_channels=1000 must be divisible"):
         MODELS.build(
@@ -266,7 +296,8 @@ def test_paper_pipeline_yields_713_crops_with_valid_labels(data_root):
 
 
 def tiny_run_config(name: str, data_root: Path, work_dir: Path) -> Config:
-    """The config with 65x65 crops and windows on synthetic data, 2 iterations, no files."""
+    """The config with 33x33 crops and windows on synthetic data, 2 iterations, no
+    checkpoints; validation after the last iteration."""
     cfg = load(name)
     cfg.model.backbone.pop("init_cfg", None)
     cfg.model.pop("pretrained", None)
@@ -296,12 +327,28 @@ def tiny_run_config(name: str, data_root: Path, work_dir: Path) -> Config:
 
 
 @pytest.mark.parametrize("name", PAPER_CONFIGS)
-def test_paper_config_trains_and_evaluates_with_sliding_windows(name, data_root, tmp_path):
-    runner = RUNNERS.build(tiny_run_config(name, data_root, tmp_path))
-    runner.train()
+def test_paper_config_trains_and_evaluates_with_sliding_windows(
+    name, train_root, tmp_path, monkeypatch
+):
+    # mmengine formats the whole config with yapf three times per run (about 1 s each here);
+    # the unformatted text serves this test as well.
+    monkeypatch.setattr(Config, "pretty_text", property(lambda cfg: cfg.text))
+    runner = RUNNERS.build(tiny_run_config(name, train_root, tmp_path))
+    model = runner.model
+    windows = []
+    encode_decode = model.encode_decode  # inference only; training uses extract_feat
+
+    def counting_encode_decode(inputs, batch_img_metas):
+        windows.append(tuple(inputs.shape[-2:]))
+        return encode_decode(inputs, batch_img_metas)
+
+    model.encode_decode = counting_encode_decode
+    runner.train()  # validates after the last iteration
+    assert 0 <= runner.message_hub.get_scalar("val/mIoU").current() <= 100
+    # An image of 32x64: one row of 3 windows (x = 0, 22, 31), 32 rows high.
+    assert windows == [(32, 33)] * 3
 
     # 10x LR on both heads, kept through the poly decay.
-    model = runner.model
     names = {id(p): n for n, p in model.named_parameters()}
     lrs = {}
     for group in runner.optim_wrapper.optimizer.param_groups:
@@ -312,19 +359,6 @@ def test_paper_config_trains_and_evaluates_with_sliding_windows(name, data_root,
     (backbone_lr,), (head_lr,) = lrs[False], lrs[True]
     assert 0 < backbone_lr < 0.01 and head_lr == pytest.approx(10 * backbone_lr)
 
-    windows = []
-    encode_decode = model.encode_decode
-
-    def counting_encode_decode(inputs, batch_img_metas):
-        windows.append(tuple(inputs.shape[-2:]))
-        return encode_decode(inputs, batch_img_metas)
-
-    model.encode_decode = counting_encode_decode
-    metrics = runner.val()
-    assert 0 <= metrics["mIoU"] <= 100
-    # 2 images of 64x128: one row of 3 windows each (x = 0, 44, 63), 64 rows high.
-    assert windows == [(64, 65)] * 6
-
 
 def test_paper_tta_pipeline_makes_12_views(data_root):
     cfg = load("pspnet_repvgg_b1g2.py")
@@ -333,7 +367,8 @@ def test_paper_tta_pipeline_makes_12_views(data_root):
     dataset_cfg.pipeline[1].scale = IMAGE_SIZE
     data = DATASETS.build(dataset_cfg)[0]
     views = [(tuple(x.shape[-2:]), s.flip) for x, s in zip(data["inputs"], data["data_samples"])]
-    sizes = [(round(64 * r), round(128 * r)) for r in (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)]
+    width, height = IMAGE_SIZE
+    sizes = [(round(height * r), round(width * r)) for r in (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)]
     assert sorted(views) == sorted((size, flip) for size in sizes for flip in (False, True))
 
 
@@ -364,7 +399,7 @@ def test_tools_test_tta_runs_end_to_end(data_root, tmp_path):
     assert len(predictions) == 2
     for path in predictions:
         labels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        assert labels.shape == (64, 128) and (labels == 3).all()
+        assert labels.shape == IMAGE_SIZE[::-1] and (labels == 3).all()
 
 
 # --- ImageNet side: the paper's recipe per variant and its top-1 figures -----------------------

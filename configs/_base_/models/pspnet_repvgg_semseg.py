@@ -7,8 +7,9 @@
 # - align_corners=True in every upsampling (semseg's PPM, logits and loss).
 # - Test: 713x713 windows with stride ceil(713 x 2/3) = 476, as semseg's scale_process.
 _base_ = "./pspnet_repvgg.py"
+data_preprocessor = dict(size=(713, 713))
 model = dict(
-    data_preprocessor=dict(size=(713, 713)),
+    data_preprocessor=data_preprocessor,
     decode_head=dict(type="SemsegPSPHead", align_corners=True),
     auxiliary_head=dict(align_corners=True),
     test_cfg=dict(mode="slide", crop_size=(713, 713), stride=(476, 476)),
