@@ -403,6 +403,7 @@ def _run_benchmark(
             macs = count_macs(module, image[:1]) * settings.batch
         static[case.name] = (macs, params)
         eager = make_forward(module, image, "eager", settings)
+        eager()  # cuDNN's autotuner tries algorithms (and their workspaces) on the first pass
         peaks[case.name] = (
             cuda_peak_memory_bytes(eager) if settings.is_cuda else peak_memory_bytes(eager)
         )

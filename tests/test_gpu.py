@@ -9,6 +9,8 @@ import copy
 
 import pytest
 import torch
+from test_benchmark import SYNTHETIC
+from test_equivalence import broken_copy
 from torch.utils.data import DataLoader, TensorDataset
 
 import repvgg_seg  # noqa: F401  (registers the RepVGG backbone)
@@ -19,8 +21,6 @@ from repvgg_seg.pretrain.engine import compare_fused
 from repvgg_seg.reparam import reparameterize_model
 
 from helpers import randomize_bn
-from test_benchmark import SYNTHETIC
-from test_equivalence import broken_copy
 
 pytestmark = [
     pytest.mark.cuda,

@@ -189,7 +189,8 @@ def fuse_and_check(model: torch.nn.Module, args: argparse.Namespace) -> None:
         check_cfg.merge_from_dict(args.cfg_options)
     agreement = compare_on_batch(unfused, segmentor.eval(), first_dataset_batch(check_cfg))
     del unfused
-    logger.info("--fuse check on the first test image: %s", agreement.describe())
+    if is_main_process():
+        print(f"--fuse check on the first test image: {agreement.describe()}")
     try:
         agreement.check("fused vs unfused segmentor on the first test image")
     except FusionMismatchError as error:

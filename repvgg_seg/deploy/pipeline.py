@@ -15,7 +15,7 @@ from mmengine.config import Config
 from mmseg.models.segmentors import EncoderDecoder
 
 from ..atomic_io import save_atomically
-from .checkpoint_io import load_checkpoint_file, state_dict_of
+from ..checkpoint import read_checkpoint, state_dict_of
 from .onnx_export import compare_onnx, export_onnx
 from .segmentor import build_segmentor, deploy_segmentor, make_deploy_config
 from .verify import (
@@ -75,7 +75,7 @@ class DeployReport:
 def load_segmentor(config: str | Path | Config, checkpoint: str | Path) -> EncoderDecoder:
     """Builds a config's segmentor and loads a checkpoint into it strictly (eval mode)."""
     model = build_segmentor(config)
-    state = state_dict_of(load_checkpoint_file(checkpoint), checkpoint)
+    state = state_dict_of(read_checkpoint(checkpoint), checkpoint)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:
@@ -139,7 +139,7 @@ def deploy_checkpoint(
         checkpoint_path, config_path = staging / f"{stem}_deploy.pth", staging / f"{stem}_deploy.py"
         deploy_cfg = make_deploy_config(cfg, pairs, winograd, winograd_min_channels)
         deploy_cfg.load_from = str(out_dir / checkpoint_path.name)
-        meta = load_checkpoint_file(checkpoint).get("meta", {})
+        meta = read_checkpoint(checkpoint).get("meta", {})
         meta = {
             "dataset_meta": meta.get("dataset_meta"),
             "deployed_from": str(checkpoint),
