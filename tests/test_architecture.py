@@ -21,6 +21,7 @@ PACKAGE = ROOT / "repvgg_seg"
 FORBIDDEN = {
     "repvgg_seg.checkpoint": ("repvgg_seg.",),
     "repvgg_seg.atomic_io": ("repvgg_seg.",),
+    "repvgg_seg.equivalence": ("repvgg_seg.",),
     "repvgg_seg.models": (
         "repvgg_seg.weights",
         "repvgg_seg.deploy",

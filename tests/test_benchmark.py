@@ -17,9 +17,13 @@ from repvgg_seg.benchmark import (
     BenchmarkSettings,
     Case,
     count_macs,
+    cpu_info,
     deployed_copy,
+    describe_machine,
     format_table,
+    make_forward,
     plain_repvgg,
+    prepare_module,
     run_benchmark,
 )
 from repvgg_seg.deploy import SegmentorLogits, build_segmentor
@@ -121,3 +125,76 @@ def test_winograd_layer_benchmark_cli(capsys):
         assert float(difference) < 1e-5
     with pytest.raises(SystemExit, match="divisible by groups"):
         tool.main(["16,15,8,8,2"])
+
+
+def load_benchmark_tool():
+    spec = importlib.util.spec_from_file_location(
+        "tools_benchmark", ROOT / "tools" / "benchmark.py"
+    )
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a CPU-only host")
+def test_cuda_settings_are_refused_without_a_gpu():
+    with pytest.raises(ValueError, match="sees no CUDA GPU here; run with --device cpu"):
+        BenchmarkSettings(device="cuda")
+    tool = load_benchmark_tool()
+    with pytest.raises(SystemExit, match="no CUDA GPU"):
+        tool.settings_from(tool.parse_args([str(SYNTHETIC), "--device", "cuda"]))
+
+
+def test_cli_picks_cuda_defaults_and_cpu_path():
+    tool = load_benchmark_tool()
+    cpu = tool.settings_from(tool.parse_args([str(SYNTHETIC), "--bf16"]))
+    assert (cpu.batch, cpu.device, cpu.precision, cpu.autocast, cpu.tf32) == (
+        1, "cpu", "bf16", False, None
+    )  # fmt: skip
+    assert not cpu.is_cuda and cpu.dtype == torch.bfloat16
+    with pytest.raises(SystemExit, match="--tf32 applies to CUDA"):
+        tool.settings_from(tool.parse_args([str(SYNTHETIC), "--tf32", "on"]))
+    with pytest.raises(SystemExit, match="unknown \\['graphs'\\]"):
+        tool.build_cases(tool.parse_args([str(SYNTHETIC), "--treatments", "eager,graphs"]))
+    args = tool.parse_args(
+        [str(SYNTHETIC), "--variants", "deploy", "--treatments", "eager,compile"]
+    )
+    cases = tool.build_cases(args)
+    assert [(c.name, c.treatment) for c in cases] == [
+        ("pspnet_repvgg_a0_synthetic (deploy) [eager]", "eager"),
+        ("pspnet_repvgg_a0_synthetic (deploy) [compile]", "compile"),
+    ]
+    assert cases[0].module is cases[1].module  # one model, two treatments
+
+
+def test_cpu_run_casts_to_the_precision_and_refuses_cuda_graphs():
+    conv = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+    settings = BenchmarkSettings(height=16, width=16, batch=2, warmup=0, rounds=2, precision="bf16")
+    module = prepare_module(conv, settings)
+    assert module[0].weight.dtype == torch.bfloat16
+    image = torch.randn(2, 3, 16, 16, dtype=torch.bfloat16)
+    assert make_forward(module, image, "eager", settings)().dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        make_forward(module, image, "graph", settings)
+    autocast = BenchmarkSettings(height=16, width=16, precision="bf16", autocast=True)
+    fp32_module = prepare_module(nn.Conv2d(3, 8, 3), autocast)
+    assert fp32_module.weight.dtype == torch.float32
+    out = make_forward(fp32_module, torch.randn(1, 3, 16, 16), "eager", autocast)()
+    assert out.dtype == torch.bfloat16  # reached by autocast, weights untouched
+    [result] = run_benchmark([Case("conv", conv)], settings)
+    assert result.matmul_pct is None and result.tflops == pytest.approx(
+        2 * result.gmacs_per_s / 1000
+    )
+
+
+def test_machine_header_is_read_from_proc_cpuinfo(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(
+        "processor\t: 0\nmodel name\t: Example CPU 9000\nflags\t\t: fpu sse2 avx2 fma avx512f\n"
+        "processor\t: 1\nmodel name\t: Example CPU 9000\nflags\t\t: fpu\n"
+    )
+    assert cpu_info(str(cpuinfo)) == ("Example CPU 9000", ["avx2", "fma", "avx512f"])
+    assert cpu_info(str(tmp_path / "missing")) == ("unknown", [])
+    header = describe_machine(BenchmarkSettings())
+    assert torch.backends.cpu.get_cpu_capability() in header
+    assert cpu_info()[0] in header

@@ -343,3 +343,17 @@ def test_test_tool_fuse_stops_on_a_broken_fusion(small_trained_model, tmp_path, 
     monkeypatch.setattr(tool, "reparameterize_model", broken)
     with pytest.raises(SystemExit, match="beyond the round-off margin|re-parameterization"):
         tool.main([str(config), str(checkpoint), "--fuse", "--work-dir", str(tmp_path / "w")])
+
+
+def test_deploy_names_a_checkpoint_that_does_not_fit_in_one_line(
+    small_trained_model, tmp_path, capsys
+):
+    config, checkpoint = small_trained_model
+    state = load_checkpoint_file(checkpoint)
+    del state["state_dict"]["decode_head.conv_seg.bias"]
+    broken = tmp_path / "broken.pth"
+    torch.save(state, broken)
+    assert load_tool("deploy").main([str(config), str(broken), str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err
+    assert "missing (1): decode_head.conv_seg.bias" in error and str(config) in error
+    assert len(error) < 1000  # the config's text is not dumped

@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from repvgg_seg.atomic_io import TEMPORARY_SUFFIX
 from repvgg_seg.models import RepVGGClassifier
 from repvgg_seg.pretrain import (
     PretrainConfig,
@@ -184,9 +185,13 @@ def test_resume_after_one_epoch_equals_uninterrupted_run(data_root, tmp_path):
     run_pretraining(tiny_config(data_root, split, stop_after_epoch=1, **common))
     assert load(split / "checkpoint.pth")["epoch"] == 0
     assert not (split / "model_deploy.pth").exists()
+    # A write killed mid-way left its temporary file; the resumed run removes it.
+    stale = split / f".checkpoint.pth.k1ll3d_x{TEMPORARY_SUFFIX}"
+    stale.write_bytes(b"\0" * 64)
     # Different global RNG state before resuming must not matter.
     torch.manual_seed(12345)
     run_pretraining(tiny_config(data_root, split, resume=str(split / "checkpoint.pth"), **common))
+    assert not stale.exists()
 
     expected, actual = load(whole / "checkpoint.pth"), load(split / "checkpoint.pth")
     assert actual["epoch"] == expected["epoch"] == 1

@@ -15,7 +15,7 @@ from mmengine.config import Config
 from mmseg.models.segmentors import EncoderDecoder
 
 from ..atomic_io import save_atomically
-from ..checkpoint import read_checkpoint, state_dict_of
+from ..checkpoint import describe_key_mismatch, read_checkpoint, state_dict_of
 from .onnx_export import compare_onnx, export_onnx
 from .segmentor import build_segmentor, deploy_segmentor, make_deploy_config
 from .verify import (
@@ -76,13 +76,14 @@ def load_segmentor(config: str | Path | Config, checkpoint: str | Path) -> Encod
     """Builds a config's segmentor and loads a checkpoint into it strictly (eval mode)."""
     model = build_segmentor(config)
     state = state_dict_of(read_checkpoint(checkpoint), checkpoint)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as error:
+    mismatch = describe_key_mismatch(model.state_dict(), state)
+    if mismatch is not None:
+        name = config.filename if isinstance(config, Config) else str(config)
         raise ValueError(
-            f"Checkpoint {str(checkpoint)!r} does not fit the model of config {str(config)!r} "
-            f"(strict load): {error}"
-        ) from error
+            f"Checkpoint {str(checkpoint)!r} does not fit the model of config {name!r} "
+            f"(strict load): {mismatch}. Pass the config the checkpoint was trained with."
+        )
+    model.load_state_dict(state, strict=True)
     model.eval()
     return model
 
