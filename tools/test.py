@@ -26,7 +26,7 @@ from mmengine.config import Config, DictAction
 from mmengine.dist import is_main_process
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
-from mmseg.models.segmentors import BaseSegmentor, EncoderDecoder
+from mmseg.models.segmentors import BaseSegmentor
 
 from repvgg_seg.checkpoint import (
     CheckpointError,
@@ -142,11 +142,16 @@ def set_backbone_deploy(cfg: Config, state: dict[str, torch.Tensor], args: argpa
         )
 
 
+def unwrap_segmentor(model: torch.nn.Module) -> torch.nn.Module:
+    """The segmentor inside DDP and SegTTAModel wrappers."""
+    while not isinstance(model, BaseSegmentor) and hasattr(model, "module"):
+        model = model.module
+    return model
+
+
 def load_weights(runner: Runner, checkpoint: dict, state: dict, args: argparse.Namespace):
     """Loads ``state`` into the runner's segmentor strictly, or exits naming both sides."""
-    model = runner.model
-    while not isinstance(model, BaseSegmentor) and hasattr(model, "module"):
-        model = model.module  # DDP and SegTTAModel wrappers
+    model = unwrap_segmentor(runner.model)
     source = repr(args.checkpoint)
     backbone = getattr(model, "backbone", None)
     try:
@@ -179,9 +184,7 @@ def fuse_and_check(model: torch.nn.Module, args: argparse.Namespace) -> None:
     The comparison runs in float32 with TF32 off whatever the test precision
     (:mod:`repvgg_seg.equivalence`); a broken fusion ends the run before any testing.
     """
-    segmentor = model
-    while not isinstance(segmentor, EncoderDecoder) and hasattr(segmentor, "module"):
-        segmentor = segmentor.module  # DDP and SegTTAModel wrappers
+    segmentor = unwrap_segmentor(model)
     unfused = copy.deepcopy(segmentor).eval()
     reparameterize_model(model)
     check_cfg = Config.fromfile(args.config)  # the plain test pipeline, also under --tta

@@ -72,10 +72,19 @@ class DeployReport:
         return all(agreement.ok for _, agreement in self.fusion_checks) and onnx_ok
 
 
-def load_segmentor(config: str | Path | Config, checkpoint: str | Path) -> EncoderDecoder:
-    """Builds a config's segmentor and loads a checkpoint into it strictly (eval mode)."""
+def load_segmentor(
+    config: str | Path | Config, checkpoint: str | Path, contents: object | None = None
+) -> EncoderDecoder:
+    """Builds a config's segmentor and loads a checkpoint into it strictly (eval mode).
+
+    Args:
+        contents: ``checkpoint`` as :func:`read_checkpoint` returned it, when the caller has
+            already read it (the file is then not read again).
+    """
     model = build_segmentor(config)
-    state = state_dict_of(read_checkpoint(checkpoint), checkpoint)
+    if contents is None:
+        contents = read_checkpoint(checkpoint)
+    state = state_dict_of(contents, checkpoint)
     mismatch = describe_key_mismatch(model.state_dict(), state)
     if mismatch is not None:
         name = config.filename if isinstance(config, Config) else str(config)
@@ -126,7 +135,8 @@ def deploy_checkpoint(
     """
     cfg = Config.fromfile(str(config))
     out_dir, stem, device = Path(out_dir), Path(config).stem, torch.device(device)
-    reference = load_segmentor(cfg, checkpoint)
+    contents = read_checkpoint(checkpoint)
+    reference = load_segmentor(cfg, checkpoint, contents)
     deployed = copy.deepcopy(reference)
     pairs = deploy_segmentor(deployed, torch.randn(1, 3, 64, 64), fuse_conv_bn=fuse_conv_bn)
     if random_size is None:
@@ -140,7 +150,7 @@ def deploy_checkpoint(
         checkpoint_path, config_path = staging / f"{stem}_deploy.pth", staging / f"{stem}_deploy.py"
         deploy_cfg = make_deploy_config(cfg, pairs, winograd, winograd_min_channels)
         deploy_cfg.load_from = str(out_dir / checkpoint_path.name)
-        meta = read_checkpoint(checkpoint).get("meta", {})
+        meta = contents.get("meta", {}) if isinstance(contents, dict) else {}
         meta = {
             "dataset_meta": meta.get("dataset_meta"),
             "deployed_from": str(checkpoint),
