@@ -1,5 +1,5 @@
 # PSPNet, RepVGG-B2 backbone (dilated: output stride 8).
-# The paper's recipe (RepVGG Table 8, as trained with hszhao/semseg; README.md, "PSPNet on
+# The paper's recipe (RepVGG Table 8, as trained with hszhao/semseg; docs/training.md, "PSPNet on
 # Cityscapes"): 713x713 crops with semseg's augmentation, 10x LR on the heads, semseg's PPM
 # widths, sliding-window test, 40 epochs at a global batch of 16.
 # Heads: 512b = 2560 and 256a = 640 input channels.

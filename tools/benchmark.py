@@ -1,6 +1,6 @@
 """Inference speed of segmentation configs, training-time and deployed, in one interleaved run.
 
-Example (the README speed table)::
+Example (the CPU speed table of docs/benchmarks.md)::
 
     python tools/benchmark.py configs/pspnet_r50.py configs/pspnet_repvgg_b1g2_fast.py \
         --size 512 1024 --rounds 5 --csv work_dirs/speed.csv

@@ -1,4 +1,4 @@
-# mmseg-style recipe (README.md, "PSPNet on Cityscapes"): PSPNet with mmseg's ResNetV1c-50-D8,
+# mmseg-style recipe (docs/training.md): PSPNet with mmseg's ResNetV1c-50-D8,
 # under the same schedule and pipeline as the mmseg-style RepVGG configs here.
 _base_ = [
     "../_base_/models/pspnet_r50-d8.py",

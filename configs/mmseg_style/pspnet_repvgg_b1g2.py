@@ -1,4 +1,4 @@
-# mmseg-style recipe (README.md, "PSPNet on Cityscapes"): PSPNet, RepVGG-B1g2 backbone (dilated:
+# mmseg-style recipe (docs/training.md): PSPNet, RepVGG-B1g2 backbone (dilated:
 # output stride 8), Cityscapes 512x1024 crops, the paper's 40-epoch schedule.
 # Heads: 512b = 2048 and 256a = 512 input channels.
 _base_ = [
