@@ -271,6 +271,57 @@ def test_trickling_server_is_given_up_at_the_deadline(server, hub, monkeypatch):
     assert cache_files(hub) == []
 
 
+def trickle_headers(interval: float, stop: threading.Event):
+    """A route sending its status line and headers one byte per ``interval`` s."""
+
+    def route(handler):
+        for byte in b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n\r\n":
+            handler.wfile.write(bytes([byte]))
+            handler.wfile.flush()
+            if stop.wait(interval):
+                return
+
+    return route
+
+
+def test_deadline_covers_the_response_headers(server, hub, monkeypatch):
+    # Each byte arrives well within the read timeout: only the deadline can end this.
+    base, routes = server.base, server.routes
+    routes["/slow-headers.pth"] = trickle_headers(0.2, server.stop)
+    monkeypatch.setenv(DEADLINE_ENV, "1")
+    monkeypatch.setenv(MIN_RATE_ENV, "0")
+    start = time.monotonic()
+    with pytest.raises(ConnectionError) as error:
+        cached_download(base + "/slow-headers.pth", progress=False)
+    assert time.monotonic() - start < 4
+    message = str(error.value)
+    assert message.startswith(f"Download of {base}/slow-headers.pth did not finish within its ")
+    assert "deadline of 1 s (0 bytes received)" in message
+    assert cache_files(hub) == []
+
+
+def test_failures_name_the_url_once(server, hub):
+    base, routes = server.base, server.routes
+    with pytest.raises(ConnectionError, match="HTTP Error 404") as error:
+        cached_download(base + "/missing.pth", progress=False)
+    assert str(error.value).count(base) == 1
+    routes["/cut.pth"] = lambda handler: (
+        handler.send_response(200),
+        handler.send_header("Content-Length", "100000"),
+        handler.end_headers(),
+        handler.wfile.write(checkpoint_bytes()[:1000]),
+    )
+    with pytest.raises(ConnectionError, match=r"stopped after 1000 of 100000 bytes") as error:
+        cached_download(base + "/cut.pth", progress=False)
+    assert str(error.value).count(base) == 1
+    routes["/slow.pth"] = server.trickle(bytes(10_000))
+    limits = DownloadLimits(deadline_s=0.5, min_rate=0)
+    with pytest.raises(ConnectionError, match="did not finish") as error:
+        cached_download(base + "/slow.pth", progress=False, limits=limits)
+    assert str(error.value).count(base) == 1 and "failed after" not in str(error.value)
+    assert cache_files(hub) == []
+
+
 def test_server_below_the_minimum_rate_is_given_up(server, hub):
     base, routes = server.base, server.routes
     routes["/slow.pth"] = server.trickle(bytes(10_000))

@@ -5,13 +5,13 @@ runs once it has decided where a URL is cached: it streams into a temporary file
 target (:func:`repvgg_seg.atomic_io.write_atomically`), checks the body (the sha256 prefix,
 or else an HTML sniff, the zip or pickle header and a ``weights_only`` load) and renames it
 into place only then. It gives up past a deadline or below a minimum rate
-(:class:`DownloadLimits`), turns SIGTERM into a clean stop, and
-:func:`remove_stale_partials` clears the temporary files of killed downloads.
+(:class:`~.limits.DownloadLimits`, which cover connecting, the headers and the body), turns
+SIGTERM into a clean stop, and :func:`remove_stale_partials` clears the temporary files of
+killed downloads.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import fcntl
 import hashlib
@@ -21,24 +21,36 @@ import os
 import signal
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 from ..atomic_io import write_atomically
 from ..checkpoint import CheckpointError, read_checkpoint
+from .limits import (
+    DEADLINE_ENV,
+    MIN_RATE_ENV,
+    RATE_WINDOW_ENV,
+    Clock,
+    DownloadLimits,
+    Watchdog,
+    opener,
+)
+
+__all__ = [
+    "DEADLINE_ENV",
+    "MIN_RATE_ENV",
+    "RATE_WINDOW_ENV",
+    "ChecksumError",
+    "DownloadLimits",
+    "download_checked",
+    "remove_stale_partials",
+]
 
 logger = logging.getLogger(__name__)
 
-DEADLINE_ENV = "REPVGG_SEG_DOWNLOAD_DEADLINE"
-MIN_RATE_ENV = "REPVGG_SEG_DOWNLOAD_MIN_RATE"
-RATE_WINDOW_ENV = "REPVGG_SEG_DOWNLOAD_RATE_WINDOW"
-
 _CHUNK_BYTES = 1 << 20
-_READ_TIMEOUT_S = 60
 # A temporary file younger than this is left alone even when unlocked: its writer may be
 # between creating it and locking it.
 _STALE_AFTER_S = 10
@@ -50,55 +62,6 @@ _PICKLE_MAGICS = tuple(b"\x80" + bytes([protocol]) for protocol in range(2, 6))
 
 class ChecksumError(RuntimeError):
     """A downloaded file's sha256 does not start with the expected prefix."""
-
-
-@dataclass(frozen=True)
-class DownloadLimits:
-    """When a download is given up (each with an error naming the URL).
-
-    The defaults suit the 100-500 MB checkpoints this project loads: a 500 MB file passes
-    the rate check at 10 KB/s but would need 14 h at it; the deadline stops it at 2 h.
-
-    Attributes:
-        deadline_s: Overall time limit of one download, headers included.
-        min_rate: Bytes per second that the last ``rate_window_s`` seconds must average;
-            0 turns the check off.
-        rate_window_s: The window the rate is averaged over.
-        read_timeout_s: Longest wait for any single read from the server.
-    """
-
-    deadline_s: float = 2 * 3600.0
-    min_rate: float = 10 * 1024.0
-    rate_window_s: float = 60.0
-    read_timeout_s: float = _READ_TIMEOUT_S
-
-    @classmethod
-    def from_env(cls) -> DownloadLimits:
-        """The defaults, overridden by ``$REPVGG_SEG_DOWNLOAD_DEADLINE`` (seconds),
-        ``$REPVGG_SEG_DOWNLOAD_MIN_RATE`` (bytes per second) and
-        ``$REPVGG_SEG_DOWNLOAD_RATE_WINDOW`` (seconds)."""
-        default = cls()
-        return cls(
-            deadline_s=_env_number(DEADLINE_ENV, default.deadline_s, positive=True),
-            min_rate=_env_number(MIN_RATE_ENV, default.min_rate, positive=False),
-            rate_window_s=_env_number(RATE_WINDOW_ENV, default.rate_window_s, positive=True),
-        )
-
-
-def _env_number(name: str, default: float, positive: bool) -> float:
-    text = os.environ.get(name, "").strip()
-    if not text:
-        return default
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not (value > 0 if positive else value >= 0):
-        raise ValueError(
-            f"${name}={text!r} is not a {'positive' if positive else 'non-negative'} number; "
-            f"unset it for the default ({default:g})."
-        )
-    return value
 
 
 def remove_stale_partials(folder: Path) -> list[Path]:
@@ -149,54 +112,36 @@ def download_checked(
         CheckpointError: An HTML page, or (unverified) not a loadable checkpoint.
     """
 
-    facts: dict[str, Any] = {}
+    received = _Received()
 
     def stream(file: BinaryIO) -> None:
         # Tells remove_stale_partials in other processes that this file is in use; the lock
         # lasts until write_atomically closes the file, after the check.
         fcntl.flock(file.fileno(), fcntl.LOCK_EX)
         logger.info("Downloading %s to %s", url, target)
-        clock = _Clock(url, target, limits)
-        try:
-            response = urllib.request.urlopen(
-                url, timeout=min(limits.read_timeout_s, limits.deadline_s)
-            )
-        except (urllib.error.URLError, OSError) as error:
-            raise ConnectionError(
-                f"Could not download {url}: {error}. Check the network, or download it "
-                f"elsewhere and copy it to {target} (then it is used from the cache)."
-            ) from error
-        with response:
-            content_type = response.headers.get("Content-Type", "")
-            length = response.headers.get("Content-Length")
-            total = int(length) if length and length.isdigit() else None
-            digest, head, written = hashlib.sha256(), b"", 0
+        clock = Clock(url, target, limits)
+        with Watchdog(limits.deadline_s) as watchdog:
             try:
-                with _progress_bar(total, target.name, progress) as advance:
-                    while chunk := response.read1(_CHUNK_BYTES):
-                        file.write(chunk)
-                        digest.update(chunk)
-                        if len(head) < 512:
-                            head += chunk[: 512 - len(head)]
-                        written += len(chunk)
-                        advance(len(chunk))
-                        clock.check(written)
-            except (OSError, http.client.HTTPException) as error:
-                raise ConnectionError(
-                    f"Download of {url} failed after {written} bytes: {error!r}; run "
-                    "again to retry."
-                ) from error
-        if total is not None and written != total:
+                _transfer(url, file, clock, watchdog, received, progress)
+            except (OSError, http.client.HTTPException):
+                if watchdog.expired.is_set():  # the watchdog ended the wait
+                    raise clock.deadline_error(received.written) from None
+                raise
+            if watchdog.expired.is_set():  # the body "ended" because the watchdog shut it
+                raise clock.deadline_error(received.written)
+        if received.total is not None and received.written != received.total:
             raise ConnectionError(
-                f"Download of {url} stopped after {written} of {total} bytes; run again to retry."
+                f"Download of {url} stopped after {received.written} of {received.total} "
+                "bytes; run again to retry."
             )
         if sha256_prefix is not None:
-            _check_sha256(digest.hexdigest(), sha256_prefix, url, head, content_type)
-        facts.update(head=head, content_type=content_type)
+            _check_sha256(
+                received.digest.hexdigest(), sha256_prefix, url, received.head, received.type
+            )
 
     def check(partial: Path) -> None:
         if sha256_prefix is None:
-            _check_loadable(partial, url, facts["head"], facts["content_type"])
+            _check_loadable(partial, url, received.head, received.type)
         # A long check leaves an old mtime; the file must not look stale while it is
         # unlocked between its close and its rename.
         os.utime(partial)
@@ -205,40 +150,62 @@ def download_checked(
         write_atomically(target, stream, check)
 
 
-class _Clock:
-    """Gives up a download past its deadline or below its minimum rate."""
+@dataclass
+class _Received:
+    """What a transfer got so far."""
 
-    def __init__(self, url: str, target: Path, limits: DownloadLimits) -> None:
-        self.url, self.target, self.limits = url, target, limits
-        self.start = time.monotonic()
-        # (time, bytes so far): the oldest entry is at or just before the window's start.
-        self.samples = collections.deque([(self.start, 0)])
+    type: str = ""
+    total: int | None = None
+    written: int = 0
+    head: bytes = b""
+    digest: hashlib._Hash = field(default_factory=hashlib.sha256)
 
-    def check(self, written: int) -> None:
-        now = time.monotonic()
-        limits = self.limits
-        advice = (
-            f"Retry later, raise the limit (${DEADLINE_ENV} seconds, ${MIN_RATE_ENV} bytes "
-            f"per second, 0 turns the rate check off), or download it elsewhere and copy it "
-            f"to {self.target}."
-        )
-        if now - self.start > limits.deadline_s:
-            raise ConnectionError(
-                f"Download of {self.url} did not finish within its deadline of "
-                f"{limits.deadline_s:g} s ({written} bytes received) and was given up. " + advice
-            )
-        self.samples.append((now, written))
-        while len(self.samples) > 1 and self.samples[1][0] <= now - limits.rate_window_s:
-            self.samples.popleft()
-        since, then = self.samples[0]
-        if limits.min_rate > 0 and now - self.start >= limits.rate_window_s:
-            rate = (written - then) / max(now - since, 1e-9)
-            if rate < limits.min_rate:
-                raise ConnectionError(
-                    f"Download of {self.url} is too slow: {rate:.0f} bytes/s over the last "
-                    f"{now - since:.0f} s, under the minimum of {limits.min_rate:g} bytes/s; "
-                    f"given up after {written} bytes. " + advice
-                )
+    def add(self, chunk: bytes) -> None:
+        self.digest.update(chunk)
+        if len(self.head) < 512:
+            self.head += chunk[: 512 - len(self.head)]
+        self.written += len(chunk)
+
+
+def _transfer(
+    url: str, file: BinaryIO, clock: Clock, watchdog: Watchdog, received: _Received, progress: bool
+) -> None:
+    """Requests ``url`` and streams its body into ``file``.
+
+    Raises:
+        ConnectionError: No response (naming the reason), a failed or too slow transfer.
+    """
+    limits = clock.limits
+    try:
+        response = opener(watchdog).open(url, timeout=min(limits.read_timeout_s, limits.deadline_s))
+    except OSError as error:  # urllib.error.URLError and HTTPError included
+        if watchdog.expired.is_set():
+            raise
+        raise ConnectionError(
+            f"Could not download {url}: {error}. Check the URL and the network, or download "
+            f"it elsewhere and copy it to {clock.target} (then it is used from the cache)."
+        ) from error
+    with response:
+        received.type = response.headers.get("Content-Type", "")
+        length = response.headers.get("Content-Length")
+        received.total = int(length) if length and length.isdigit() else None
+        with _progress_bar(received.total, clock.target.name, progress) as advance:
+            while True:
+                try:
+                    chunk = response.read1(_CHUNK_BYTES)
+                except (OSError, http.client.HTTPException) as error:
+                    if watchdog.expired.is_set():
+                        raise
+                    raise ConnectionError(
+                        f"Download of {url} failed after {received.written} bytes: "
+                        f"{error!r}; run again to retry."
+                    ) from error
+                if not chunk:
+                    return
+                file.write(chunk)
+                received.add(chunk)
+                advance(len(chunk))
+                clock.check(received.written)
 
 
 def _is_checkpoint_header(head: bytes) -> bool:
