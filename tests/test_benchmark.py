@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import importlib.util
 import json
@@ -16,8 +17,10 @@ import repvgg_seg  # noqa: F401  (registers the RepVGG backbone)
 from repvgg_seg.benchmark import (
     BenchmarkSettings,
     Case,
+    RuntimeRunners,
     count_macs,
     cpu_info,
+    cpu_peaks,
     deployed_copy,
     describe_machine,
     format_table,
@@ -26,7 +29,9 @@ from repvgg_seg.benchmark import (
     prepare_module,
     run_benchmark,
 )
-from repvgg_seg.deploy import SegmentorLogits, build_segmentor
+from repvgg_seg.cli import UsageError
+from repvgg_seg.deploy import SegmentorLogits
+from repvgg_seg.loader import build_segmentor
 from repvgg_seg.models import RepVGG
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,7 +92,7 @@ def test_benchmark_cli_writes_csv_and_json(tmp_path, capsys):
         [
             str(SYNTHETIC),
             "--size", "32", "32", "--rounds", "2", "--channels-last",
-            "--plain-repvgg", "A0:fast",
+            "--plain-repvgg", "A0:fast", "--peak-size", "64",
             "--csv", str(tmp_path / "speed.csv"),
             "--json", str(tmp_path / "speed.json"),
         ]
@@ -99,7 +104,7 @@ def test_benchmark_cli_writes_csv_and_json(tmp_path, capsys):
     assert names == [
         "pspnet_repvgg_a0_synthetic (train)",
         "pspnet_repvgg_a0_synthetic (deploy)",
-        "pspnet_repvgg_a0_synthetic (deploy, winograd)",
+        "pspnet_repvgg_a0_synthetic (deploy, winograd auto)",
         "plain RepVGG-A0-fast",
     ]
     assert [r["name"] for r in saved["results"]] == names
@@ -123,7 +128,7 @@ def test_winograd_layer_benchmark_cli(capsys):
         assert float(direct_ms) >= 0 and float(winograd_ms) >= 0
         assert float(speed_up.strip().rstrip("x")) > 0
         assert float(difference) < 1e-5
-    with pytest.raises(SystemExit, match="divisible by groups"):
+    with pytest.raises(UsageError, match="divisible by groups"):
         tool.main(["16,15,8,8,2"])
 
 
@@ -141,7 +146,7 @@ def test_cuda_settings_are_refused_without_a_gpu():
     with pytest.raises(ValueError, match="sees no CUDA GPU here; run with --device cpu"):
         BenchmarkSettings(device="cuda")
     tool = load_benchmark_tool()
-    with pytest.raises(SystemExit, match="no CUDA GPU"):
+    with pytest.raises(ValueError, match="no CUDA GPU"):
         tool.settings_from(tool.parse_args([str(SYNTHETIC), "--device", "cuda"]))
 
 
@@ -152,9 +157,9 @@ def test_cli_picks_cuda_defaults_and_cpu_path():
         1, "cpu", "bf16", False, None
     )  # fmt: skip
     assert not cpu.is_cuda and cpu.dtype == torch.bfloat16
-    with pytest.raises(SystemExit, match="--tf32 applies to CUDA"):
+    with pytest.raises(UsageError, match="--tf32 applies to CUDA"):
         tool.settings_from(tool.parse_args([str(SYNTHETIC), "--tf32", "on"]))
-    with pytest.raises(SystemExit, match="unknown \\['graphs'\\]"):
+    with pytest.raises(UsageError, match="unknown \\['graphs'\\]"):
         tool.build_cases(tool.parse_args([str(SYNTHETIC), "--treatments", "eager,graphs"]))
     args = tool.parse_args(
         [str(SYNTHETIC), "--variants", "deploy", "--treatments", "eager,compile"]
@@ -198,3 +203,70 @@ def test_machine_header_is_read_from_proc_cpuinfo(tmp_path):
     header = describe_machine(BenchmarkSettings())
     assert torch.backends.cpu.get_cpu_capability() in header
     assert cpu_info()[0] in header
+
+
+def test_cpu_peaks_and_each_rows_share_of_its_precisions_peak():
+    peaks = cpu_peaks(matmul_size=64, conv_channels=8, conv_size=8, repeats=1)
+    rates = peaks.by_precision()
+    assert set(rates) == {"fp32", "bf16", "int8"} and min(rates.values()) > 0
+    assert rates["fp32"] == pytest.approx(2 * max(peaks.fp32_matmul, peaks.fp32_conv) / 1000)
+    assert "int8 matmul" in peaks.describe() and "bf16 matmul" in peaks.describe()
+
+    conv = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+    settings = BenchmarkSettings(height=16, width=16, warmup=0, rounds=2)
+    cases = [Case("fp32", conv), Case("bf16", copy.deepcopy(conv), runtime="torch-bf16")]
+    fp32, bf16 = run_benchmark(cases, settings, peak_rates={"fp32": 1.0, "bf16": 4.0})
+    assert (fp32.precision, bf16.precision, bf16.runtime) == ("fp32", "bf16", "torch-bf16")
+    assert fp32.matmul_pct == pytest.approx(100 * fp32.tflops / 1.0)
+    assert bf16.matmul_pct == pytest.approx(100 * bf16.tflops / 4.0)
+    assert bf16.gmacs == fp32.gmacs and bf16.peak_memory_mb > 0
+    assert cases[1].module[0].weight.dtype == torch.float32  # converted on a copy
+
+
+def test_runtimes_time_the_deployed_model_and_int8_is_quantized():
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("openvino")
+    deployed = SegmentorLogits(deployed_copy(build_segmentor(SYNTHETIC)))
+    cases = [
+        Case("torch", deployed),
+        Case("ort", deployed, runtime="onnxruntime"),
+        Case("ort int8", deployed, runtime="onnxruntime-int8"),
+        Case("openvino", deployed, runtime="openvino"),  # reads the same export
+    ]
+    settings = BenchmarkSettings(height=32, width=32, warmup=0, rounds=1)
+    with RuntimeRunners(calibration_inputs=1) as runners:
+        results = run_benchmark(cases, settings, peak_rates={"int8": 1.0}, runners=runners)
+        int8_file = runners._onnx(deployed, "onnxruntime-int8", torch.zeros(1, 3, 32, 32))
+        import onnx
+
+        ops = {node.op_type for node in onnx.load(str(int8_file)).graph.node}
+        assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
+    assert not int8_file.exists()  # the exported files go with the runners
+    torch_row, ort, int8, openvino = results
+    assert [r.precision for r in results] == ["fp32", "fp32", "int8", "fp32"]
+    assert ort.gmacs == int8.gmacs == openvino.gmacs == torch_row.gmacs  # one float32 model
+    assert ort.peak_memory_mb is None and int8.matmul_pct is not None
+    assert ort.matmul_pct is None  # no fp32 peak given
+    assert "| - |" in format_table(results)
+
+
+def test_cli_times_runtimes_with_a_peak_header_and_prints_no_profiler_noise(capfd):
+    tool = load_benchmark_tool()
+    tool.main(
+        [
+            str(SYNTHETIC), "--size", "32", "32", "--rounds", "1", "--warmup", "0",
+            "--variants", "deploy", "--runtimes", "torch,torch-bf16",
+            "--peak-size", "64", "--calib-inputs", "1",
+        ]
+    )  # fmt: skip
+    out, err = capfd.readouterr()
+    assert "host peak" in out and "int8 matmul" in out and "% of peak" in out
+    for name in ("(deploy) |", "(deploy) [torch-bf16]"):
+        assert name in out
+    for noise in ("USDT", "profiler_start", "gpuGetDeviceCount", "ERROR"):
+        assert noise not in out + err
+    with pytest.raises(UsageError, match="runtimes other than torch"):
+        tool.build_cases(tool.parse_args([str(SYNTHETIC), "--runtimes", "onnxruntime",
+                                          "--part", "backbone"]))  # fmt: skip
+    with pytest.raises(UsageError, match="unknown \\['tensorrt'\\]"):
+        tool.build_cases(tool.parse_args([str(SYNTHETIC), "--runtimes", "tensorrt"]))

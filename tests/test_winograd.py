@@ -18,7 +18,8 @@ from repvgg_seg.deploy import (
     enable_winograd,
     winograd_applies,
 )
-from repvgg_seg.deploy.winograd import transform_weight, winograd_conv2d
+from repvgg_seg.deploy.autotune import AUTOTUNER, ConvAutotuner
+from repvgg_seg.deploy.winograd import transform_weight, winograd_conv2d, winograd_mode
 from repvgg_seg.models import RepVGG
 from repvgg_seg.reparam import reparameterize_model
 
@@ -204,3 +205,73 @@ def test_winograd_in_input_and_output_chunks(monkeypatch):
     bias = torch.randn(24, generator=generator)
     out = winograd_conv2d(x, transform_weight(weight, 2), bias, 2, 2)
     assert_matches_float64_conv(out, x, weight, bias, 2, 2, 2)
+
+
+class FakeTimer:
+    """Seconds per call from a table (function -> seconds), counting the timed calls."""
+
+    def __init__(self, seconds: dict) -> None:
+        self.seconds, self.calls = seconds, 0
+
+    def __call__(self, run) -> float:
+        self.calls += 1
+        return self.seconds[run]
+
+
+def test_autotuner_picks_the_faster_path_once_per_shape():
+    def direct():
+        return None
+
+    def winograd():
+        return None
+
+    timer = FakeTimer({direct: 0.072, winograd: 0.077})  # 512->512 dilation 4 on AVX-512
+    tuner = ConvAutotuner(timer=timer, repeats=2)
+    assert not tuner.use_winograd("dilated", direct, winograd)
+    assert timer.calls == 4  # two timed calls of each path
+    assert not tuner.use_winograd("dilated", direct, winograd)
+    assert timer.calls == 4  # cached: the shape is not timed again
+    timer.seconds = {direct: 0.706, winograd: 0.544}  # the PSP head's 4096->512
+    assert tuner.use_winograd("head", direct, winograd)
+    assert tuner.decisions == {"dilated": (0.072, 0.077), "head": (0.706, 0.544)}
+
+
+@pytest.mark.parametrize("winograd_faster", [True, False])
+def test_auto_mode_runs_the_path_the_autotuner_found_faster(monkeypatch, winograd_faster):
+    calls = count_winograd_calls(monkeypatch)
+    conv, fast = make_pair(padding=1)
+    fast.winograd_mode = "auto"
+
+    def timer(run) -> float:
+        # Winograd's call is the one that reaches winograd_conv2d (the spy counts it).
+        before = len(calls)
+        run()
+        took_winograd = len(calls) > before
+        return 1.0 if took_winograd == winograd_faster else 2.0
+
+    monkeypatch.setattr(AUTOTUNER, "timer", timer)
+    monkeypatch.setattr(AUTOTUNER, "decisions", {})
+    x = torch.randn(1, 8, 12, 10)
+    with torch.no_grad():
+        for _ in range(2):
+            calls.clear()
+            assert_matches_float64_conv(fast(x), x, conv.weight, conv.bias, 1, 1, 1)
+    assert len(AUTOTUNER.decisions) == 1
+    assert len(calls) == (1 if winograd_faster else 0)  # the second pass: no timing, one path
+    [(direct_seconds, winograd_seconds)] = AUTOTUNER.decisions.values()
+    assert (winograd_seconds < direct_seconds) == winograd_faster
+
+
+def test_winograd_modes():
+    assert [winograd_mode(v) for v in (True, False, "on", "off", "auto")] == [
+        "auto", "off", "on", "off", "auto",
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="winograd must be one of"):
+        winograd_mode("fast")
+    model = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1))
+    assert enable_winograd(model, min_channels_per_group=4, mode="off") == []
+    assert enable_winograd(model, min_channels_per_group=4, mode="auto") == ["0", "1"]
+    assert [m.winograd_mode for m in model] == ["auto", "auto"]
+    assert copy.deepcopy(model)[0].winograd_mode == "auto"
+    disable_winograd(model)
+    assert not hasattr(model[0], "winograd_mode")

@@ -1,9 +1,16 @@
-"""Inference speed of segmentation configs, training-time and deployed, in one interleaved run.
+"""Inference speed of segmentation configs, trained, deployed and per runtime, in one run.
 
-Example (the CPU speed table of docs/benchmarks.md)::
+Example (the speed table in docs/benchmarks.md)::
 
     python tools/benchmark.py configs/pspnet_r50.py configs/pspnet_repvgg_b1g2_fast.py \
         --size 512 1024 --rounds 5 --csv work_dirs/speed.csv
+
+Every deployed config under every CPU runtime and precision (INT8 calibrated on random
+inputs: speed does not depend on the values)::
+
+    python tools/benchmark.py configs/pspnet_r50.py configs/pspnet_repvgg_b1g2_fast.py \
+        --size 512 1024 --threads 2 --variants deploy \
+        --runtimes torch,torch-bf16,onnxruntime,onnxruntime-int8,openvino,openvino-int8
 
 On a GPU (paper Table 8's setting, batch 16 at 713x713, is the default there)::
 
@@ -11,27 +18,32 @@ On a GPU (paper Table 8's setting, batch 16 at 713x713, is the default there)::
         --device cuda --fp16 --channels-last --treatments eager,graph,compile
 
 The first case is the reference of the "speed vs first" column. Times are medians over
-``--rounds`` rounds in which every case runs once; compare only numbers from one run.
+``--rounds`` rounds in which every case runs once; compare only numbers from one run. The
+header measures the host's peak rates in the same run (CPU: float32, bf16 and int8; CUDA:
+the dense matmul in the run's precision) and each row states its share of its precision's.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import logging
-import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from repvgg_seg.benchmark import (  # noqa: E402
+from repvgg_seg.atomic_io import write_atomically
+from repvgg_seg.benchmark import (
+    RUNTIMES,
     TREATMENTS,
     BackboneOnly,
     BenchmarkSettings,
     Case,
+    RuntimeRunners,
+    cpu_peaks,
     cuda_settings,
     deployed_copy,
     describe_machine,
@@ -41,7 +53,12 @@ from repvgg_seg.benchmark import (  # noqa: E402
     results_as_dicts,
     run_benchmark,
 )
-from repvgg_seg.deploy import SegmentorLogits, build_segmentor  # noqa: E402
+from repvgg_seg.cli import UsageError, format_options, load_config, run_tool
+from repvgg_seg.deploy import SegmentorLogits
+from repvgg_seg.deploy.autotune import AUTOTUNER, WINOGRAD_MODES
+from repvgg_seg.loader import build_segmentor
+
+VARIANTS = ("train", "deploy", "winograd")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -61,9 +78,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--variants",
         default="train,deploy,winograd",
-        help="comma-separated: 'train' (as trained), 'deploy' (fused, direct convs), "
-        "'winograd' (fused, eligible 3x3 convs by Winograd F(4x4,3x3), as tools/deploy.py "
-        "writes it); default all three",
+        help="comma-separated, for the torch runtime: 'train' (as trained), 'deploy' (fused, "
+        "direct convs), 'winograd' (fused, eligible 3x3 convs by Winograd F(4x4,3x3) as "
+        "--winograd says, as tools/deploy.py writes it); default all three",
+    )
+    parser.add_argument(
+        "--winograd",
+        choices=WINOGRAD_MODES,
+        default="auto",
+        help="the 'winograd' variant: 'on' everywhere it applies, 'auto' (default) per conv "
+        "shape where it is faster on this CPU (timed on first use), 'off' drops the variant",
+    )
+    parser.add_argument(
+        "--runtimes",
+        default="torch",
+        help=f"comma-separated, each config timed under each (CPU): {', '.join(RUNTIMES)}; "
+        "'torch' times --variants in the run's precision, the others the deployed model "
+        "(default torch)",
+    )
+    parser.add_argument(
+        "--calib-inputs",
+        type=int,
+        default=2,
+        help="random inputs that calibrate the INT8 runtimes (default 2; speed does not depend "
+        "on them)",
+    )
+    parser.add_argument(
+        "--peak-size",
+        type=int,
+        default=2048,
+        help="CPU: side of the square matmuls that measure the host's peak rates (default 2048)",
     )
     parser.add_argument(
         "--part", choices=("segmentor", "backbone"), default="segmentor", help="what to time"
@@ -116,12 +160,12 @@ def split_list(text: str | None, allowed: tuple[str, ...], option: str) -> list[
     values = [v.strip() for v in (text or "").split(",") if v.strip()]
     unknown = sorted(set(values) - set(allowed))
     if unknown:
-        raise SystemExit(f"{option}: unknown {unknown}; use any of {', '.join(allowed)}.")
+        raise UsageError(f"{option}: unknown {unknown}; use any of {format_options(allowed)}.")
     return values
 
 
 def with_treatments(cases: list[Case], treatments: list[str]) -> list[Case]:
-    """Each case once per treatment (names suffixed), or as given when none are listed."""
+    """Each torch case once per treatment (names suffixed), or as given when none are listed."""
     if not treatments:
         return cases
     return [
@@ -131,35 +175,45 @@ def with_treatments(cases: list[Case], treatments: list[str]) -> list[Case]:
     ]
 
 
-def build_cases(args: argparse.Namespace) -> list[Case]:
-    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    unknown = set(variants) - {"train", "deploy", "winograd"}
-    if unknown:
-        raise SystemExit(
-            f"--variants: unknown {sorted(unknown)}; use 'train', 'deploy' and/or 'winograd'."
-        )
+def config_cases(config: str, args: argparse.Namespace) -> list[Case]:
+    """The cases of one config: its --variants under torch, its deployed model per runtime."""
+    variants = split_list(args.variants, VARIANTS, "--variants")
+    runtimes = split_list(args.runtimes, tuple(RUNTIMES), "--runtimes")
     wrap = BackboneOnly if args.part == "backbone" else SegmentorLogits
-    cases = []
-    for config in args.configs:
-        if not Path(config).is_file():
-            raise SystemExit(f"Config {config!r} does not exist.")
-        trained = build_segmentor(config)
-        stem = Path(config).stem
+    trained = build_segmentor(load_config(config))
+    stem, cases = Path(config).stem, []
+    deployed = deployed_copy(trained) if set(runtimes) - {"torch"} or "deploy" in variants else None
+    if "torch" in runtimes:
         if "train" in variants:
             cases.append(Case(f"{stem} (train)", wrap(trained)))
         if "deploy" in variants:
-            cases.append(Case(f"{stem} (deploy)", wrap(deployed_copy(trained))))
-        if "winograd" in variants:
-            model = deployed_copy(trained, winograd=True)
-            cases.append(Case(f"{stem} (deploy, winograd)", wrap(model)))
+            cases.append(Case(f"{stem} (deploy)", wrap(deployed)))
+        if "winograd" in variants and args.winograd != "off":
+            model = deployed_copy(trained, winograd=args.winograd)
+            cases.append(Case(f"{stem} (deploy, winograd {args.winograd})", wrap(model)))
+    for runtime in (r for r in runtimes if r != "torch"):
+        cases.append(Case(f"{stem} (deploy) [{runtime}]", wrap(deployed), runtime=runtime))
+    return cases
+
+
+def build_cases(args: argparse.Namespace) -> list[Case]:
+    treatments = split_list(args.treatments, TREATMENTS, "--treatments")
+    runtimes = split_list(args.runtimes, tuple(RUNTIMES), "--runtimes")
+    if set(runtimes) - {"torch"} and (args.part == "backbone" or args.device != "cpu"):
+        raise UsageError(
+            f"--runtimes {args.runtimes}: runtimes other than torch time the whole deployed "
+            "segmentor on CPU; drop --part backbone / --device, or use --runtimes torch."
+        )
+    cases = [case for config in args.configs for case in config_cases(config, args)]
     for spec in args.plain_repvgg:
         arch, _, mode = spec.partition(":")
         cases.append(
             Case(f"plain RepVGG-{arch}-{mode or 'fast'}", plain_repvgg(arch, mode or "fast"))
         )
     if not cases:
-        raise SystemExit("Nothing to benchmark: give configs and/or --plain-repvgg.")
-    return with_treatments(cases, split_list(args.treatments, TREATMENTS, "--treatments"))
+        raise UsageError("Nothing to benchmark: give configs and/or --plain-repvgg.")
+    torch_cases = with_treatments([c for c in cases if c.runtime == "torch"], treatments)
+    return torch_cases + [c for c in cases if c.runtime != "torch"]
 
 
 def settings_from(args: argparse.Namespace) -> BenchmarkSettings:
@@ -167,24 +221,26 @@ def settings_from(args: argparse.Namespace) -> BenchmarkSettings:
     on_cuda = torch.device(args.device).type == "cuda"
     tf32 = {"on": True, "off": False, None: False if on_cuda else None}[args.tf32]
     if tf32 is not None and not on_cuda:
-        raise SystemExit("--tf32 applies to CUDA devices only; add --device cuda.")
-    try:
-        return BenchmarkSettings(
-            height=args.size[0],
-            width=args.size[1],
-            batch=args.batch or (16 if on_cuda else 1),
-            warmup=args.warmup,
-            rounds=args.rounds,
-            channels_last=args.channels_last,
-            precision="fp16" if args.fp16 else "bf16" if args.bf16 else "fp32",
-            autocast=args.autocast,
-            compile=args.compile,
-            compile_mode=args.compile_mode,
-            device=args.device,
-            tf32=tf32,
+        raise UsageError("--tf32 applies to CUDA devices only; add --device cuda.")
+    if args.calib_inputs < 1 or args.peak_size < 16:
+        raise UsageError(
+            f"--calib-inputs must be >= 1 and --peak-size >= 16, got {args.calib_inputs} and "
+            f"{args.peak_size}."
         )
-    except ValueError as error:
-        raise SystemExit(f"ERROR: {error}") from error
+    return BenchmarkSettings(
+        height=args.size[0],
+        width=args.size[1],
+        batch=args.batch or (16 if on_cuda else 1),
+        warmup=args.warmup,
+        rounds=args.rounds,
+        channels_last=args.channels_last,
+        precision="fp16" if args.fp16 else "bf16" if args.bf16 else "fp32",
+        autocast=args.autocast,
+        compile=args.compile,
+        compile_mode=args.compile_mode,
+        device=args.device,
+        tf32=tf32,
+    )
 
 
 def describe_run(args: argparse.Namespace, settings: BenchmarkSettings) -> str:
@@ -199,6 +255,33 @@ def describe_run(args: argparse.Namespace, settings: BenchmarkSettings) -> str:
     )
 
 
+def winograd_summary() -> str | None:
+    """How many conv shapes ``auto`` Winograd found faster (None when nothing was tuned)."""
+    decisions = AUTOTUNER.decisions.values()
+    if not decisions:
+        return None
+    faster = sum(winograd < direct for direct, winograd in decisions)
+    return (
+        f"Winograd auto: faster than the direct conv for {faster} of {len(decisions)} conv shapes"
+    )
+
+
+def write_outputs(args: argparse.Namespace, summary: dict) -> None:
+    """The table as CSV and the whole run as JSON, where asked for (written atomically)."""
+    rows = summary["results"]
+    if args.csv:
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+        args.csv.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(args.csv, lambda file: file.write(text.getvalue().encode()))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        data = json.dumps(summary, indent=2).encode()
+        write_atomically(args.json, lambda file: file.write(data))
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -206,34 +289,36 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     settings = settings_from(args)
     cases = build_cases(args)
-    matmul_rate = None
+    matmul_rate, peaks = None, None
     if settings.is_cuda:
         with cuda_settings(settings):
             matmul_rate = matmul_tflops(settings)
-    results = run_benchmark(cases, settings, matmul_rate)
+    else:
+        peaks = cpu_peaks(matmul_size=args.peak_size, conv_size=max(8, args.peak_size // 32))
+    with RuntimeRunners(calibration_inputs=args.calib_inputs) as runners:
+        results = run_benchmark(
+            cases, settings, matmul_rate, peaks and peaks.by_precision(), runners
+        )
     print(describe_run(args, settings))
     if matmul_rate is not None:
         print(
             f"dense {settings.precision} matmul (8192^3, measured now): {matmul_rate:.0f} TFLOP/s"
         )
+    for line in (peaks and peaks.describe(), winograd_summary()):
+        if line:
+            print(line)
     print(format_table(results))
-    rows = results_as_dicts(results)
-    if args.csv:
-        args.csv.parent.mkdir(parents=True, exist_ok=True)
-        with args.csv.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        summary = {
+    write_outputs(
+        args,
+        {
             "settings": vars(settings),
             "machine": describe_machine(settings),
             "matmul_tflops": matmul_rate,
-            "results": rows,
-        }
-        args.json.write_text(json.dumps(summary, indent=2))
+            "cpu_peaks_gmacs": peaks and asdict(peaks),
+            "results": results_as_dicts(results),
+        },
+    )
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)

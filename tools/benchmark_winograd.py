@@ -15,16 +15,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
-from pathlib import Path
 
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from repvgg_seg.benchmark import BenchmarkSettings, Case, run_benchmark  # noqa: E402
-from repvgg_seg.deploy.winograd import WinogradConv2d  # noqa: E402
+from repvgg_seg.benchmark import BenchmarkSettings, Case, run_benchmark
+from repvgg_seg.cli import UsageError, run_tool
+from repvgg_seg.deploy.winograd import WinogradConv2d
 
 DEFAULT_LAYERS = (
     "128,128,128,256",  # RepVGG-B1g2 stage 1 (below the channel threshold)
@@ -46,13 +43,13 @@ def parse_layer(spec: str) -> tuple[int, int, int, int, int, int]:
     except ValueError:
         values = []
     if len(values) not in (4, 5, 6) or min(values) < 1:
-        raise SystemExit(
+        raise UsageError(
             f"Layer {spec!r}: expected CIN,COUT,H,W[,GROUPS[,DILATION]] with positive integers."
         )
     values += [1] * (6 - len(values))
     cin, cout, _, _, groups, _ = values
     if cin % groups or cout % groups:
-        raise SystemExit(f"Layer {spec!r}: channels must be divisible by groups ({groups}).")
+        raise UsageError(f"Layer {spec!r}: channels must be divisible by groups ({groups}).")
     return tuple(values)
 
 
@@ -105,4 +102,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)

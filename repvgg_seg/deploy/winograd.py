@@ -20,6 +20,13 @@ at most 8 in magnitude; tests bound the difference). :class:`WinogradConv2d` is 
 pays and is exact in the sense above: CPU, float32, inference (no autograd), 3x3, stride 1,
 at least :data:`MIN_CHANNELS_PER_GROUP` input and output channels per group. Anywhere else
 (training, GPU, autocast, export, ``torch.compile``) it is the ordinary conv.
+
+Whether Winograd pays depends on the CPU: where oneDNN's direct convs run near the machine's
+peak (AVX-512 hosts), some layers are slower by Winograd, others faster. So a converted conv
+has a *mode* (:data:`WINOGRAD_MODES`): ``on`` always takes the Winograd path where it applies,
+``auto`` (the default) times both paths on its first input of each shape and keeps the faster
+(:class:`repvgg_seg.deploy.autotune.ConvAutotuner`, as cuDNN's autotuner does; decisions
+cached for the process), so a deployed float32 model is never slower than its direct convs.
 """
 
 from __future__ import annotations
@@ -28,6 +35,21 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+
+from .autotune import AUTOTUNER, WINOGRAD_MODES, winograd_mode
+
+__all__ = [
+    "AUTOTUNER",
+    "MIN_CHANNELS_PER_GROUP",
+    "WINOGRAD_MODES",
+    "WinogradConv2d",
+    "disable_winograd",
+    "enable_winograd",
+    "transform_weight",
+    "winograd_applies",
+    "winograd_conv2d",
+    "winograd_mode",
+]
 
 # Interpolation points 0, 1, -1, 2, -2 and infinity (Lavin & Gray, F(4x4, 3x3)).
 _BT = (
@@ -244,16 +266,37 @@ class WinogradConv2d(nn.Conv2d):
 
     Same parameters and state dict as ``nn.Conv2d``; build it with
     :func:`enable_winograd`, which only converts convs for which :func:`winograd_applies`.
-    The transformed weight is cached and recomputed whenever the weight changes.
+    The transformed weight is cached and recomputed whenever the weight changes. In ``auto``
+    mode (``winograd_mode``) the Winograd path is taken only for input shapes on which
+    :data:`AUTOTUNER` found it faster than the direct conv.
     """
+
+    winograd_mode = "on"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._fast_path_applies(x):
             return super().forward(x)
+        if self.winograd_mode == "auto" and not AUTOTUNER.use_winograd(
+            self._shape_key(x),
+            lambda: super(WinogradConv2d, self).forward(x),
+            lambda: self._winograd(x),
+        ):
+            return super().forward(x)
+        return self._winograd(x)
+
+    def _winograd(self, x: torch.Tensor) -> torch.Tensor:
         bias = self.bias.detach() if self.bias is not None else None
         return winograd_conv2d(
             x, self._transformed_weight(), bias, self.padding[0], self.dilation[0]
         )
+
+    def _shape_key(self, x: torch.Tensor) -> tuple:
+        """What the two paths' speeds depend on: the conv, the input and the threads."""
+        channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        return (
+            self.in_channels, self.out_channels, self.groups, self.padding[0], self.dilation[0],
+            tuple(x.shape), channels_last, torch.get_num_threads(),
+        )  # fmt: skip
 
     def _fast_path_applies(self, x: torch.Tensor) -> bool:
         if torch.jit.is_scripting() or torch.jit.is_tracing():
@@ -295,19 +338,29 @@ def winograd_applies(conv: nn.Module, min_channels_per_group: int = MIN_CHANNELS
 
 
 def enable_winograd(
-    model: nn.Module, min_channels_per_group: int = MIN_CHANNELS_PER_GROUP
+    model: nn.Module, min_channels_per_group: int = MIN_CHANNELS_PER_GROUP, mode: str = "auto"
 ) -> list[str]:
     """Turns every eligible ``nn.Conv2d`` of ``model`` into a :class:`WinogradConv2d`, in place.
 
     Parameters are shared, not copied, so the state dict is unchanged.
 
+    Args:
+        model: Converted in place.
+        min_channels_per_group: Input and output channels per group a conv needs.
+        mode: ``auto`` (Winograd where it is faster, timed per input shape on first use),
+            ``on`` (wherever it applies) or ``off`` (nothing converted).
+
     Returns:
         The names of the converted convs.
     """
+    mode = winograd_mode(mode)
+    if mode == "off":
+        return []
     converted = []
     for name, module in list(model.named_modules()):
         if type(module) is nn.Conv2d and winograd_applies(module, min_channels_per_group):
             module.__class__ = WinogradConv2d
+            module.winograd_mode = mode
             converted.append(name)
     return converted
 
@@ -319,5 +372,6 @@ def disable_winograd(model: nn.Module) -> int:
         if type(module) is WinogradConv2d:
             module.__class__ = nn.Conv2d
             module.__dict__.pop("_winograd_cache", None)
+            module.__dict__.pop("winograd_mode", None)
             count += 1
     return count

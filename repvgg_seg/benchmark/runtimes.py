@@ -1,0 +1,189 @@
+"""A deployed segmentor run by other runtimes and precisions than the benchmark's torch one.
+
+Each runtime turns the case's float32 module into a no-argument function that runs one
+forward pass of a fixed input (what :mod:`repvgg_seg.benchmark.timing` times):
+
+- ``torch-bf16``: bfloat16 weights and input, channels-last (oneDNN's bf16 kernels);
+- ``onnxruntime`` / ``onnxruntime-int8``: the ONNX graph of :func:`repvgg_seg.deploy.export_onnx`
+  in ONNX Runtime, float32 or statically quantized to INT8 (QDQ, per-channel weights);
+- ``openvino`` / ``openvino-int8``: the same ONNX graph in OpenVINO, float32 (inference
+  precision pinned to f32: OpenVINO would pick bf16 on CPUs with AMX) or quantized by NNCF.
+
+INT8 models are calibrated on random inputs: their speed does not depend on the values, only
+on the graph. Every runtime gets the thread count torch has, and ONNX Runtime's idle threads
+do not spin, so that the interleaved cases do not steal each other's cores.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..deploy import export_onnx
+from .settings import RUNTIMES
+
+logger = logging.getLogger(__name__)
+
+CALIBRATION_INPUTS = 2
+"""Random inputs INT8 calibration sees (its ranges only set scales, not the speed)."""
+
+
+def segmentor_of(module: nn.Module, runtime: str) -> nn.Module:
+    """The segmentor inside a case's ``SegmentorLogits`` module (what ONNX export takes)."""
+    segmentor = getattr(module, "segmentor", None)
+    if segmentor is None:
+        raise ValueError(
+            f"runtime {runtime!r} exports the whole segmentor to ONNX; time it with "
+            "--part segmentor (a backbone or a plain network has no ONNX path here)."
+        )
+    return segmentor
+
+
+class RuntimeRunners:
+    """Builds each case's forward function; one ONNX export per module, in a temporary folder.
+
+    Use as a context manager: the exported files are removed on exit (the runtimes keep the
+    models they loaded in memory).
+
+    Args:
+        calibration_inputs: Random inputs for INT8 calibration.
+        threads: Threads each runtime uses (default: torch's).
+    """
+
+    def __init__(self, calibration_inputs: int = CALIBRATION_INPUTS, threads: int | None = None):
+        self.calibration_inputs = calibration_inputs
+        self.threads = threads or torch.get_num_threads()
+        self._folder: tempfile.TemporaryDirectory | None = None
+        self._exports: dict[tuple[int, str], Path] = {}
+
+    def __enter__(self) -> RuntimeRunners:
+        self._folder = tempfile.TemporaryDirectory(prefix="repvgg_seg_benchmark.")
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._folder.cleanup()
+        self._folder, self._exports = None, {}
+
+    def runner(self, module: nn.Module, runtime: str, image: torch.Tensor) -> Callable[[], object]:
+        """One forward pass of ``image`` (float32, NCHW) by ``module`` under ``runtime``."""
+        if runtime not in RUNTIMES or runtime == "torch":
+            raise ValueError(f"runtime must be one of {tuple(RUNTIMES)[1:]}, got {runtime!r}.")
+        if runtime == "torch-bf16":
+            return bf16_runner(module, image)
+        array = image.float().contiguous().numpy()
+        if runtime.startswith("onnxruntime"):
+            return onnxruntime_runner(self._onnx(module, runtime, image), array, self.threads)
+        return openvino_runner(
+            self._onnx(module, "onnxruntime", image), array, self.threads, runtime.endswith("int8"),
+            self._calibration(image),
+        )  # fmt: skip
+
+    def _calibration(self, image: torch.Tensor) -> list[np.ndarray]:
+        generator = torch.Generator().manual_seed(0)
+        shape = (1, *image.shape[1:])
+        return [
+            torch.randn(shape, generator=generator).numpy() for _ in range(self.calibration_inputs)
+        ]
+
+    def _onnx(self, module: nn.Module, runtime: str, image: torch.Tensor) -> Path:
+        """The module's ONNX file for ``runtime``: float32, or INT8 (QDQ) for ``*-int8``."""
+        key = (id(module), runtime)
+        if key in self._exports:
+            return self._exports[key]
+        folder = Path(self._folder.name)
+        if runtime.endswith("int8"):
+            float_path = self._onnx(module, "onnxruntime", image)
+            path = folder / f"{len(self._exports)}_int8.onnx"
+            quantize_onnx_int8(float_path, path, self._calibration(image))
+        else:
+            path = folder / f"{len(self._exports)}.onnx"
+            segmentor = copy.deepcopy(segmentor_of(module, runtime)).float().eval()
+            export_onnx(segmentor, path, image[:1].float().contiguous())
+        logger.info("wrote %s for %s", path.name, runtime)
+        self._exports[key] = path
+        return path
+
+
+def bf16_runner(module: nn.Module, image: torch.Tensor) -> Callable[[], object]:
+    """``module`` in bfloat16 weights and input, channels-last, in inference mode."""
+    model = copy.deepcopy(module).eval().to(torch.bfloat16, memory_format=torch.channels_last)
+    image = image.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+
+    def forward() -> object:
+        with torch.no_grad():
+            return model(image)
+
+    return forward
+
+
+def quantize_onnx_int8(float_path: Path, int8_path: Path, batches: list[np.ndarray]) -> None:
+    """Static INT8 quantization of an ONNX model: QDQ, per-channel weights, S8S8."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    class Batches(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._batches = iter(batches)
+
+        def get_next(self) -> dict | None:
+            batch = next(self._batches, None)
+            return None if batch is None else {"image": batch}
+
+    quantize_static(
+        str(float_path),
+        str(int8_path),
+        Batches(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+    )
+
+
+def onnxruntime_runner(path: Path, array: np.ndarray, threads: int) -> Callable[[], object]:
+    """One ONNX Runtime (CPU) session run of ``array`` on the model at ``path``."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return lambda: session.run(None, {"image": array})
+
+
+def openvino_runner(
+    path: Path, array: np.ndarray, threads: int, int8: bool, batches: list[np.ndarray]
+) -> Callable[[], object]:
+    """One OpenVINO (CPU) inference of ``array``; with ``int8``, quantized by NNCF first."""
+    import openvino
+
+    core = openvino.Core()
+    model = core.read_model(str(path))
+    if int8:
+        import nncf
+
+        nncf.set_log_level(logging.ERROR)
+        model = nncf.quantize(model, nncf.Dataset(batches), subset_size=len(batches))
+    compiled = core.compile_model(
+        model,
+        "CPU",
+        {
+            "INFERENCE_NUM_THREADS": threads,
+            "INFERENCE_PRECISION_HINT": "f32",
+            "PERFORMANCE_HINT": "LATENCY",
+        },
+    )
+    request = compiled.create_infer_request()
+    return lambda: request.infer({0: array})
