@@ -1,9 +1,11 @@
 """The package's layering: no import cycle, one checkpoint reader, one layer plan.
 
 Layers, lowest first (README "Architecture"): checkpoint / atomic_io / reparam ->
-models (arch -> blocks -> backbone) -> weights -> deploy / pretrain -> tools. A module may
-import from its own layer and the ones below it, never from one above, not even inside a
-function (a lazy import would only hide the cycle).
+models (arch -> blocks -> backbone) -> weights -> loader -> deploy / inference / benchmark /
+pretrain -> cli -> tools. A module may import from its own layer and the ones below it,
+never from one above, not even inside a function (a lazy import would only hide the cycle).
+One owner per concern: ``loader`` alone builds a segmentor from a config and loads a
+checkpoint into it; ``checkpoint`` alone reads checkpoint files.
 """
 
 from __future__ import annotations
@@ -29,8 +31,22 @@ FORBIDDEN = {
         "repvgg_seg.benchmark",
         "repvgg_seg.runtime",
     ),
-    "repvgg_seg.weights": ("repvgg_seg.deploy", "repvgg_seg.pretrain", "repvgg_seg.benchmark"),
+    "repvgg_seg.weights": (
+        "repvgg_seg.deploy",
+        "repvgg_seg.pretrain",
+        "repvgg_seg.benchmark",
+        "repvgg_seg.loader",
+    ),
+    "repvgg_seg.loader": (
+        "repvgg_seg.deploy",
+        "repvgg_seg.inference",
+        "repvgg_seg.benchmark",
+        "repvgg_seg.pretrain",
+        "repvgg_seg.runtime",
+    ),
 }
+# The top floor: only tools/ import it.
+CLI = "repvgg_seg.cli"
 
 
 def module_names() -> list[str]:
@@ -63,6 +79,9 @@ def test_lower_layers_never_import_higher_ones():
     for path in sorted(PACKAGE.rglob("*.py")):
         parts = path.relative_to(ROOT).with_suffix("").parts
         module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        if module != CLI:
+            imported = imported_modules(path, module)
+            violations += [f"{module} imports {name}" for name in imported if name == CLI]
         for prefix, forbidden in FORBIDDEN.items():
             if module == prefix or module.startswith(prefix + "."):
                 violations += [
@@ -126,3 +145,34 @@ def test_only_repvgg_seg_checkpoint_reads_checkpoint_files():
         if (calls := calls_to(path, {"torch.load", "add_safe_globals", "safe_globals"}))
     }
     assert list(readers) == ["repvgg_seg/checkpoint.py"], readers
+
+
+# Calls that load weights into a model or build one from a config, outside the loader, and
+# why each is not "config + checkpoint -> segmentor".
+OTHER_MODEL_LOADERS = {
+    "repvgg_seg/weights/loading.py": "ImageNet weights into a RepVGG backbone",
+    "repvgg_seg/pretrain/engine.py": "the classifier's training state (--resume)",
+    "repvgg_seg/pretrain/train.py": "the classifier's training state (--resume)",
+    "tools/benchmark_winograd.py": "one conv's weights into its Winograd twin",
+    "repvgg_seg/onnx_segmentor.py": "the ONNX Runtime segmentor of loader.load_segmentor's "
+    "'.onnx' branch (no PyTorch weights)",
+    "tools/test.py": "--tta wraps the loaded segmentor (MODELS.build of SegTTAModel)",
+}
+
+
+def test_only_the_loader_builds_segmentors_from_configs_and_checkpoints():
+    builders = {
+        str(path.relative_to(ROOT)): calls
+        for folder in ("repvgg_seg", "tools")
+        for path in sorted((ROOT / folder).rglob("*.py"))
+        if (calls := calls_to(path, {"MODELS.build", "load_state_dict", "load_checkpoint"}))
+    }
+    assert "repvgg_seg/loader.py" in builders
+    unexplained = {
+        path: calls
+        for path, calls in builders.items()
+        if path != "repvgg_seg/loader.py" and path not in OTHER_MODEL_LOADERS
+    }
+    assert not unexplained, unexplained
+    # tools/test.py builds only the TTA wrapper; the segmentor comes from the loader.
+    assert builders.get("tools/test.py") == ["MODELS.build"], builders.get("tools/test.py")

@@ -15,7 +15,10 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 import repvgg_seg  # noqa: F401  (registers the RepVGG backbone)
+from repvgg_seg.checkpoint import CheckpointError, read_checkpoint
+from repvgg_seg.cli import CheckFailedError, UsageError
 from repvgg_seg.deploy import (
+    DeployOptions,
     compare_on_tensor,
     compare_onnx,
     deploy_checkpoint,
@@ -23,9 +26,9 @@ from repvgg_seg.deploy import (
     export_onnx,
     find_conv_bn_pairs,
     fold_conv_bn,
-    load_checkpoint_file,
     make_deploy_config,
 )
+from repvgg_seg.equivalence import FusionMismatchError
 
 from helpers import assert_outputs_close, randomize_bn
 
@@ -153,7 +156,7 @@ def test_checkpoint_with_foreign_objects_is_refused(tmp_path):
     path = tmp_path / "bad.pth"
     torch.save({"state_dict": {"w": torch.zeros(1)}, "extra": PreNorm()}, path)
     with pytest.raises(ValueError, match="bad.pth"):
-        load_checkpoint_file(path)
+        read_checkpoint(path)
 
 
 def test_onnx_export_matches_pytorch(tmp_path):
@@ -233,7 +236,7 @@ def test_deploy_tool_changes_no_pixel_and_keeps_miou(small_trained_model, tmp_pa
 
     deployed_ckpt = out_dir / f"{config.stem}_deploy.pth"
     deployed_cfg = out_dir / f"{config.stem}_deploy.py"
-    state = load_checkpoint_file(deployed_ckpt)["state_dict"]
+    state = read_checkpoint(deployed_ckpt)["state_dict"]
     assert not any(".branch_" in key or key.startswith("auxiliary_head.") for key in state)
 
     test_tool = load_tool("test")
@@ -247,7 +250,7 @@ def test_deploy_tool_changes_no_pixel_and_keeps_miou(small_trained_model, tmp_pa
 
 def test_deploy_report_on_a_real_image(small_trained_model, tmp_path):
     config, checkpoint = small_trained_model
-    report = deploy_checkpoint(config, checkpoint, tmp_path, random_size=(48, 80))
+    report = deploy_checkpoint(config, checkpoint, tmp_path, DeployOptions(random_size=(48, 80)))
     assert report.folded_pairs == 5  # PSP head: 4 pyramid convs and the bottleneck
     for agreement in (report.random_input, report.real_image):
         assert agreement.changed == 0
@@ -257,7 +260,7 @@ def test_deploy_report_on_a_real_image(small_trained_model, tmp_path):
 
 def near_tie_checkpoint(checkpoint: Path, path: Path) -> Path:
     """The trained checkpoint with classes 0 and 1 made identical and winning: exact ties."""
-    state = load_checkpoint_file(checkpoint)
+    state = read_checkpoint(checkpoint)
     weights = state["state_dict"]
     weight, bias = weights["decode_head.conv_seg.weight"], weights["decode_head.conv_seg.bias"]
     weight[1] = weight[0]
@@ -292,7 +295,8 @@ def test_deploy_accepts_round_off_flips_on_near_ties(small_trained_model, tmp_pa
         model.decode_head.conv_seg.bias[1] += 1e-3  # 1e-5 of the logits (about 200)
 
     monkeypatch.setattr(pipeline, "deploy_segmentor", deploy_then(nudge))
-    report = deploy_checkpoint(config, tied, tmp_path / "out", random_size=(48, 80))
+    options = DeployOptions(random_size=(48, 80))
+    report = deploy_checkpoint(config, tied, tmp_path / "out", options)
     for _, agreement in report.fusion_checks:
         assert agreement.changed > 0  # the old rule (no changed pixel at all) failed here
         assert agreement.changed_beyond_margin == 0
@@ -312,8 +316,9 @@ def test_deploy_refuses_a_broken_fusion_and_writes_nothing(small_trained_model, 
     tool = load_tool("deploy")
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(pipeline, "deploy_segmentor", deploy_then(break_fusion))
-        assert tool.main([str(config), str(checkpoint), str(out_dir)]) == 1
-    assert "FAILED" in capsys.readouterr().err
+        with pytest.raises(CheckFailedError, match="nothing was written"):
+            tool.main([str(config), str(checkpoint), str(out_dir)])
+    assert "FAILED" in capsys.readouterr().out
     assert list(out_dir.iterdir()) == []  # no deployed files, no staging folder
 
 
@@ -324,8 +329,8 @@ def test_deploy_with_a_missing_dataset_writes_nothing(small_trained_model, tmp_p
         config.read_text() + "\ntest_dataloader = dict(dataset=dict(data_root='/nope/'))\n"
     )
     out_dir = tmp_path / "out"
-    assert load_tool("deploy").main([str(moved), str(checkpoint), str(out_dir)]) == 2
-    assert "/nope/" in capsys.readouterr().err
+    with pytest.raises(UsageError, match="/nope/.*--skip-real-image"):
+        load_tool("deploy").main([str(moved), str(checkpoint), str(out_dir)])
     assert not out_dir.exists() or list(out_dir.iterdir()) == []
 
 
@@ -341,7 +346,7 @@ def test_test_tool_fuse_stops_on_a_broken_fusion(small_trained_model, tmp_path, 
         return result
 
     monkeypatch.setattr(tool, "reparameterize_model", broken)
-    with pytest.raises(SystemExit, match="beyond the round-off margin|re-parameterization"):
+    with pytest.raises(FusionMismatchError, match="beyond the round-off margin"):
         tool.main([str(config), str(checkpoint), "--fuse", "--work-dir", str(tmp_path / "w")])
 
 
@@ -349,11 +354,12 @@ def test_deploy_names_a_checkpoint_that_does_not_fit_in_one_line(
     small_trained_model, tmp_path, capsys
 ):
     config, checkpoint = small_trained_model
-    state = load_checkpoint_file(checkpoint)
+    state = read_checkpoint(checkpoint)
     del state["state_dict"]["decode_head.conv_seg.bias"]
     broken = tmp_path / "broken.pth"
     torch.save(state, broken)
-    assert load_tool("deploy").main([str(config), str(broken), str(tmp_path / "out")]) == 2
-    error = capsys.readouterr().err
+    with pytest.raises(CheckpointError) as raised:
+        load_tool("deploy").main([str(config), str(broken), str(tmp_path / "out")])
+    error = str(raised.value)
     assert "missing (1): decode_head.conv_seg.bias" in error and str(config) in error
     assert len(error) < 1000  # the config's text is not dumped

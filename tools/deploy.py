@@ -7,29 +7,37 @@ Example::
 
 writes ``pspnet_repvgg_b1g2_fast_deploy.pth`` and ``..._deploy.py`` (and ``.onnx``); then
 ``python tools/test.py OUT/..._deploy.py OUT/..._deploy.pth`` gives the unfused model's mIoU.
-Exits with status 1, writing nothing, if the deployed model's logits differ from the trained
-one's beyond float32 round-off or a pixel's class changed where it was not a near-tie
-(:mod:`repvgg_seg.equivalence`), or if ONNX Runtime disagrees with PyTorch; with status 2 on
-a missing file or dataset.
+The checkpoint may be training-time, fused, or an earlier deploy's (with its ``_deploy.py``
+config). ``--bf16`` writes a model that runs in bfloat16 on CPU and reports how closely it
+follows the float32 one. Exits with status 1, writing nothing, if the deployed model's
+logits differ from the trained one's beyond float32 round-off or a pixel's class changed
+where it was not a near-tie (:mod:`repvgg_seg.equivalence`), if a bf16 model is off by more
+than bf16's own precision allows, or if ONNX Runtime disagrees with PyTorch; with status 2
+(one line) on a missing file or dataset or an unusable output folder.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from repvgg_seg.deploy import deploy_checkpoint  # noqa: E402
-from repvgg_seg.deploy.winograd import MIN_CHANNELS_PER_GROUP  # noqa: E402
+from repvgg_seg.cli import CheckFailedError, UsageError, load_config, run_tool
+from repvgg_seg.deploy import (
+    BF16_UNIT_ROUNDOFF,
+    DatasetUnavailableError,
+    DeployOptions,
+    DeployReport,
+    OutputBusyError,
+    deploy_checkpoint,
+    native_bf16,
+)
+from repvgg_seg.deploy.winograd import MIN_CHANNELS_PER_GROUP
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("config", help="training config")
-    parser.add_argument("checkpoint", help="trained checkpoint")
+    parser.add_argument("config", help="the config the checkpoint was made with")
+    parser.add_argument("checkpoint", help="trained, fused or deployed checkpoint")
     parser.add_argument("out_dir", type=Path, help="output folder")
     parser.add_argument(
         "--fuse-conv-bn",
@@ -42,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="the deployed model runs its 3x3 stride-1 convs with enough channels by "
-        "Winograd F(4x4,3x3) on CPU (default: on; same checkpoint either way)",
+        "Winograd F(4x4,3x3) on CPU (default: on; same checkpoint either way; float32 only)",
     )
     parser.add_argument(
         "--winograd-min-channels",
@@ -50,6 +58,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=MIN_CHANNELS_PER_GROUP,
         help=f"input and output channels per group a conv needs for Winograd "
         f"(default {MIN_CHANNELS_PER_GROUP})",
+    )
+    parser.add_argument(
+        "--bf16",
+        action="store_true",
+        help="write a model that runs in bfloat16 (weights and activations, channels-last) "
+        "on CPU; its agreement with the float32 model is measured and reported",
     )
     parser.add_argument(
         "--random-size",
@@ -79,46 +93,73 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+def options_from(args: argparse.Namespace) -> DeployOptions:
+    """The command line's deploy options, checked (a bad combination is a UsageError)."""
     try:
-        report = deploy_checkpoint(
-            args.config,
-            args.checkpoint,
-            args.out_dir,
+        return DeployOptions(
             fuse_conv_bn=args.fuse_conv_bn,
             random_size=tuple(args.random_size) if args.random_size else None,
             check_real_image=not args.skip_real_image,
             onnx=args.onnx,
             opset=args.opset,
+            onnx_atol=args.onnx_atol,
             winograd=args.winograd,
             winograd_min_channels=args.winograd_min_channels,
-            onnx_atol=args.onnx_atol,
+            precision="bf16" if args.bf16 else "fp32",
             device=args.device,
         )
-    except (FileNotFoundError, ValueError) as error:
-        print(f"ERROR: {error}", file=sys.stderr)
-        return 2
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+
+
+def print_report(report: DeployReport) -> None:
+    """The checks, one line each."""
+    for path in report.removed_leftovers:
+        print(f"removed the staging folder of a killed deploy run: {path}")
     print(f"conv+BN pairs folded outside RepVGG blocks: {report.folded_pairs}")
     print(f"convs run by Winograd F(4x4,3x3) on CPU: {report.winograd_convs}")
-    for name, agreement in report.fusion_checks:
-        status = "ok" if agreement.ok else "FAILED"
-        print(f"{name}: {agreement.describe()}: {status}")
+    for name, agreement in report.fusion_checks + report.precision_checks:
+        print(f"{name}: {agreement.describe()}: {'ok' if agreement.ok else 'FAILED'}")
+    for name, agreement in report.precision_checks:
+        agreeing = 1 - agreement.changed / max(agreement.num_compared, 1)
+        print(
+            f"{name}: pixel agreement {100 * agreeing:.2f} %, max |logit diff| "
+            f"{agreement.max_relative_diff / BF16_UNIT_ROUNDOFF:.2g} x bf16 round-off (2^-8) "
+            "of the largest logit"
+        )
     for index, agreement in enumerate(report.onnx_agreements or []):
-        status = "ok" if agreement.max_abs_diff <= args.onnx_atol else "FAILED"
+        status = "ok" if agreement.max_abs_diff <= report.onnx_atol else "FAILED"
         print(
             f"  ONNX Runtime vs PyTorch, input {index}: max |logit diff| "
-            f"{agreement.max_abs_diff:.3g} (accepted {args.onnx_atol:g}), changed pixels "
+            f"{agreement.max_abs_diff:.3g} (accepted {report.onnx_atol:g}), changed pixels "
             f"{agreement.changed}/{agreement.num_compared}: {status}"
         )
-    if not report.passed:
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    options = options_from(args)
+    cfg = load_config(args.config)
+    if options.precision == "bf16" and native_bf16() is False:
         print(
-            "FAILED: the deployed model does not reproduce the trained one; nothing was "
-            f"written to {args.out_dir}.",
-            file=sys.stderr,
+            "warning: this CPU has no native bfloat16 (no avx512_bf16 or amx_bf16 flag): "
+            "bf16 runs emulated, slower than float32 here; deploy on the CPU that runs it."
         )
-        return 1
+    try:
+        report = deploy_checkpoint(cfg, args.checkpoint, args.out_dir, options)
+    except DatasetUnavailableError as error:
+        raise UsageError(
+            f"{error} Deploy checks the model on the dataset's first image; prepare the "
+            "dataset or pass --skip-real-image."
+        ) from error
+    except OutputBusyError as error:
+        raise UsageError(str(error)) from error
+    print_report(report)
+    if not report.passed:
+        raise CheckFailedError(
+            f"the deployed model does not reproduce the trained one (lines marked FAILED "
+            f"above); nothing was written to {args.out_dir}."
+        )
     print(f"deployed checkpoint: {report.checkpoint}")
     print(f"deploy config:       {report.config}")
     if report.onnx is not None:
@@ -127,4 +168,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_tool(main)

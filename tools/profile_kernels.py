@@ -11,15 +11,12 @@ over ``--passes`` forward passes, after a warm-up with cuDNN's autotuner on.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from repvgg_seg.benchmark import (  # noqa: E402
+from repvgg_seg.benchmark import (
     BenchmarkSettings,
     cuda_settings,
     deployed_copy,
@@ -27,7 +24,9 @@ from repvgg_seg.benchmark import (  # noqa: E402
     make_forward,
     prepare_module,
 )
-from repvgg_seg.deploy import SegmentorLogits, build_segmentor  # noqa: E402
+from repvgg_seg.cli import UsageError, load_config, run_tool
+from repvgg_seg.deploy import SegmentorLogits
+from repvgg_seg.loader import build_segmentor
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -41,7 +40,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--passes", type=int, default=3, help="profiled forward passes")
     parser.add_argument("--top", type=int, default=15, help="rows per table")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    if not variants or set(variants) - {"train", "deploy"}:
+        parser.error(f"--variants {args.variants!r}: pass train, deploy or train,deploy")
+    args.variants = variants
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -58,19 +62,20 @@ def main(argv: list[str] | None = None) -> None:
             tf32=False if on_cuda else None,
         )
     except ValueError as error:
-        raise SystemExit(f"ERROR: {error}") from error
-    if not Path(args.config).is_file():
-        raise SystemExit(f"Config {args.config!r} does not exist.")
+        raise UsageError(str(error)) from error
+    cfg = load_config(args.config)
     print(describe_machine(settings))
-    trained = build_segmentor(args.config)
-    models = {"train": trained, "deploy": deployed_copy(trained)}
+    trained = build_segmentor(cfg)
+    models = {"train": trained}
+    if "deploy" in args.variants:
+        models["deploy"] = deployed_copy(trained)
     image = torch.randn(settings.batch, 3, settings.height, settings.width)
     image = image.to(settings.device, settings.dtype)
     if settings.channels_last:
         image = image.contiguous(memory_format=torch.channels_last)
     activity = ProfilerActivity.CUDA if on_cuda else ProfilerActivity.CPU
     sort_key = "self_device_time_total" if on_cuda else "self_cpu_time_total"
-    for variant in [v.strip() for v in args.variants.split(",") if v.strip()]:
+    for variant in args.variants:
         module = prepare_module(SegmentorLogits(models[variant]), settings)
         forward = make_forward(module, image, "eager", settings)
         with cuda_settings(settings) if on_cuda else torch.no_grad():
@@ -92,4 +97,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)

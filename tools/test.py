@@ -3,55 +3,40 @@
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out DIR] [--show-dir DIR]
         [--fuse] [--tta] [--cfg-options key=value ...] [--launcher {none,pytorch,slurm}]
 
-``--fuse`` re-parameterizes every RepVGG block (``switch_to_deploy``) after loading, so the
-numbers are those of the deployed model. A deployed (fused) checkpoint is recognised by its
-keys and loaded into a deployed model without ``--fuse``.
-
-The checkpoint is read by :func:`repvgg_seg.checkpoint.read_checkpoint` and loaded strictly:
-a checkpoint of another variant, a deployed checkpoint with a training-time config (or the
-reverse), and missing or unexpected keys end the run with one line naming the checkpoint
-and the config, before anything is tested.
+The model comes from :func:`repvgg_seg.loader.load_segmentor`, which loads every checkpoint
+form strictly: training-time or fused with the training config, a ``tools/deploy.py`` output
+with its ``*_deploy.py`` config (bfloat16 too), ``module.`` prefixes of DDP. A checkpoint
+that does not fit the config ends the run with one line naming both, before anything is
+tested. ``--fuse`` re-parameterizes every RepVGG block after loading and first proves on the
+first test image that the predictions did not change (:mod:`repvgg_seg.equivalence`).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import logging
 import os
 import os.path as osp
+from pathlib import Path
 
-import torch
 from mmengine.config import Config, DictAction
 from mmengine.dist import is_main_process
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
-from mmseg.models.segmentors import BaseSegmentor
+from mmseg.registry import MODELS
+from torch import nn
 
-from repvgg_seg.checkpoint import (
-    CheckpointError,
-    describe_key_mismatch,
-    is_deployed_state_dict,
-    read_checkpoint,
-    state_dict_of,
-)
-from repvgg_seg.deploy import compare_on_batch, first_dataset_batch
-from repvgg_seg.equivalence import FusionMismatchError
-from repvgg_seg.models import RepVGG
+from repvgg_seg.cli import UsageError, load_config, run_tool
+from repvgg_seg.deploy import DatasetUnavailableError, compare_on_batch, first_dataset_batch
+from repvgg_seg.loader import load_segmentor
 from repvgg_seg.reparam import reparameterize_model
-from repvgg_seg.runtime import (
-    configure_for_cpu,
-    init_cpu_distributed,
-)
-from repvgg_seg.weights import check_backbone_structure
-
-logger = logging.getLogger("tools.test")
+from repvgg_seg.runtime import configure_for_cpu, init_cpu_distributed
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Test a segmentor (mmseg 1.x command line).")
     parser.add_argument("config", help="config file")
-    parser.add_argument("checkpoint", help="checkpoint file (training-time or fused)")
+    parser.add_argument("checkpoint", help="checkpoint file (training-time, fused or deployed)")
     parser.add_argument(
         "--work-dir", help="where the metrics log goes (default: work_dirs/<config name>)"
     )
@@ -73,35 +58,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def read_weights(path: str) -> tuple[dict, dict[str, torch.Tensor]]:
-    """The checkpoint and its model weights; exits with one line naming the file if unusable."""
-    try:
-        checkpoint = read_checkpoint(path)
-        state = dict(state_dict_of(checkpoint, path))
-    except CheckpointError as error:
-        raise SystemExit(f"ERROR: {error}") from None
-    if state and all(key.startswith("module.") for key in state):  # saved from a DDP wrapper
-        state = {key.removeprefix("module."): value for key, value in state.items()}
-    return checkpoint, state
+def check_output_dirs(args: argparse.Namespace) -> None:
+    """Refuses output folders that cannot be folders, before anything runs."""
+    for flag, path in (("--out", args.out), ("--show-dir", args.show_dir)):
+        if path is not None and Path(path).exists() and not Path(path).is_dir():
+            raise UsageError(
+                f"{flag} {path!r} is an existing file, not a folder; pass a folder (it is "
+                "created if missing)."
+            )
+    if args.work_dir is not None and Path(args.work_dir).is_file():
+        raise UsageError(f"--work-dir {args.work_dir!r} is an existing file; pass a folder.")
 
 
-def build_config(args: argparse.Namespace, state: dict[str, torch.Tensor]) -> Config:
-    """The config with the command-line settings applied, for the weights ``state``."""
-    cfg = Config.fromfile(args.config)
+def apply_test_options(cfg: Config, args: argparse.Namespace) -> Config:
+    """The config with the command line's work dir, outputs and test mode applied."""
     cfg.launcher = args.launcher
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
     if args.work_dir:
         cfg.work_dir = args.work_dir
     elif cfg.get("work_dir") is None:
         cfg.work_dir = osp.join("work_dirs", osp.splitext(osp.basename(args.config))[0])
-    # main() loads the weights itself, strictly (mmengine's load_from is not strict).
-    cfg.load_from = None
-    # Pretrained ImageNet weights would be overwritten by the checkpoint anyway.
-    cfg.model.backbone.pop("init_cfg", None)
-    cfg.model.pop("pretrained", None)
-    if str(cfg.model.backbone.get("type")).split(".")[-1] == "RepVGG":
-        set_backbone_deploy(cfg, state, args)
+    cfg.load_from = None  # the model comes loaded (strictly) from repvgg_seg.loader
     if args.show or args.show_dir:
         hook = cfg.default_hooks.visualization
         hook.draw = True
@@ -122,95 +98,52 @@ def build_config(args: argparse.Namespace, state: dict[str, torch.Tensor]) -> Co
     return cfg
 
 
-def set_backbone_deploy(cfg: Config, state: dict[str, torch.Tensor], args: argparse.Namespace):
-    """Builds the RepVGG backbone fused when the checkpoint's blocks are fused.
-
-    A training-time checkpoint for a config that builds a deployed backbone is an error.
-    """
-    try:
-        deployed = is_deployed_state_dict(state, f"Checkpoint {args.checkpoint!r}")
-    except CheckpointError as error:
-        raise SystemExit(f"ERROR: {error}") from None
-    if deployed:
-        cfg.model.backbone.deploy = True
-    elif deployed is False and cfg.model.backbone.get("deploy"):
-        raise SystemExit(
-            f"ERROR: Checkpoint {args.checkpoint!r} holds training-time RepVGG blocks, but "
-            f"config {args.config!r} builds a deployed model (backbone deploy=True). Test it "
-            "with the config it was trained with (add --fuse for the fused model's numbers), "
-            "or deploy it first with tools/deploy.py."
-        )
-
-
-def unwrap_segmentor(model: torch.nn.Module) -> torch.nn.Module:
-    """The segmentor inside DDP and SegTTAModel wrappers."""
-    while not isinstance(model, BaseSegmentor) and hasattr(model, "module"):
-        model = model.module
-    return model
-
-
-def load_weights(runner: Runner, checkpoint: dict, state: dict, args: argparse.Namespace):
-    """Loads ``state`` into the runner's segmentor strictly, or exits naming both sides."""
-    model = unwrap_segmentor(runner.model)
-    source = repr(args.checkpoint)
-    backbone = getattr(model, "backbone", None)
-    try:
-        deployed = bool(is_deployed_state_dict(state, f"Checkpoint {source}"))
-        if isinstance(backbone, RepVGG):
-            ours = {k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")}
-            check_backbone_structure(ours, deployed, backbone, source)
-    except CheckpointError as error:
-        raise SystemExit(f"ERROR: {error} (config {args.config!r})") from None
-    problems = describe_key_mismatch(model.state_dict(), state)
-    if problems:
-        hint = (
-            "A deployed segmentor from tools/deploy.py is tested with the *_deploy.py config "
-            "written beside it."
-            if deployed
-            else "Test it with the config it was trained with."
-        )
-        raise SystemExit(
-            f"ERROR: Checkpoint {source} does not fit the model of config {args.config!r} "
-            f"(strict load): {problems}. {hint}"
-        )
-    runner.call_hook("after_load_checkpoint", checkpoint=checkpoint)
-    model.load_state_dict(state, strict=True)
-    logger.info("Loaded %s strictly.", args.checkpoint)
-
-
-def fuse_and_check(model: torch.nn.Module, args: argparse.Namespace) -> None:
+def fuse_and_check(model: nn.Module, cfg: Config) -> None:
     """Fuses ``model`` in place and proves on the first test image that nothing changed.
 
     The comparison runs in float32 with TF32 off whatever the test precision
-    (:mod:`repvgg_seg.equivalence`); a broken fusion ends the run before any testing.
+    (:mod:`repvgg_seg.equivalence`); a broken fusion ends the run (exit 1) before testing.
     """
-    segmentor = unwrap_segmentor(model)
-    unfused = copy.deepcopy(segmentor).eval()
+    unfused = copy.deepcopy(model).eval()
     reparameterize_model(model)
-    check_cfg = Config.fromfile(args.config)  # the plain test pipeline, also under --tta
-    if args.cfg_options:
-        check_cfg.merge_from_dict(args.cfg_options)
-    agreement = compare_on_batch(unfused, segmentor.eval(), first_dataset_batch(check_cfg))
+    try:
+        batch = first_dataset_batch(cfg)
+    except DatasetUnavailableError as error:
+        raise UsageError(
+            f"{error} --fuse checks the fused model on the first test image; prepare the "
+            "dataset or test without --fuse."
+        ) from error
+    agreement = compare_on_batch(unfused, model.eval(), batch)
     del unfused
     if is_main_process():
         print(f"--fuse check on the first test image: {agreement.describe()}")
-    try:
-        agreement.check("fused vs unfused segmentor on the first test image")
-    except FusionMismatchError as error:
-        raise SystemExit(f"ERROR: {error}") from error
+    agreement.check("fused vs unfused segmentor on the first test image")
+
+
+def build_runner(cfg: Config, model: nn.Module) -> Runner:
+    """The config's runner (``runner_type``, as ``Runner.from_cfg`` builds it) around
+    ``model``, which is built and loaded already."""
+    runner_type = RUNNERS.get(cfg.runner_type) if "runner_type" in cfg else Runner
+
+    class LoadedModelRunner(runner_type):
+        def build_model(self, _model_cfg) -> nn.Module:  # from_cfg passes cfg.model
+            return model
+
+    return LoadedModelRunner.from_cfg(cfg)
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    checkpoint, state = read_weights(args.checkpoint)
-    cfg = build_config(args, state)
-    init_cpu_distributed(args.launcher)
-    runner = RUNNERS.build(cfg) if "runner_type" in cfg else Runner.from_cfg(cfg)
-    load_weights(runner, checkpoint, state, args)
-    del checkpoint, state
+    check_output_dirs(args)
+    cfg = load_config(args.config, args.cfg_options)
+    model = load_segmentor(cfg, args.checkpoint)
     if args.fuse:
-        fuse_and_check(runner.model, args)
-    metrics = runner.test()
+        fuse_and_check(model, cfg)  # on the plain test pipeline, also under --tta
+    cfg = apply_test_options(model.cfg, args)
+    if args.tta:
+        model = MODELS.build({**cfg.tta_model, "module": model})
+    init_cpu_distributed(args.launcher)
+    metrics = build_runner(cfg, model).test()
     if is_main_process():
         for name, value in metrics.items():
             print(f"{name}: {value:.2f}" if isinstance(value, float) else f"{name}: {value}")
@@ -218,4 +151,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)

@@ -14,13 +14,21 @@ the segmentor becomes :class:`DeployedEncoderDecoder`, which records the folded 
 by module name and re-creates them after building, so the deployed checkpoint loads strictly.
 """
 
-from .checkpoint_io import load_checkpoint_file, state_dict_of
 from .fold import ConvBNPair, find_conv_bn_pairs, fold_conv_bn, prepare_folded_structure
 from .onnx_export import SegmentorLogits, ShapeGenericAdaptiveAvgPool2d, compare_onnx, export_onnx
-from .pipeline import DeployReport, deploy_checkpoint, load_segmentor
-from .segmentor import DeployedEncoderDecoder, build_segmentor, deploy_segmentor, make_deploy_config
+from .pipeline import BF16_RTOL, BF16_UNIT_ROUNDOFF, DeployOptions, DeployReport, deploy_checkpoint
+from .publish import OutputBusyError, OutputFolder
+from .segmentor import (
+    PRECISIONS,
+    DeployedEncoderDecoder,
+    deploy_segmentor,
+    make_deploy_config,
+    native_bf16,
+    to_bfloat16,
+)
 from .verify import (
     Agreement,
+    DatasetUnavailableError,
     compare_logits,
     compare_on_batch,
     compare_on_tensor,
@@ -35,14 +43,22 @@ from .winograd import (
 )
 
 __all__ = [
+    "BF16_RTOL",
+    "BF16_UNIT_ROUNDOFF",
+    "PRECISIONS",
+    "DeployOptions",
+    "OutputBusyError",
+    "OutputFolder",
+    "native_bf16",
+    "to_bfloat16",
     "Agreement",
     "ConvBNPair",
+    "DatasetUnavailableError",
     "DeployReport",
     "DeployedEncoderDecoder",
     "SegmentorLogits",
     "WinogradConv2d",
     "ShapeGenericAdaptiveAvgPool2d",
-    "build_segmentor",
     "compare_logits",
     "compare_on_batch",
     "compare_on_tensor",
@@ -55,11 +71,8 @@ __all__ = [
     "find_conv_bn_pairs",
     "first_dataset_batch",
     "fold_conv_bn",
-    "load_checkpoint_file",
-    "load_segmentor",
     "make_deploy_config",
     "prepare_folded_structure",
-    "state_dict_of",
     "winograd_applies",
     "winograd_conv2d",
 ]

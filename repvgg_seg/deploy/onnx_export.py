@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -65,9 +65,15 @@ class ShapeGenericAdaptiveAvgPool2d(nn.Module):
 
 
 def export_onnx(
-    segmentor: EncoderDecoder, path: str | Path, example_input: torch.Tensor, opset: int = 18
+    segmentor: EncoderDecoder,
+    path: str | Path,
+    example_input: torch.Tensor,
+    opset: int = 18,
+    metadata: Mapping[str, str] | None = None,
 ) -> None:
     """Exports ``SegmentorLogits(segmentor)`` to ONNX with dynamic batch, height and width.
+
+    ``metadata`` goes into the model's ``metadata_props`` (deploy records its ``deploy_id``).
 
     Written by :func:`repvgg_seg.atomic_io.write_atomically`: a failed export or write leaves
     whatever ``path`` held before, and no temporary file.
@@ -86,10 +92,14 @@ def export_onnx(
         (example_input,),
         dynamo=True,
         opset_version=opset,
+        verbose=False,  # its "[torch.onnx] ..." progress lines are not for users
         input_names=["image"],
         output_names=["logits"],
         dynamic_shapes={"image": {0: dim, 2: dim, 3: dim}},
     )
+    for key, value in (metadata or {}).items():
+        entry = program.model_proto.metadata_props.add()
+        entry.key, entry.value = key, value
     # One protobuf with the weights inside (segmentors are far below protobuf's 2 GB limit).
     write_atomically(path, lambda file: file.write(program.model_proto.SerializeToString()))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,6 +19,9 @@ from .winograd import MIN_CHANNELS_PER_GROUP, enable_winograd
 
 logger = logging.getLogger(__name__)
 
+# The precisions a deployed segmentor runs in (DeployedEncoderDecoder's ``precision``).
+PRECISIONS = ("fp32", "bf16")
+
 
 @MODELS.register_module()
 class DeployedEncoderDecoder(EncoderDecoder):
@@ -30,6 +34,9 @@ class DeployedEncoderDecoder(EncoderDecoder):
         winograd: Run the eligible 3x3 convs by Winograd F(4x4, 3x3) on CPU
             (:mod:`repvgg_seg.deploy.winograd`); parameters and state dict are unchanged.
         winograd_min_channels: Input and output channels per group a conv needs for that.
+        precision: ``"fp32"``, or ``"bf16"``: backbone and heads hold bfloat16 weights and
+            run on bfloat16 channels-last activations (:func:`to_bfloat16`); the logits are
+            returned in float32.
         **kwargs: ``EncoderDecoder`` arguments.
     """
 
@@ -38,6 +45,7 @@ class DeployedEncoderDecoder(EncoderDecoder):
         folded_conv_bn: Sequence[Sequence[str]] = (),
         winograd: bool = False,
         winograd_min_channels: int = MIN_CHANNELS_PER_GROUP,
+        precision: str = "fp32",
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -45,26 +53,57 @@ class DeployedEncoderDecoder(EncoderDecoder):
             raise ValueError(
                 f"winograd_min_channels must be at least 1, got {winograd_min_channels}."
             )
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision is {precision!r}; pass one of {', '.join(PRECISIONS)}.")
         self.folded_conv_bn = [tuple(pair) for pair in folded_conv_bn]
         prepare_folded_structure(self, self.folded_conv_bn)
-        self.winograd_convs = enable_winograd(self, winograd_min_channels) if winograd else []
+        self.precision = precision
+        if precision == "bf16":
+            to_bfloat16(self)
+        # Winograd is a float32 CPU algorithm; bf16 convs are oneDNN's (AMX / AVX512-BF16).
+        use_winograd = winograd and precision == "fp32"
+        self.winograd_convs = enable_winograd(self, winograd_min_channels) if use_winograd else []
+
+    def extract_feat(self, inputs: torch.Tensor) -> list[torch.Tensor]:
+        if self.precision == "bf16":
+            inputs = inputs.to(torch.bfloat16, memory_format=torch.channels_last)
+        return super().extract_feat(inputs)
+
+    def encode_decode(self, inputs: torch.Tensor, batch_img_metas: list[dict]) -> torch.Tensor:
+        # EncoderDecoder.encode_decode with the logits in float32 before they are resized.
+        logits = self.decode_head.forward(self.extract_feat(inputs)).float()
+        return self.decode_head.predict_by_feat(logits, batch_img_metas)
+
+    def _forward(self, inputs: torch.Tensor, data_samples=None) -> torch.Tensor:
+        return super()._forward(inputs, data_samples).float()
 
 
-def build_segmentor(config: str | Path | Config) -> EncoderDecoder:
-    """Builds a config's segmentor in eval mode without pretrained weights (load them next)."""
-    from mmengine.registry import init_default_scope
-    from mmengine.utils import import_modules_from_strings
+def native_bf16(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> bool | None:
+    """Whether this CPU computes bfloat16 natively (``avx512_bf16`` or ``amx_bf16`` flags).
 
-    cfg = Config.fromfile(str(config)) if not isinstance(config, Config) else copy.deepcopy(config)
-    if "custom_imports" in cfg:
-        import_modules_from_strings(**cfg.custom_imports)
-    init_default_scope(cfg.get("default_scope", "mmseg"))
-    model_cfg = cfg.model
-    model_cfg.pretrained = None
-    model_cfg.backbone.init_cfg = None
-    model_cfg.backbone.pop("pretrained", None)
-    model = MODELS.build(model_cfg)
-    model.eval()
+    Returns:
+        None when ``cpuinfo`` cannot be read (not Linux): unknown.
+    """
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return None
+    flags = {
+        flag for line in text.splitlines() if line.startswith("flags") for flag in line.split()
+    }
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def to_bfloat16(model: EncoderDecoder) -> EncoderDecoder:
+    """Backbone, neck and heads in bfloat16 and channels-last, in place.
+
+    The data preprocessor stays float32: its mean and std rounded to bfloat16 would shift
+    every normalized pixel.
+    """
+    for name in ("backbone", "neck", "decode_head", "auxiliary_head"):
+        part = getattr(model, name, None)
+        if part is not None:
+            part.to(dtype=torch.bfloat16, memory_format=torch.channels_last)
     return model
 
 
@@ -95,10 +134,13 @@ def make_deploy_config(
     pairs: Sequence[ConvBNPair],
     winograd: bool = True,
     winograd_min_channels: int = MIN_CHANNELS_PER_GROUP,
+    precision: str = "fp32",
 ) -> Config:
     """The config that rebuilds a segmentor deployed by :func:`deploy_segmentor`.
 
-    ``winograd`` and ``winograd_min_channels`` go to :class:`DeployedEncoderDecoder`.
+    ``winograd``, ``winograd_min_channels`` and ``precision`` go to
+    :class:`DeployedEncoderDecoder`. ``cfg`` may be a deploy config already (a deployed
+    checkpoint deployed again, e.g. in bfloat16): its folded pairs are kept.
 
     Raises:
         ValueError: the config's model is not an mmseg ``EncoderDecoder``.
@@ -114,7 +156,9 @@ def make_deploy_config(
             "segmentors (PSPNet, FCN, DeepLabV3, ...)."
         )
     model.type = "DeployedEncoderDecoder"
-    model.folded_conv_bn = [list(pair) for pair in pairs]
+    earlier = [list(pair) for pair in model.get("folded_conv_bn", [])]
+    model.folded_conv_bn = earlier + [list(p) for p in pairs if list(p) not in earlier]
+    model.precision = precision
     model.winograd = winograd
     model.winograd_min_channels = winograd_min_channels
     model.pretrained = None

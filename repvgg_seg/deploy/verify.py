@@ -8,25 +8,39 @@ import torch
 from mmengine.config import Config
 from mmseg.models.segmentors import EncoderDecoder
 
-from ..equivalence import Agreement, compare_logits, strict_float32
+from ..equivalence import ROUNDOFF_RTOL, Agreement, compare_logits, strict_float32
+
+
+class DatasetUnavailableError(FileNotFoundError):
+    """The config's dataset, needed for a check on a real image, cannot be built or is empty."""
 
 
 @torch.no_grad()
 def compare_on_tensor(
-    reference: EncoderDecoder, deployed: EncoderDecoder, inputs: torch.Tensor
+    reference: EncoderDecoder,
+    deployed: EncoderDecoder,
+    inputs: torch.Tensor,
+    rtol: float = ROUNDOFF_RTOL,
 ) -> Agreement:
-    """Compares the decode-head logits of two segmentors on a normalized batch (float32)."""
+    """Compares the decode-head logits of two segmentors on a normalized batch (float32).
+
+    ``rtol`` is the criterion's tolerance (:func:`repvgg_seg.equivalence.compare_logits`).
+    """
     inputs = inputs.to(next(reference.parameters()).device)
     with strict_float32():
-        return compare_logits(reference(inputs, mode="tensor"), deployed(inputs, mode="tensor"))
+        reference_logits = reference(inputs, mode="tensor")
+        return compare_logits(reference_logits, deployed(inputs, mode="tensor"), rtol=rtol)
 
 
 @torch.no_grad()
-def compare_on_batch(reference: EncoderDecoder, deployed: EncoderDecoder, data: dict) -> Agreement:
+def compare_on_batch(
+    reference: EncoderDecoder, deployed: EncoderDecoder, data: dict, rtol: float = ROUNDOFF_RTOL
+) -> Agreement:
     """Compares full predictions (test_cfg inference, resized to the original image), in float32.
 
     Args:
         data: A collated batch as a dataloader yields it (``inputs``, ``data_samples``).
+        rtol: The criterion's tolerance (:func:`repvgg_seg.equivalence.compare_logits`).
     """
     results = []
     with strict_float32():
@@ -35,7 +49,7 @@ def compare_on_batch(reference: EncoderDecoder, deployed: EncoderDecoder, data: 
             results.append(model.predict(batch["inputs"], batch["data_samples"]))
     ref = torch.stack([sample.seg_logits.data for sample in results[0]])
     dep = torch.stack([sample.seg_logits.data for sample in results[1]])
-    return compare_logits(ref, dep)
+    return compare_logits(ref, dep, rtol=rtol)
 
 
 def first_dataset_batch(cfg: Config, split: str = "test") -> dict:
@@ -43,7 +57,8 @@ def first_dataset_batch(cfg: Config, split: str = "test") -> dict:
 
     Raises:
         ValueError: the config has no such dataloader.
-        FileNotFoundError: the dataset is empty or its files are missing.
+        DatasetUnavailableError: the dataset is empty or its files are missing (the caller
+            says which of its options avoids the check).
     """
     from mmengine.dataset import pseudo_collate
     from mmengine.registry import init_default_scope
@@ -57,10 +72,12 @@ def first_dataset_batch(cfg: Config, split: str = "test") -> dict:
     try:
         dataset = DATASETS.build(dataset_cfg)
     except Exception as error:
-        raise FileNotFoundError(
+        raise DatasetUnavailableError(
             f"Could not build {key}.dataset (data_root={dataset_cfg.get('data_root')!r}): "
-            f"{error}. Prepare the dataset or pass --skip-real-image."
+            f"{error}."
         ) from error
     if len(dataset) == 0:
-        raise FileNotFoundError(f"{key}.dataset under {dataset_cfg.get('data_root')!r} is empty.")
+        raise DatasetUnavailableError(
+            f"{key}.dataset under {dataset_cfg.get('data_root')!r} is empty."
+        )
     return pseudo_collate([dataset[0]])

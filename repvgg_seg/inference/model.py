@@ -1,13 +1,9 @@
 """A segmentor ready for inference from any of its checkpoint forms, and its predictions.
 
-Three forms load, each with the config it was made for:
-
-- a training-time checkpoint with its training config (``fuse=True`` re-parameterizes every
-  RepVGG block after loading, as ``tools/test.py --fuse`` does);
-- a fused checkpoint (RepVGG blocks already re-parameterized) with the same training config:
-  recognised by its keys, the backbone is built with ``deploy=True``;
-- a ``tools/deploy.py`` output: its ``*_deploy.py`` config and ``*_deploy.pth`` checkpoint
-  (folded conv+BN, no auxiliary head, Winograd convs on CPU).
+Every checkpoint form loads through :func:`repvgg_seg.loader.load_segmentor` (training-time
+with ``fuse=True`` re-parameterizing after loading, fused, ``tools/deploy.py`` output with
+its ``*_deploy.py`` config); this module adds what inference needs on top: a
+``test_pipeline`` and at most 255 classes (label maps are 8-bit PNGs).
 
 Prediction is mmseg's :func:`mmseg.apis.inference_model`: the config's ``test_pipeline``
 (its resize) and ``test_cfg`` (whole or slide), with the logits resized back to each
@@ -16,19 +12,15 @@ input's own size.
 
 from __future__ import annotations
 
-import copy
 import os
 
 import numpy as np
 import torch
 from mmengine.config import Config
-from mmengine.model import revert_sync_batchnorm
 from mmseg.apis import inference_model
-from mmseg.models.segmentors import EncoderDecoder
+from mmseg.models.segmentors import BaseSegmentor
 
-from ..checkpoint import CheckpointError, is_deployed_state_dict, read_checkpoint, state_dict_of
-from ..deploy import build_segmentor
-from ..reparam import reparameterize_model
+from ..loader import config_name, load_segmentor, read_config
 
 
 def resolve_device(device: str) -> torch.device:
@@ -58,8 +50,8 @@ def load_inference_model(
     checkpoint: str | os.PathLike,
     device: str | torch.device = "cpu",
     fuse: bool = False,
-) -> EncoderDecoder:
-    """Builds a config's segmentor, loads a checkpoint strictly, and readies it for inference.
+) -> BaseSegmentor:
+    """The segmentor of :func:`repvgg_seg.loader.load_segmentor`, checked fit for inference.
 
     Args:
         config: The config the checkpoint was made with (a deploy config for a
@@ -74,56 +66,30 @@ def load_inference_model(
 
     Raises:
         CheckpointError: The checkpoint cannot be read or does not fit the config.
-        ValueError: The config has no ``test_pipeline``.
+        ValueError: The config has no ``test_pipeline``, or predicts more than 255 classes.
     """
-    # A Config passed in is copied: the backbone's deploy flag is set below.
-    cfg = (
-        copy.deepcopy(config) if isinstance(config, Config) else Config.fromfile(os.fspath(config))
-    )
+    cfg = read_config(config)
     if "test_pipeline" not in cfg:
         raise ValueError(
-            f"Config {_name(config)!r} has no test_pipeline (the loading and resizing of test "
-            "images); inference needs one, like every mmseg config has."
+            f"Config {config_name(config)!r} has no test_pipeline (the loading and resizing "
+            "of test images); inference needs one, like every mmseg config has."
         )
-    source = os.fspath(checkpoint)
-    state = state_dict_of(read_checkpoint(checkpoint), source)
-    backbone = cfg.model.get("backbone", {})
-    if backbone.get("type") == "RepVGG" and is_deployed_state_dict(state, source):
-        backbone["deploy"] = True
-    model = build_segmentor(cfg)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        raise CheckpointError(
-            f"Checkpoint {source!r} does not fit the model of config {_name(config)!r}: "
-            f"{str(error).splitlines()[0]} A tools/deploy.py checkpoint needs the "
-            "*_deploy.py config written beside it; a training or fused checkpoint needs the "
-            "training config."
-        ) from error
+    model = load_segmentor(cfg, checkpoint, device=device, fuse=fuse)
     if num_classes_of(model) > 255:
         raise ValueError(
-            f"Config {_name(config)!r} predicts {num_classes_of(model)} classes; label maps "
-            "are written as 8-bit PNGs, which hold at most 255."
+            f"Config {config_name(config)!r} predicts {num_classes_of(model)} classes; label "
+            "maps are written as 8-bit PNGs, which hold at most 255."
         )
-    if fuse:
-        reparameterize_model(model)
-    # Plain BN on one device: SyncBN in eval mode is the same computation.
-    model = revert_sync_batchnorm(model)
-    model.cfg = cfg
-    return model.to(device).eval()
+    return model
 
 
-def _name(config: str | os.PathLike | Config) -> str:
-    return config.filename if isinstance(config, Config) else os.fspath(config)
-
-
-def num_classes_of(model: EncoderDecoder) -> int:
+def num_classes_of(model: BaseSegmentor) -> int:
     """The number of classes the segmentor predicts."""
     return int(model.decode_head.num_classes)
 
 
 @torch.no_grad()
-def predict_labels(model: EncoderDecoder, images: list[np.ndarray]) -> list[np.ndarray]:
+def predict_labels(model: BaseSegmentor, images: list[np.ndarray]) -> list[np.ndarray]:
     """Predicts the train-id label map of each image, at the image's own size.
 
     Args:
