@@ -15,7 +15,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import repvgg_seg  # noqa: F401  (registers the RepVGG backbone)
 from repvgg_seg.benchmark import BenchmarkSettings, Case, run_benchmark
-from repvgg_seg.deploy import SegmentorLogits, build_segmentor, compare_on_tensor, deploy_segmentor
+from repvgg_seg.deploy import SegmentorLogits, compare_on_tensor, deploy_segmentor
+from repvgg_seg.loader import build_segmentor
 from repvgg_seg.models.classifier import RepVGGClassifier
 from repvgg_seg.pretrain.engine import compare_fused
 from repvgg_seg.reparam import reparameterize_model

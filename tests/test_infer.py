@@ -15,7 +15,7 @@ from mmengine.config import Config
 from PIL import Image
 
 import repvgg_seg  # noqa: F401  (registers the RepVGG backbone)
-from repvgg_seg.deploy import build_segmentor, deploy_checkpoint
+from repvgg_seg.deploy import DeployOptions, deploy_checkpoint
 from repvgg_seg.inference import (
     Palette,
     draw_overlay,
@@ -24,6 +24,7 @@ from repvgg_seg.inference import (
     load_inference_model,
     read_image,
 )
+from repvgg_seg.loader import build_segmentor
 from repvgg_seg.models import RepVGGBlock
 from repvgg_seg.reparam import reparameterize_model
 
@@ -92,9 +93,7 @@ def checkpoints(tmp_path_factory):
         config,
         trained,
         root / "deploy",
-        random_size=(48, 96),
-        check_real_image=False,
-        winograd_min_channels=16,
+        DeployOptions(random_size=(48, 96), check_real_image=False, winograd_min_channels=16),
     )
     assert report.checkpoint.is_file() and report.winograd_convs >= 20
     return {
