@@ -74,7 +74,7 @@ def first_dataset_batch(cfg: Config, split: str = "test") -> dict:
     except Exception as error:
         raise DatasetUnavailableError(
             f"Could not build {key}.dataset (data_root={dataset_cfg.get('data_root')!r}): "
-            f"{error}."
+            f"{str(error).rstrip('.')}."
         ) from error
     if len(dataset) == 0:
         raise DatasetUnavailableError(
