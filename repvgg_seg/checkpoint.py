@@ -12,9 +12,11 @@ This module imports no other module of the package, so every layer can use it.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import pickle
+import re
 import zipfile
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -36,6 +38,10 @@ class CheckpointError(ValueError):
 
 class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
     """The checkpoint file does not exist."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A complete checkpoint holding Python objects outside the allow-list (not loaded)."""
 
 
 def _numpy_types() -> list:
@@ -93,11 +99,17 @@ def _global_name(entry: Any) -> str:
     return entry[1] if isinstance(entry, tuple) else f"{entry.__module__}.{entry.__qualname__}"
 
 
-def _refused_globals(path: str, error: pickle.UnpicklingError) -> str:
-    """The names of the Python objects a refused checkpoint holds, or the unpickler's reason."""
+# How the weights-only unpickler (and our getattr stand-in) words a refusal; any other
+# unpickling error is a damaged file ("Unsupported operand 65").
+_REFUSALS = ("Unsupported global", "Refusing getattr")
+
+
+def _refused_globals(path: str, error: pickle.UnpicklingError) -> str | None:
+    """The names of the Python objects a refused checkpoint holds, the unpickler's reason
+    for a refusal, or None when the file is damaged rather than refused."""
     try:
         names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    except Exception:  # legacy (non-zip) files; the reason below names the first object
+    except Exception:  # legacy (non-zip) files, damaged pickles; judged by the reason below
         names = []
     allowed = {_global_name(entry) for entry in MMENGINE_CHECKPOINT_GLOBALS}
     refused = [name for name in names if name not in allowed]
@@ -105,7 +117,31 @@ def _refused_globals(path: str, error: pickle.UnpicklingError) -> str:
         return ", ".join(refused)
     # torch wraps the unpickler's own error (e.g. our getattr stand-in's refusal) in a
     # generic paragraph; the wrapped one says what was refused.
-    return _first_line(error.__context__ or error)
+    reason = _first_line(error.__context__ or error)
+    if not reason.startswith(_REFUSALS):
+        return None
+    named = re.match(r"Unsupported global: GLOBAL (\S+) ", reason)
+    return named.group(1) if named else reason
+
+
+def _check_is_file(path: str) -> None:
+    """Raises the reader's error for a path that names no regular file."""
+    try:
+        os.stat(path)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise CheckpointError(
+                f"Checkpoint {path!r} is a loop of symbolic links (one of them points back "
+                "to another); make the link point to the checkpoint file itself."
+            ) from None
+        if os.path.islink(path):
+            raise CheckpointNotFoundError(
+                f"Checkpoint {path!r} is a symbolic link to {os.readlink(path)!r}, which does "
+                "not exist; point it to an existing file."
+            ) from None
+        raise CheckpointNotFoundError(f"Checkpoint {path!r} does not exist.") from None
+    if not os.path.isfile(path):
+        raise CheckpointError(f"Checkpoint {path!r} is not a file; pass the .pth file itself.")
 
 
 def read_checkpoint(path: str | os.PathLike) -> Any:
@@ -116,12 +152,12 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
 
     Raises:
         CheckpointNotFoundError: No such file (also a ``FileNotFoundError``).
-        CheckpointError: The file is empty, truncated or not a PyTorch file, or holds other
-            Python objects (not loaded, for safety).
+        CheckpointError: The file is empty, truncated, corrupt or not a PyTorch file, a loop
+            of symbolic links, or not a file.
+        UnsafeCheckpointError: The file holds other Python objects (not loaded, for safety).
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise CheckpointNotFoundError(f"Checkpoint {path!r} does not exist.")
+    _check_is_file(path)
     if os.path.getsize(path) == 0:
         raise CheckpointError(
             f"Checkpoint {path!r} is empty (0 bytes): it was never written completely. Delete "
@@ -133,18 +169,23 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        raise CheckpointError(
+        refused = _refused_globals(path, error)
+        if refused is None:
+            raise _damaged(path, error.__context__ or error) from error
+        raise UnsafeCheckpointError(
             f"Checkpoint {path!r} holds Python objects that are not loaded for safety "
-            f"(weights_only=True): {_refused_globals(path, error)}. If you trust the file, "
-            "re-save only its tensors, e.g. torch.save({'state_dict': model.state_dict()}, "
-            "'clean.pth')."
+            f"(weights_only=True): {refused}. If you trust the file, re-save only its "
+            "tensors, e.g. torch.save({'state_dict': model.state_dict()}, 'clean.pth')."
         ) from error
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as error:
-        raise CheckpointError(
-            f"Checkpoint {path!r} is not a readable PyTorch checkpoint "
-            f"({_first_line(error)}); it may be truncated or corrupt. Delete it and save, copy "
-            "or download it again."
-        ) from error
+        raise _damaged(path, error) from error
+
+
+def _damaged(path: str, error: BaseException) -> CheckpointError:
+    return CheckpointError(
+        f"Checkpoint {path!r} is not a readable PyTorch checkpoint ({_first_line(error)}); it "
+        "may be truncated or corrupt. Delete it and save, copy or download it again."
+    )
 
 
 def preview_keys(keys: Iterable[object], limit: int = 5) -> str:

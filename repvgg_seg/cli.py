@@ -28,7 +28,10 @@ from typing import NoReturn
 from mmengine.config import Config
 
 from .checkpoint import CheckpointError
+from .datasets import CityscapesDataError
 from .equivalence import FusionMismatchError
+from .weights import ChecksumError
+from .work_dir import WorkDirBusyError
 
 EXIT_FAILED_CHECK = 1
 EXIT_BAD_INPUT = 2
@@ -52,8 +55,16 @@ BAD_INPUT: tuple[type[BaseException], ...] = (
     IsADirectoryError,
     PermissionError,
     ValueError,
+    WorkDirBusyError,
+    CityscapesDataError,
 )
-FAILED_CHECK: tuple[type[BaseException], ...] = (CheckFailedError, FusionMismatchError)
+# A download that failed (network, deadline, sha256) is no error in the user's input: exit 1.
+FAILED_CHECK: tuple[type[BaseException], ...] = (
+    CheckFailedError,
+    FusionMismatchError,
+    ChecksumError,
+    ConnectionError,
+)
 
 
 def one_line(error: BaseException) -> str:

@@ -6,23 +6,31 @@
 - :class:`AtomicCheckpointRunner` (the default ``runner_type`` of our configs) keeps a
   training's work dir consistent: every checkpoint goes through :mod:`repvgg_seg.atomic_io`
   (complete or absent, never half-written), a lock lets only one training use the work dir
-  (:class:`~repvgg_seg.work_dir.WorkDirLock`), temporary files of killed runs are removed at
-  the start, ``--resume`` falls back to the newest readable ``iter_<n>.pth`` when
-  ``last_checkpoint`` is empty or names nothing usable, and the best checkpoint is replaced
-  by writing the new one before the old one is removed (:class:`AtomicCheckpointHook`).
-- :func:`init_cpu_distributed` and :func:`configure_for_cpu` make ``--launcher pytorch``
+  (:class:`~repvgg_seg.work_dir.WorkDirLock`), an earlier run's checkpoints are never mixed
+  with a new run's (:func:`~repvgg_seg.work_dir.plan_training_start`), temporary files of
+  killed runs are removed at the start, ``--resume`` falls back to the newest readable
+  ``iter_<n>.pth`` when ``last_checkpoint`` is empty or names an incomplete file, and the
+  best checkpoint is replaced by writing the new one before the old one is removed
+  (:class:`AtomicCheckpointHook`).
+- :func:`claim_work_dir`: the same lock and checks, taken before the runner is built, so
+  that a refused run changes nothing in the work dir (mmengine's runner writes its config
+  and log there as it is built).
+- :func:`init_distributed` and :func:`configure_for_cpu` make ``--launcher pytorch``
   work on a machine without GPUs (gloo; mmengine's own start-up calls
   ``torch.cuda.set_device`` and passes GPU ``device_ids`` to DistributedDataParallel).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist
 from mmengine.config import Config
-from mmengine.dist import broadcast_object_list, is_distributed, is_main_process
+from mmengine.dist import broadcast_object_list, init_dist, is_distributed, is_main_process
 from mmengine.fileio import LocalBackend, register_backend
 from mmengine.hooks import CheckpointHook
 from mmengine.registry import HOOKS, RUNNERS
@@ -31,21 +39,26 @@ from mmengine.runner import Runner
 from .atomic_io import write_atomically
 from .checkpoint import allow_mmengine_checkpoint_types, read_checkpoint
 from .work_dir import (
+    EarlierRunError,
+    TrainingStart,
     WorkDirBusyError,
     WorkDirLock,
     checkpoint_to_resume,
-    iteration_checkpoints,
+    plan_training_start,
     remove_leftovers,
 )
 
 __all__ = [
     "AtomicCheckpointHook",
     "AtomicCheckpointRunner",
+    "EarlierRunError",
     "NothingToTrainError",
     "WorkDirBusyError",
     "allow_mmengine_checkpoint_types",
+    "claim_work_dir",
     "configure_for_cpu",
     "init_cpu_distributed",
+    "init_distributed",
 ]
 
 logger = logging.getLogger(__name__)
@@ -53,6 +66,85 @@ logger = logging.getLogger(__name__)
 
 class NothingToTrainError(ValueError):
     """The config asks for a training of zero iterations."""
+
+
+# The real paths of the work dirs this process's claim_work_dir calls hold (on every rank).
+_CLAIMED: set[str] = set()
+
+
+@contextlib.contextmanager
+def claim_work_dir(
+    work_dir: str,
+    resume: bool,
+    resume_from: str | None,
+    start_over: bool,
+    log: logging.Logger = logger,
+) -> Iterator[TrainingStart]:
+    """Holds a training's work dir for the duration: its lock, and the decision how the run
+    begins (:func:`~repvgg_seg.work_dir.plan_training_start`).
+
+    Rank 0 takes the lock and decides; every rank gets the same decision or error, so call
+    it on every rank, after the process group is up (:func:`init_distributed`). A refused
+    claim changes nothing in the work dir. :class:`AtomicCheckpointRunner` trains inside a
+    claim without taking its own. ``log`` gets the warnings (a lock taken over, files
+    removed to start over).
+
+    Raises:
+        WorkDirBusyError: Another live training holds the work dir.
+        EarlierRunError: The work dir holds an earlier run's checkpoints, and neither
+            ``resume`` nor ``start_over`` is set.
+        CheckpointError: ``resume`` without a file, and no checkpoint of the work dir can
+            be resumed.
+    """
+    lock = None
+    outcome: TrainingStart | BaseException
+    if is_main_process():
+        lock = WorkDirLock(work_dir)
+        try:
+            outcome = _plan_under_lock(lock, resume, resume_from, start_over, log)
+        except (WorkDirBusyError, ValueError) as error:  # EarlierRunError, CheckpointError
+            outcome = error
+        except BaseException:
+            lock.release()
+            raise
+        if isinstance(outcome, BaseException):
+            lock.release()
+    if is_distributed():
+        shared = [outcome if is_main_process() else None]
+        broadcast_object_list(shared, src=0)
+        outcome = shared[0]
+    if isinstance(outcome, BaseException):
+        raise outcome
+    key = os.path.realpath(work_dir)
+    _CLAIMED.add(key)
+    try:
+        yield outcome
+    finally:
+        _CLAIMED.discard(key)
+        if lock is not None:
+            lock.release()
+
+
+def _plan_under_lock(
+    lock: WorkDirLock, resume: bool, resume_from: str | None, start_over: bool, log
+) -> TrainingStart:
+    try:
+        stale = lock.acquire()
+    except OSError as failure:  # a file system without flock
+        log.warning(
+            f"Cannot lock work dir '{lock.work_dir}' ({failure}); a second training started "
+            "in it would not be refused."
+        )
+    else:
+        if stale is not None:
+            log.warning(
+                f"Took over the lock of work dir '{lock.work_dir}' from a run that ended "
+                f"without releasing it ({stale})."
+            )
+    start = plan_training_start(lock.work_dir, resume, resume_from, start_over)
+    for path in start.removed:
+        log.warning(f"Removed {path} of the earlier run (starting over).")
+    return start
 
 
 class AtomicLocalBackend(LocalBackend):
@@ -151,28 +243,28 @@ class AtomicCheckpointRunner(Runner):
     def train(self) -> torch.nn.Module:
         """``Runner.train`` while holding the work dir's lock, after removing leftovers.
 
+        The work dir is claimed here (:func:`claim_work_dir`) unless the caller claimed it
+        already; only that way can a run start over in a work dir holding an earlier run.
+
         Raises:
             NothingToTrainError: ``train_cfg`` asks for zero (or fewer) iterations or epochs.
             WorkDirBusyError: Another live training holds the work dir (on every rank).
+            EarlierRunError: The work dir holds an earlier run's checkpoints and this run
+                does not resume.
         """
         self._check_schedule()
-        lock = self._lock_work_dir()
-        try:
+        claimed = os.path.realpath(self.work_dir) in _CLAIMED
+        with contextlib.nullcontext() if claimed else self._claim():
             if is_main_process():
                 for path in remove_leftovers(self.work_dir):
                     self.logger.warning(f"Removed {path}, left by a run killed while saving.")
-                earlier = iteration_checkpoints(self.work_dir)
-                if earlier and not self._resume:
-                    self.logger.warning(
-                        f"Work dir '{self.work_dir}' holds checkpoints of an earlier run "
-                        f"({earlier[0].name} is the newest); "
-                        "this run, started without --resume, will write its own among them. "
-                        "Pass --resume to continue that run, or another --work-dir."
-                    )
             return super().train()
-        finally:
-            if lock is not None:
-                lock.release()
+
+    def _claim(self) -> contextlib.AbstractContextManager:
+        resume_from = self._load_from if self._resume else None
+        return claim_work_dir(
+            self.work_dir, self._resume, resume_from, start_over=False, log=self.logger
+        )
 
     def _check_schedule(self) -> None:
         loop = self._train_loop
@@ -184,35 +276,6 @@ class AtomicCheckpointRunner(Runner):
                     f"train_cfg.{key} is {loop[key]}: this run would train nothing. Set it to "
                     f"a positive number (e.g. --cfg-options train_cfg.{key}=1000)."
                 )
-
-    def _lock_work_dir(self) -> WorkDirLock | None:
-        """Rank 0 locks the work dir; every rank raises the same error when it is taken."""
-        lock = error = None
-        if is_main_process():
-            lock = WorkDirLock(self.work_dir)
-            try:
-                stale = lock.acquire()
-            except WorkDirBusyError as busy:
-                lock, error = None, str(busy)
-            except OSError as failure:  # a file system without flock
-                lock = None
-                self.logger.warning(
-                    f"Cannot lock work dir '{self.work_dir}' ({failure}); a second training "
-                    "started in it would not be refused."
-                )
-            else:
-                if stale is not None:
-                    self.logger.warning(
-                        f"Took over the lock of work dir '{self.work_dir}' from a run that "
-                        f"ended without releasing it ({stale})."
-                    )
-        if is_distributed():
-            shared = [error]
-            broadcast_object_list(shared, src=0)
-            error = shared[0]
-        if error is not None:
-            raise WorkDirBusyError(error)
-        return lock
 
     def load_or_resume(self) -> None:
         """mmengine's, except how ``--resume`` finds and reads its checkpoint.
@@ -263,6 +326,21 @@ def init_cpu_distributed(launcher: str) -> bool:
         dist.get_world_size(),
     )
     return True
+
+
+def init_distributed(launcher: str, cfg: Config) -> None:
+    """Starts the process group of a distributed launch before the runner is built (the
+    runner then uses it), so that the ranks can agree on :func:`claim_work_dir` first.
+
+    Without GPUs this is :func:`init_cpu_distributed`; with them, mmengine's ``init_dist``
+    with the config's ``env_cfg.dist_cfg``, as the runner would call it.
+    """
+    if launcher == "none" or is_distributed():
+        return
+    if not torch.cuda.is_available():
+        init_cpu_distributed(launcher)
+        return
+    init_dist(launcher, **cfg.get("env_cfg", {}).get("dist_cfg", {}))
 
 
 def configure_for_cpu(cfg: Config) -> None:

@@ -2,10 +2,14 @@
 
 - :class:`WorkDirLock`: an exclusive lock (``<work_dir>/.train.lock``, holding the owner's
   pid, host and start time) so that two trainings never write into the same work dir. The
-  kernel releases it when its process dies, so a killed run's lock is taken over.
+  kernel releases it when its process dies, so a killed run's lock is taken over; processes
+  forked from the owner (DataLoader workers) do not hold it.
+- :func:`plan_training_start`: how a run begins in a work dir that may hold an earlier run's
+  checkpoints (resume one, refuse, or start over explicitly), decided before anything in the
+  work dir changes.
 - :func:`remove_leftovers`: the temporary files of checkpoints whose writing was killed.
 - :func:`checkpoint_to_resume`: ``last_checkpoint`` when it names a readable file, else the
-  newest readable ``iter_<n>.pth``.
+  newest readable ``iter_<n>.pth``; a complete checkpoint that cannot be resumed is an error.
 """
 
 from __future__ import annotations
@@ -21,17 +25,48 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .atomic_io import remove_stale_temporaries
-from .checkpoint import CheckpointError, read_checkpoint
+from .checkpoint import CheckpointError, UnsafeCheckpointError, read_checkpoint
 
 LOCK_NAME = ".train.lock"
 # The name mmengine's CheckpointHook gives iteration checkpoints (filename_tmpl 'iter_{}.pth').
 ITERATION_CHECKPOINT = re.compile(r"^iter_(\d+)\.pth$")
+# What a run leaves that a later run in the same work dir would replace or mix with its own:
+# CheckpointHook's iteration, epoch and best checkpoints, and its record of the latest one.
+RUN_CHECKPOINT = re.compile(r"^(iter_\d+|epoch_\d+|best_.+)\.pth$")
+LAST_CHECKPOINT = "last_checkpoint"
+# The flag of tools/train.py that starts over (named in messages).
+START_OVER_FLAG = "--overwrite-work-dir"
 # Before repvgg_seg.atomic_io, the runner wrote checkpoints to ".<name>.partial" first.
 _OLD_TEMPORARY = re.compile(r"^\..+\.pth\.partial$")
 
 
 class WorkDirBusyError(RuntimeError):
     """Another live process trains in the same work dir."""
+
+
+class EarlierRunError(ValueError):
+    """The work dir holds an earlier run's checkpoints, and neither resuming it nor starting
+    over was asked for."""
+
+
+@dataclass(frozen=True)
+class LockRole:
+    """What a :class:`WorkDirLock` guards, for its file name and its refusal.
+
+    Attributes:
+        file_name: The lock file inside the directory.
+        subject: How the refusal names the directory (``Work dir``, ``--out-dir``).
+        holder: Who else uses it (``another training``).
+        option: The option that picks another directory.
+    """
+
+    file_name: str
+    subject: str
+    holder: str
+    option: str
+
+
+TRAINING = LockRole(LOCK_NAME, "Work dir", "another training", "--work-dir")
 
 
 @dataclass(frozen=True)
@@ -65,12 +100,29 @@ class WorkDirLock:
 
     Args:
         work_dir: The directory to lock (created if missing).
+        role: What the lock guards (a training's work dir by default).
     """
 
-    def __init__(self, work_dir: str | os.PathLike) -> None:
+    # The locks this process holds, by the real path of their work dir.
+    _held: dict[str, WorkDirLock] = {}
+
+    def __init__(self, work_dir: str | os.PathLike, role: LockRole = TRAINING) -> None:
         self.work_dir = Path(work_dir)
-        self.path = self.work_dir / LOCK_NAME
+        self.role = role
+        self.path = self.work_dir / role.file_name
         self._fd: int | None = None
+
+    @classmethod
+    def _forget_in_forked_child(cls) -> None:
+        # A forked child (a DataLoader worker) shares the lock's open file; closing its copy
+        # leaves the lock with the parent alone, so that it ends with the parent (kill -9
+        # included) instead of with the last orphaned worker, seconds later.
+        for lock in cls._held.values():
+            if lock._fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(lock._fd)
+                lock._fd = None
+        cls._held.clear()
 
     def acquire(self) -> LockOwner | None:
         """Takes the lock.
@@ -93,10 +145,11 @@ class WorkDirLock:
             except BlockingIOError:
                 owner = LockOwner.parse(_read(fd))
                 os.close(fd)
+                role = self.role
                 raise WorkDirBusyError(
-                    f"Work dir '{self.work_dir}' is in use by another training ({owner}; lock "
-                    f"file {self.path}). Wait for that run to end or stop it, or pass another "
-                    "--work-dir."
+                    f"{role.subject} '{self.work_dir}' is in use by {role.holder} ({owner}; "
+                    f"lock file {self.path}).{_dead_owner_note(owner)} Wait for that run to "
+                    f"end or stop it, or pass another {role.option}."
                 ) from None
             except BaseException:
                 os.close(fd)
@@ -115,6 +168,7 @@ class WorkDirLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(record).encode(), 0)
         self._fd = fd
+        WorkDirLock._held[os.path.realpath(self.work_dir)] = self
         return LockOwner.parse(previous) if previous.strip() else None
 
     def release(self) -> None:
@@ -122,6 +176,7 @@ class WorkDirLock:
         if self._fd is None:
             return
         fd, self._fd = self._fd, None
+        WorkDirLock._held.pop(os.path.realpath(self.work_dir), None)
         try:
             if _same_file(fd, self.path):
                 self.path.unlink()
@@ -134,6 +189,25 @@ class WorkDirLock:
 
     def __exit__(self, *exc_info) -> None:
         self.release()
+
+
+os.register_at_fork(after_in_child=WorkDirLock._forget_in_forked_child)
+
+
+def _dead_owner_note(owner: LockOwner) -> str:
+    """For a lock whose recorded owner is gone: who still holds it."""
+    if owner.pid is None or owner.host != socket.gethostname():
+        return ""
+    try:
+        os.kill(owner.pid, 0)
+    except ProcessLookupError:
+        return (
+            f" Process {owner.pid} is no longer running: a process it started still holds the "
+            "lock (an orphaned DataLoader worker ends within about 10 s); run again shortly."
+        )
+    except PermissionError:
+        pass  # alive, another user's
+    return ""
 
 
 def _read(fd: int) -> str:
@@ -195,22 +269,29 @@ def checkpoint_to_resume(work_dir: str | os.PathLike) -> ResumeChoice:
 
     That is the file named in ``<work_dir>/last_checkpoint`` (mmengine's record of the latest
     save) when it can be read; else, when that record is missing, empty, or names a missing
-    or unreadable file (a run killed while writing it, a moved work dir), the newest readable
+    or incomplete file (a run killed while writing it, a moved work dir), the newest readable
     ``iter_<n>.pth`` of the work dir.
 
     Returns:
-        The choice: ``path`` is None when there is nothing to resume; ``skipped`` holds one
-        line per file passed over; ``fell_back`` tells that ``last_checkpoint`` was not used.
+        The choice: ``path`` is None when the work dir holds no checkpoint; ``skipped`` holds
+        one line per file passed over; ``fell_back`` tells that ``last_checkpoint`` was not
+        used.
+
+    Raises:
+        CheckpointError: A complete checkpoint met on the way is refused by the reader (it
+            holds Python objects outside the allow-list): resuming an older one, or none,
+            would write over it. Or checkpoints exist but none of them can be read.
     """
     work_dir = Path(work_dir)
-    skipped = []
-    record = work_dir / "last_checkpoint"
+    skipped, unreadable = [], []
+    record = work_dir / LAST_CHECKPOINT
     recorded = record.read_text().strip() if record.is_file() else ""
     if recorded:
         problem = _unreadable(recorded)
         if problem is None:
             return ResumeChoice(recorded)
         skipped.append(f"{record} names '{recorded}', which {problem}")
+        unreadable += [recorded] if os.path.isfile(recorded) else []
     elif record.is_file():
         skipped.append(f"{record} is empty")
     for path in iteration_checkpoints(work_dir):
@@ -220,15 +301,102 @@ def checkpoint_to_resume(work_dir: str | os.PathLike) -> ResumeChoice:
         if problem is None:
             return ResumeChoice(str(path), tuple(skipped), fell_back=True)
         skipped.append(f"'{path}' {problem}")
+        unreadable.append(str(path))
+    if unreadable:
+        raise CheckpointError(
+            f"--resume: no checkpoint of work dir '{work_dir}' can be read: "
+            f"{'; '.join(skipped)}. Pass --resume with a readable checkpoint file, delete the "
+            f"broken ones, or start over with {START_OVER_FLAG}."
+        )
     return ResumeChoice(None, tuple(skipped), fell_back=bool(skipped))
 
 
 def _unreadable(path: str) -> str | None:
-    """Why ``path`` cannot be resumed from, or None when it reads as a checkpoint."""
+    """Why ``path`` cannot be resumed from, or None when it reads as a checkpoint.
+
+    Raises:
+        CheckpointError: ``path`` is complete but refused by the reader (see
+            :func:`checkpoint_to_resume`).
+    """
     if not os.path.isfile(path):
         return "does not exist"
     try:
         read_checkpoint(path)
+    except UnsafeCheckpointError as error:
+        raise CheckpointError(
+            f"--resume: {error} It is not passed over: resuming an older checkpoint, or "
+            f"starting from scratch, would write over it. Move it out of the work dir, or "
+            "pass --resume with another checkpoint file, or another --work-dir."
+        ) from error
     except CheckpointError as error:
         return f"cannot be read: {error}"
     return None
+
+
+@dataclass(frozen=True)
+class TrainingStart:
+    """How a training begins in its work dir (see :func:`plan_training_start`).
+
+    Attributes:
+        resume: Continue a run (mmengine's ``resume``).
+        removed: The earlier run's files removed to start over.
+    """
+
+    resume: bool
+    removed: tuple[Path, ...] = ()
+
+
+def earlier_run_files(work_dir: str | os.PathLike) -> list[Path]:
+    """The checkpoints (and ``last_checkpoint``) an earlier training left in ``work_dir``."""
+    work_dir = Path(work_dir)
+    if not work_dir.is_dir():
+        return []
+    return sorted(
+        path
+        for path in work_dir.iterdir()
+        if (RUN_CHECKPOINT.match(path.name) or path.name == LAST_CHECKPOINT) and path.is_file()
+    )
+
+
+def plan_training_start(
+    work_dir: str | os.PathLike, resume: bool, resume_from: str | None, start_over: bool
+) -> TrainingStart:
+    """Decides how a training begins in ``work_dir``; call it while holding its lock.
+
+    Nothing in the work dir changes unless ``start_over`` is set and the work dir holds an
+    earlier run's checkpoints (they are then removed, so that the runs never mix).
+
+    Args:
+        work_dir: The training's work dir.
+        resume: ``--resume`` was given.
+        resume_from: Its checkpoint file, or None for the work dir's latest.
+        start_over: Remove an earlier run's checkpoints and train from the start.
+
+    Raises:
+        EarlierRunError: The work dir holds checkpoints, and neither ``resume`` nor
+            ``start_over`` is set.
+        CheckpointError: ``resume`` without a file, and the work dir's checkpoints cannot be
+            resumed (:func:`checkpoint_to_resume`).
+    """
+    if resume and start_over:
+        raise ValueError(f"--resume and {START_OVER_FLAG} exclude each other; pass one.")
+    earlier = earlier_run_files(work_dir)
+    if resume:
+        if resume_from is None:
+            checkpoint_to_resume(work_dir)  # raises when the work dir cannot be resumed
+        return TrainingStart(resume=True)
+    if earlier and not start_over:
+        newest = iteration_checkpoints(work_dir)
+        shown = (newest[0] if newest else earlier[0]).name
+        raise EarlierRunError(
+            f"Work dir '{work_dir}' holds checkpoints of an earlier run ({len(earlier)} files, "
+            f"e.g. {shown}); this run would write over them and mix the two. Pass --resume to "
+            f"continue that run, another --work-dir for a new one, or {START_OVER_FLAG} to "
+            "delete them and start over."
+        )
+    removed = []
+    for path in earlier:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed.append(path)
+    return TrainingStart(resume=False, removed=tuple(removed))

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+from unittest import mock
+
+import pytest
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+
+TOOLS = Path(__file__).resolve().parents[1] / "tools"
 
 
 @torch.no_grad()
@@ -28,3 +37,33 @@ def assert_outputs_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
     """Float32 round-off agreement: rtol 1e-4, atol scaled to the output magnitude."""
     atol = 1e-5 * max(1.0, expected.abs().max().item())
     torch.testing.assert_close(actual, expected, rtol=1e-4, atol=atol)
+
+
+def load_tool(name: str) -> ModuleType:
+    """``tools/<name>.py`` as a module (its ``__main__`` block not run)."""
+    spec = importlib.util.spec_from_file_location(f"tools_{name}", TOOLS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def tool_exit(name: str, argv: list[str], capsys) -> tuple[int, str]:
+    """Runs ``tools/<name>.py`` in this process as its ``__main__`` does (through
+    ``run_tool``, named in its messages as from the command line): ``(exit status, stderr)``.
+    """
+    from repvgg_seg.cli import run_tool
+
+    module = load_tool(name)
+    capsys.readouterr()
+    argv0 = mock.patch.object(sys, "argv", [f"tools/{name}.py", *argv])
+    with argv0, pytest.raises(SystemExit) as ended:
+        run_tool(lambda: module.main(argv))
+    return ended.value.code, capsys.readouterr().err
+
+
+def one_error_line(err: str, tool: str) -> str:
+    """The message of the one ``tools/<tool>.py: error: ...`` line that ``err`` must be."""
+    lines = [line for line in err.splitlines() if line.strip()]
+    prefix = f"tools/{tool}.py: error: "
+    assert len(lines) == 1 and lines[0].startswith(prefix), err
+    return lines[0].removeprefix(prefix)

@@ -8,12 +8,17 @@ checkpoint-hook cases drive mmengine's real Runner on a one-parameter model (sec
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import http.server
 import importlib.util
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -29,7 +34,8 @@ from mmseg.registry import DATASETS
 from test_train_test import CONFIG, ENV, ROOT, small
 from torch import nn
 
-from repvgg_seg.checkpoint import read_checkpoint
+from repvgg_seg.checkpoint import CheckpointError, UnsafeCheckpointError, read_checkpoint
+from repvgg_seg.cli import one_line
 from repvgg_seg.datasets import CityscapesDataError, make_synthetic_cityscapes
 from repvgg_seg.runtime import AtomicCheckpointRunner, NothingToTrainError
 from repvgg_seg.work_dir import (
@@ -38,6 +44,8 @@ from repvgg_seg.work_dir import (
     WorkDirLock,
     checkpoint_to_resume,
 )
+
+from helpers import one_error_line, tool_exit
 
 
 @pytest.fixture(scope="module")
@@ -304,17 +312,33 @@ def test_reading_a_checkpoint_keeps_mmengine_types_allowed(tmp_path):
     assert torch.load(path, weights_only=True)["message_hub"].current() == 2.0
 
 
-def train_in_process(work_dir: Path, data_root: Path, *options: str, flags=()) -> None:
-    """tools/train.py's main in this process (a subprocess would mostly measure imports)."""
+def train_argv(work_dir: Path, data_root: Path, *options: str, flags=()) -> list[str]:
     # Unique names: mmengine hands out an existing logger or visualizer of the same name.
     name = f"{work_dir.parent.name}_{time.monotonic_ns()}"
     options += (f"experiment_name={name}", f"visualizer.name={name}")
+    return train_command(work_dir, data_root, *options)[2:] + list(flags)
+
+
+@contextlib.contextmanager
+def one_thread():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # like ENV's OMP_NUM_THREADS=1: more threads only contend here
     try:
-        load_tool("train").main(train_command(work_dir, data_root, *options)[2:] + list(flags))
+        yield
     finally:
         torch.set_num_threads(threads)
+
+
+def train_in_process(work_dir: Path, data_root: Path, *options: str, flags=()) -> None:
+    """tools/train.py's main in this process (a subprocess would mostly measure imports)."""
+    with one_thread():
+        load_tool("train").main(train_argv(work_dir, data_root, *options, flags=flags))
+
+
+def train_exit(work_dir: Path, data_root: Path, *options: str, flags=(), capsys) -> tuple:
+    """tools/train.py run in this process as from the command line: (status, stderr)."""
+    with one_thread():
+        return tool_exit("train", train_argv(work_dir, data_root, *options, flags=flags), capsys)
 
 
 def test_resume_with_empty_last_checkpoint_and_leftovers(tmp_path, data_root, capfd):
@@ -349,10 +373,11 @@ def load_tool(name: str):
     return module
 
 
-def test_train_missing_config_is_one_line(tmp_path):
+def test_train_missing_config_is_one_line(tmp_path, capsys):
     missing = str(tmp_path / "nope.py")
-    with pytest.raises(SystemExit, match=rf"Config file '{re.escape(missing)}' does not exist"):
-        load_tool("train").main([missing])
+    status, err = tool_exit("train", [missing], capsys)
+    assert status == 2
+    assert one_error_line(err, "train").startswith(f"Config file '{missing}' does not exist")
 
 
 @pytest.mark.parametrize(
@@ -363,7 +388,7 @@ def test_train_missing_config_is_one_line(tmp_path):
         ("truncated", r"Checkpoint '{path}' is not a readable PyTorch checkpoint"),
     ],
 )
-def test_train_errors_are_one_line(tmp_path, data_root, case, expected):
+def test_train_errors_are_one_line(tmp_path, data_root, case, expected, capsys):
     checkpoint = tmp_path / "given.pth"
     options = []
     if case == "max_iters":
@@ -372,11 +397,10 @@ def test_train_errors_are_one_line(tmp_path, data_root, case, expected):
         torch.save({"state_dict": {"w": torch.zeros(1000)}}, checkpoint)
         checkpoint.write_bytes(b"" if case == "empty" else checkpoint.read_bytes()[:500])
     flags = [] if case == "max_iters" else ["--resume", str(checkpoint)]
-    with pytest.raises(SystemExit) as exit_info:
-        train_in_process(tmp_path / "w", data_root, *options, flags=flags)
-    message = str(exit_info.value.code)
-    pattern = "tools/train.py: error: " + expected.format(path=re.escape(str(checkpoint)))
-    assert re.match(pattern, message) and "\n" not in message, message
+    status, err = train_exit(tmp_path / "w", data_root, *options, flags=flags, capsys=capsys)
+    assert status == 2
+    message = one_error_line(err, "train")
+    assert re.match(expected.format(path=re.escape(str(checkpoint))), message), message
 
 
 def test_error_from_a_dataloader_worker_is_one_line():
@@ -389,8 +413,225 @@ def test_error_from_a_dataloader_worker_is_one_line():
     with pytest.raises(CityscapesDataError) as error:
         wrapped.reraise()  # what the main process gets: the worker's traceback in the text
     assert "Traceback" in str(error.value)
-    message = load_tool("train").one_line(error.value)
+    message = one_line(error.value)
     assert message == "Label 'x.png' holds values outside: 50 (9 pixels)."
+
+
+# --- issue 20: no tool destroys a user's file, a refused run changes nothing -----------------
+
+
+def snapshot(folder: Path) -> dict[str, int]:
+    """Every file under ``folder`` with its modification time (hidden ones included)."""
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*")}
+
+
+@pytest.mark.parametrize("link", ["same name", "hard link", "symlink to src", "src is a symlink"])
+def test_convert_refuses_to_write_over_its_source(tmp_path, capsys, link):
+    source = tmp_path / "segmentor.pth"
+    torch.save({"state_dict": {"backbone.stage0.0.fused_conv.weight": torch.ones(3)}}, source)
+    before = source.read_bytes()
+    src, dst = source, tmp_path / "other.pth"
+    if link == "same name":
+        dst = source
+    elif link == "hard link":
+        os.link(source, dst)
+    elif link == "symlink to src":
+        dst.symlink_to(source)
+    else:
+        src = tmp_path / "link.pth"
+        src.symlink_to(source)
+        dst = source
+    status, err = tool_exit("convert_checkpoint", [str(src), str(dst)], capsys)
+    assert status == 2
+    assert "would replace the source checkpoint" in one_error_line(err, "convert_checkpoint")
+    assert source.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def save_refused_checkpoint(path: Path) -> bytes:
+    """A complete checkpoint the reader refuses: its meta holds a datetime."""
+    torch.save({"meta": {"iter": 2, "time": datetime.datetime(2026, 1, 1)}}, path)
+    return path.read_bytes()
+
+
+def test_resume_refuses_a_complete_checkpoint_it_cannot_read(tmp_path, data_root, capsys):
+    work_dir = tmp_path / "work"
+    work_dir.mkdir()
+    save_iterations(work_dir, 1)
+    refused = save_refused_checkpoint(work_dir / "iter_2.pth")
+    (work_dir / "last_checkpoint").write_text(str(work_dir / "iter_2.pth"))
+    before = snapshot(work_dir)
+    status, err = train_exit(work_dir, data_root, flags=["--resume"], capsys=capsys)
+    assert status == 2
+    message = one_error_line(err, "train")
+    assert f"'{work_dir / 'iter_2.pth'}' holds Python objects" in message
+    assert "datetime.datetime" in message and "would write over it" in message
+    assert snapshot(work_dir) == before and (work_dir / "iter_2.pth").read_bytes() == refused
+
+
+def test_resume_refuses_a_work_dir_whose_checkpoints_are_all_broken(tmp_path, data_root, capsys):
+    work_dir = tmp_path / "work"
+    work_dir.mkdir()
+    (work_dir / "iter_4.pth").write_bytes(b"PK\3\4 truncated")
+    before = snapshot(work_dir)
+    status, err = train_exit(work_dir, data_root, flags=["--resume"], capsys=capsys)
+    assert status == 2
+    message = one_error_line(err, "train")
+    assert f"no checkpoint of work dir '{work_dir}' can be read" in message
+    assert "iter_4.pth" in message and "--overwrite-work-dir" in message
+    assert snapshot(work_dir) == before
+
+
+def test_new_run_over_an_earlier_one_is_refused_unless_asked(tmp_path, data_root, capsys):
+    work_dir = tmp_path / "work"
+    work_dir.mkdir()
+    save_iterations(work_dir, 2, 5)
+    (work_dir / "best_mIoU_iter_5.pth").write_bytes(b"best")
+    (work_dir / "last_checkpoint").write_text(str(work_dir / "iter_5.pth"))
+    before = snapshot(work_dir)
+    status, err = train_exit(work_dir, data_root, "train_cfg.max_iters=1", capsys=capsys)
+    assert status == 2
+    message = one_error_line(err, "train")
+    assert f"Work dir '{work_dir}' holds checkpoints of an earlier run (4 files" in message
+    for option in ("--resume", "--work-dir", "--overwrite-work-dir"):
+        assert option in message
+    assert snapshot(work_dir) == before
+
+    options = ("train_cfg.max_iters=1", "default_hooks.checkpoint.interval=1")
+    train_in_process(work_dir, data_root, *options, flags=["--overwrite-work-dir"])
+    # The earlier run's files are gone, not mixed in with this run's.
+    assert not {"iter_2.pth", "iter_5.pth", "best_mIoU_iter_5.pth"} & set(os.listdir(work_dir))
+    assert read_checkpoint(work_dir / "iter_1.pth")["meta"]["iter"] == 1
+    assert (work_dir / "last_checkpoint").read_text().endswith("iter_1.pth")
+
+
+def test_run_refused_as_busy_changes_nothing_in_the_work_dir(tmp_path, data_root, capsys):
+    work_dir = tmp_path / "work"
+    work_dir.mkdir()
+    (work_dir / "pspnet_repvgg_a0_synthetic.py").write_text("# the running training's config\n")
+    with WorkDirLock(work_dir):
+        before = snapshot(work_dir)
+        status, err = train_exit(
+            work_dir, data_root, "optim_wrapper.optimizer.lr=0.5", capsys=capsys
+        )
+        assert snapshot(work_dir) == before
+    assert status == 2 and "is in use by another training" in one_error_line(err, "train")
+    assert (work_dir / "pspnet_repvgg_a0_synthetic.py").read_text().startswith("# the running")
+
+
+def test_lock_is_not_held_by_processes_forked_from_its_owner(tmp_path):
+    # A DataLoader worker is a forked child; were it to keep the lock, a training killed
+    # with -9 would hold its work dir until the orphaned workers notice (about 10 s).
+    script = (
+        "import os, sys, time\n"
+        "from repvgg_seg.work_dir import WorkDirLock\n"
+        "WorkDirLock(sys.argv[1]).acquire()\n"
+        "if os.fork() == 0:\n"
+        "    time.sleep(60); os._exit(0)\n"
+        "print('locked', flush=True); time.sleep(60)\n"
+    )
+    owner = subprocess.Popen(
+        [sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert owner.stdout.readline().strip() == "locked"
+        with pytest.raises(WorkDirBusyError):
+            WorkDirLock(tmp_path).acquire()
+        owner.kill()
+        owner.wait()
+        stale = WorkDirLock(tmp_path).acquire()  # at once: the child holds no lock
+        assert stale is not None and stale.pid == owner.pid
+    finally:
+        owner.kill()
+        subprocess.run(["pkill", "-9", "-P", str(owner.pid)], check=False)
+
+
+def test_lock_held_after_its_owner_died_says_so(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock = WorkDirLock(tmp_path)
+    lock.acquire()
+    record = {"pid": dead.pid, "host": socket.gethostname(), "started": "t"}
+    os.ftruncate(lock._fd, 0)
+    os.pwrite(lock._fd, json.dumps(record).encode(), 0)
+    with pytest.raises(WorkDirBusyError, match=rf"Process {dead.pid} is no longer running"):
+        WorkDirLock(tmp_path).acquire()
+    lock.release()
+
+
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        (
+            "archh",
+            r"does not build: RepVGG.__init__\(\) got an unexpected keyword argument 'archh'",
+        ),
+        ("batch_size", r"batch_size should be a positive integer value, but got batch_size=0"),
+    ],
+)
+def test_train_config_mistakes_are_one_line(tmp_path, data_root, case, expected, capsys):
+    option = {
+        "archh": "model.backbone.archh=A0",
+        "batch_size": "train_dataloader.batch_size=0",
+    }[case]
+    status, err = train_exit(tmp_path / "w", data_root, option, capsys=capsys)
+    assert status == 2 and re.search(expected, one_error_line(err, "train"))
+
+
+class _NotFound(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_error(404)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_train_download_error_is_one_line(tmp_path, data_root, capsys, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _NotFound)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/weights/a0.pth"
+    config = tmp_path / "pretrained.py"
+    config.write_text(
+        f"_base_ = {CONFIG!r}\n"
+        "model = dict(backbone=dict(\n"
+        f"    init_cfg=dict(_delete_=True, type='Pretrained', checkpoint={url!r})))\n"
+    )
+    argv = train_argv(tmp_path / "w", data_root)
+    argv[0] = str(config)
+    try:
+        with one_thread():
+            status, err = tool_exit("train", argv, capsys)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert status == 1, err[-3000:]
+    message = one_error_line(err, "train")
+    assert (
+        message.startswith(f"Could not download {url}: HTTP Error 404") and message.count(url) == 1
+    )
+
+
+def test_corrupt_zip_and_symlink_loop_are_named_as_such(tmp_path):
+    path = tmp_path / "corrupt.pth"
+    torch.save({"state_dict": {"w": torch.zeros(100)}}, path)
+    data = bytearray(path.read_bytes())
+    pickle_start = data.index(b"\x80\x02")  # data.pkl's PROTO opcode, the zip's first entry
+    data[pickle_start + 2 : pickle_start + 12] = b"A" * 10
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError) as error:
+        read_checkpoint(path)
+    assert not isinstance(error.value, UnsafeCheckpointError)
+    assert "is not a readable PyTorch checkpoint" in str(error.value)
+    assert "not loaded for safety" not in str(error.value)
+
+    (tmp_path / "a.pth").symlink_to(tmp_path / "b.pth")
+    (tmp_path / "b.pth").symlink_to(tmp_path / "a.pth")
+    with pytest.raises(CheckpointError, match="is a loop of symbolic links"):
+        read_checkpoint(tmp_path / "a.pth")
+    (tmp_path / "dangling.pth").symlink_to(tmp_path / "gone.pth")
+    with pytest.raises(FileNotFoundError, match="is a symbolic link to .*gone.pth'"):
+        read_checkpoint(tmp_path / "dangling.pth")
 
 
 def build_dataset(root: Path, split: str = "train"):

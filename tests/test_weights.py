@@ -31,7 +31,7 @@ from repvgg_seg.weights import (
     published_weights,
 )
 
-from helpers import assert_outputs_close, randomize_bn
+from helpers import assert_outputs_close, one_error_line, randomize_bn, tool_exit
 
 FIXTURES = Path(__file__).parent / "fixtures" / "checkpoint_formats"
 ROOT = Path(__file__).resolve().parents[1]
@@ -490,10 +490,10 @@ def test_convert_tool_writes_a_strict_state_dict(tmp_path, fmt, deployed, flags)
     assert [p.name for p in dst.parent.iterdir()] == ["dst.pth"]
 
 
-def test_convert_tool_rejects_the_wrong_arch(tmp_path, caplog):
+def test_convert_tool_rejects_the_wrong_arch(tmp_path, capsys):
     torch.save(in_layout(source_model("A0").state_dict(), "official"), tmp_path / "src.pth")
-    assert (
-        convert_tool()([str(tmp_path / "src.pth"), str(tmp_path / "dst.pth"), "--arch", "A1"]) == 1
-    )
-    assert "RepVGG-A0 weights" in caplog.text and "RepVGG-A1" in caplog.text
+    argv = [str(tmp_path / "src.pth"), str(tmp_path / "dst.pth"), "--arch", "A1"]
+    status, err = tool_exit("convert_checkpoint", argv, capsys)
+    message = one_error_line(err, "convert_checkpoint")
+    assert status == 2 and "RepVGG-A0 weights" in message and "RepVGG-A1" in message
     assert not (tmp_path / "dst.pth").exists()

@@ -7,22 +7,19 @@ the backbone loads: the official release (``stage0.rbr_dense...``, with or witho
 ``module.``), mmpretrain, timm, our pretraining or mmseg checkpoints; training-time or
 fused. DST gets ``{'state_dict': ..., 'meta': {...}}`` (``--bare``: the state dict alone),
 which loads strictly into ``RepVGG(arch=ARCH, deploy=DEPLOY)``: DEPLOY is True when SRC was
-fused or ``--deploy`` fused it. The classification head is left out.
+fused or ``--deploy`` fused it. The classification head is left out. DST must be another
+file than SRC (also through a link): the conversion never replaces its own source.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import sys
-from pathlib import Path
+import os
 
-# Runnable from a checkout without installing the package.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from repvgg_seg.checkpoint import CheckpointError  # noqa: E402
-from repvgg_seg.models.arch import ARCHS  # noqa: E402
-from repvgg_seg.weights import ChecksumError, convert_checkpoint_file  # noqa: E402
+from repvgg_seg.cli import UsageError, run_tool
+from repvgg_seg.models.arch import ARCHS
+from repvgg_seg.weights import convert_checkpoint_file, resolve_checkpoint
 
 logger = logging.getLogger("tools.convert_checkpoint")
 
@@ -30,7 +27,7 @@ logger = logging.getLogger("tools.convert_checkpoint")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("src", help="checkpoint: local path, http(s) URL, or repvgg:NAME")
-    parser.add_argument("dst", help="output .pth file (written atomically)")
+    parser.add_argument("dst", help="output .pth file (written atomically; not SRC itself)")
     parser.add_argument(
         "--arch",
         choices=list(ARCHS),
@@ -45,23 +42,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def check_distinct(src: str, dst: str) -> None:
+    """Refuses a DST that is SRC's file (by inode: the same name, a hard or a symbolic link).
+
+    SRC is resolved first (a URL or published name to its cached file), so that a DST in the
+    weights cache cannot replace the cached source either.
+
+    Raises:
+        UsageError: DST is the file SRC reads.
+    """
+    source = resolve_checkpoint(src)
+    if os.path.exists(dst) and os.path.samefile(source, dst):
+        raise UsageError(
+            f"DST {dst!r} is the file SRC {src!r} reads ({os.path.realpath(source)}); writing "
+            "it would replace the source checkpoint. Pass another DST file name."
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        meta = convert_checkpoint_file(
-            args.src,
-            args.dst,
-            arch=args.arch,
-            deploy=True if args.deploy else None,
-            wrap=not args.bare,
-        )
-    except (CheckpointError, ChecksumError, FileNotFoundError, ConnectionError, ValueError) as e:
-        logger.error("%s", e)
-        return 1
+    check_distinct(args.src, args.dst)
+    meta = convert_checkpoint_file(
+        args.src,
+        args.dst,
+        arch=args.arch,
+        deploy=True if args.deploy else None,
+        wrap=not args.bare,
+    )
     logger.info("Load it with RepVGG(arch=%r, deploy=%s).", meta["arch"], meta["deploy"])
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_tool(main)

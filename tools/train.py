@@ -1,7 +1,13 @@
 """Trains a segmentor from an mmseg 1.x config (mmseg's own command line).
 
-    python tools/train.py configs/pspnet_repvgg_b2.py [--work-dir DIR] [--resume [CKPT]]
-        [--amp] [--cfg-options key=value ...] [--launcher {none,pytorch,slurm}]
+    python tools/train.py configs/pspnet_repvgg_b2.py [--work-dir DIR]
+        [--resume [CKPT] | --overwrite-work-dir] [--amp] [--cfg-options key=value ...]
+        [--launcher {none,pytorch,slurm}]
+
+A work dir holds one training: a second one started in it while it runs is refused, and a
+run started where an earlier one left checkpoints must say what it wants: ``--resume`` to
+continue that run, or ``--overwrite-work-dir`` to delete its checkpoints and start over. A
+refused run changes nothing in the work dir.
 
 Multi-GPU (or multi-process CPU): tools/dist_train.sh CONFIG NUM_PROCESSES [args].
 """
@@ -9,38 +15,23 @@ Multi-GPU (or multi-process CPU): tools/dist_train.sh CONFIG NUM_PROCESSES [args
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import os.path as osp
+import re
 
 import torch
 from mmengine.config import Config, DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-from repvgg_seg.checkpoint import CheckpointError
-from repvgg_seg.datasets import CityscapesDataError
-from repvgg_seg.runtime import (
-    NothingToTrainError,
-    WorkDirBusyError,
-    configure_for_cpu,
-    init_cpu_distributed,
-)
+from repvgg_seg.cli import UsageError, load_config, run_tool
+from repvgg_seg.runtime import claim_work_dir, configure_for_cpu, init_distributed
+from repvgg_seg.work_dir import START_OVER_FLAG
 
-# Errors whose message names the file or setting at fault and says what to do: printed as
-# one line (no traceback) with a non-zero exit.
-USER_ERRORS = (CheckpointError, CityscapesDataError, NothingToTrainError, WorkDirBusyError)
-
-
-def one_line(error: BaseException) -> str:
-    """The message of ``error``; of one re-raised from a DataLoader worker, the original's."""
-    text = str(error).strip()
-    if "Original Traceback" in text:  # torch's ExceptionWrapper.reraise
-        text = text.splitlines()[-1].split(": ", 1)[-1]
-    return text
-
-
-logger = logging.getLogger("tools.train")
+# A config key that no constructor takes (a typo): "RepVGG.__init__() got an unexpected
+# keyword argument 'archh'" (mmengine's registry may prefix "class `X` in path.py: "), or a
+# type no registry knows ("... is not in the mmseg::model registry").
+_BAD_KEY = re.compile(r"(\w+\.__init__\(\) .*)|(\S+ is not in the \S+ registry.*)")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -49,13 +40,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--work-dir", help="where logs and checkpoints go (default: work_dirs/<config name>)"
     )
-    parser.add_argument(
+    start = parser.add_mutually_exclusive_group()
+    start.add_argument(
         "--resume",
         nargs="?",
         const="auto",
         default=None,
         metavar="CHECKPOINT",
         help="resume training: from the latest checkpoint in the work dir, or from CHECKPOINT",
+    )
+    start.add_argument(
+        START_OVER_FLAG,
+        dest="overwrite_work_dir",
+        action="store_true",
+        help="start over in a work dir that holds an earlier run's checkpoints: they "
+        "(iter_*.pth, epoch_*.pth, best_*.pth, last_checkpoint) are deleted first; its logs "
+        "stay",
     )
     parser.add_argument(
         "--amp", action="store_true", help="automatic mixed precision (needs a GPU)"
@@ -75,43 +75,60 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def build_config(args: argparse.Namespace) -> Config:
-    """The config with the command-line settings applied."""
-    if not osp.isfile(args.config):
-        raise SystemExit(
-            f"Config file '{args.config}' does not exist (working directory: {os.getcwd()}). "
-            "Pass one of the files under configs/, e.g. configs/pspnet_repvgg_a0.py."
-        )
-    cfg = Config.fromfile(args.config)
+    """The config with the command-line settings applied.
+
+    Raises:
+        UsageError: A missing or unreadable config, options that do not apply, or ``--amp``
+            without a GPU.
+    """
+    cfg = load_config(args.config, args.cfg_options)
     cfg.launcher = args.launcher
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
     if args.work_dir:
         cfg.work_dir = args.work_dir
     elif cfg.get("work_dir") is None:
         cfg.work_dir = osp.join("work_dirs", osp.splitext(osp.basename(args.config))[0])
     if args.amp:
         if not torch.cuda.is_available():
-            raise SystemExit("--amp needs a CUDA GPU (mmengine's AmpOptimWrapper); none found.")
+            raise UsageError("--amp needs a CUDA GPU (mmengine's AmpOptimWrapper); none found.")
         cfg.optim_wrapper.type = "AmpOptimWrapper"
         cfg.optim_wrapper.setdefault("loss_scale", "dynamic")
     if args.resume:
         cfg.resume = True
-        # None makes mmengine pick the latest checkpoint of work_dir.
+        # None makes the runner pick the latest checkpoint of work_dir.
         cfg.load_from = None if args.resume == "auto" else args.resume
     configure_for_cpu(cfg)
     return cfg
 
 
+def build_runner(cfg: Config, config_path: str) -> Runner:
+    """The config's runner; a setting no constructor takes is the user's error.
+
+    Raises:
+        UsageError: A constructor refused an argument (a typo in a key, e.g.
+            ``--cfg-options model.backbone.archh=A0``).
+    """
+    try:
+        return RUNNERS.build(cfg) if "runner_type" in cfg else Runner.from_cfg(cfg)
+    except (TypeError, KeyError) as error:
+        found = _BAD_KEY.search(str(error.args[0]) if error.args else "")
+        if found is None:
+            raise
+        raise UsageError(
+            f"Config '{config_path}' does not build: {found.group(0).rstrip('.')}. Check the "
+            "key's spelling in the config and in --cfg-options."
+        ) from error
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     cfg = build_config(args)
-    init_cpu_distributed(args.launcher)
-    try:
-        runner = RUNNERS.build(cfg) if "runner_type" in cfg else Runner.from_cfg(cfg)
-        runner.train()
-    except USER_ERRORS as error:
-        raise SystemExit(f"tools/train.py: error: {one_line(error)}") from None
+    init_distributed(args.launcher, cfg)
+    # Claimed before the runner is built: building it writes the config and a log into the
+    # work dir, which a refused run must leave as it is.
+    resume_from = cfg.get("load_from") if args.resume else None
+    with claim_work_dir(cfg.work_dir, bool(args.resume), resume_from, args.overwrite_work_dir):
+        build_runner(cfg, args.config).train()
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)
