@@ -118,14 +118,17 @@ def print_report(report: DeployReport) -> None:
         print(f"removed the staging folder of a killed deploy run: {path}")
     print(f"conv+BN pairs folded outside RepVGG blocks: {report.folded_pairs}")
     print(f"convs run by Winograd F(4x4,3x3) on CPU: {report.winograd_convs}")
-    for name, agreement in report.fusion_checks + report.precision_checks:
+    for name, agreement in report.fusion_checks:
         print(f"{name}: {agreement.describe()}: {'ok' if agreement.ok else 'FAILED'}")
     for name, agreement in report.precision_checks:
         agreeing = 1 - agreement.changed / max(agreement.num_compared, 1)
         print(
-            f"{name}: pixel agreement {100 * agreeing:.2f} %, max |logit diff| "
+            f"{name}: pixel agreement {100 * agreeing:.2f} % "
+            f"({agreement.changed}/{agreement.num_compared} changed, "
+            f"{agreement.changed_beyond_margin} beyond the bf16 margin), max |logit diff| "
             f"{agreement.max_relative_diff / BF16_UNIT_ROUNDOFF:.2g} x bf16 round-off (2^-8) "
-            "of the largest logit"
+            f"of the largest logit (accepted {agreement.rtol / BF16_UNIT_ROUNDOFF:g}): "
+            f"{'ok' if agreement.ok else 'FAILED'}"
         )
     for index, agreement in enumerate(report.onnx_agreements or []):
         status = "ok" if agreement.max_abs_diff <= report.onnx_atol else "FAILED"
