@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import io
+import re
 from pathlib import Path
 
 import cv2
@@ -24,11 +25,13 @@ from repvgg_seg.inference import (
     load_inference_model,
     read_image,
 )
+from repvgg_seg.inference.run import INFER_LOCK, Progress
 from repvgg_seg.loader import build_segmentor
 from repvgg_seg.models import RepVGGBlock
 from repvgg_seg.reparam import reparameterize_model
+from repvgg_seg.work_dir import WorkDirLock
 
-from helpers import randomize_bn
+from helpers import one_error_line, randomize_bn, tool_exit
 
 ROOT = Path(__file__).resolve().parents[1]
 SYNTHETIC_CONFIG = ROOT / "configs" / "pspnet_repvgg_a0_synthetic.py"
@@ -199,8 +202,8 @@ def test_nothing_is_overwritten_without_the_flag(checkpoints, image_folder, tmp_
     assert tool.main(argv) == 0
     overlay = out / "overlays" / "street.png"
     before = overlay.stat().st_mtime_ns
-    assert tool.main(argv) == 2
-    assert "--overwrite" in capsys.readouterr().err
+    status, err = tool_exit("infer", argv, capsys)
+    assert status == 2 and "--overwrite" in one_error_line(err, "infer")
     assert overlay.stat().st_mtime_ns == before
     assert tool.main([*argv, "--overwrite"]) == 0
     assert sorted(p.name for p in out.rglob("*") if p.is_file()) == ["street.png", "street.png"]
@@ -232,16 +235,18 @@ def test_video_in_annotated_video_out(checkpoints, tmp_path, capsys):
 
 
 def test_bad_arguments_run_nothing(checkpoints, image_folder, tmp_path, capsys):
-    tool = load_tool()
     config, checkpoint, _ = checkpoints["training-time"]
     missing = tmp_path / "no_such_photo.jpg"
     out = str(tmp_path / "out")
-    assert tool.main([str(config), str(checkpoint), str(missing), "--out-dir", out]) == 2
-    assert str(missing) in capsys.readouterr().err
+    status, err = tool_exit(
+        "infer", [str(config), str(checkpoint), str(missing), "--out-dir", out], capsys
+    )
+    assert status == 2 and str(missing) in one_error_line(err, "infer")
     # A tools/deploy.py checkpoint with the training config: named, and the fix said.
     _, deployed, _ = checkpoints["deployed"]
-    assert tool.main([str(config), str(deployed), str(image_folder), "--out-dir", out]) == 2
-    assert "_deploy.py config" in capsys.readouterr().err
+    argv = [str(config), str(deployed), str(image_folder), "--out-dir", out]
+    status, err = tool_exit("infer", argv, capsys)
+    assert status == 2 and "_deploy.py config" in one_error_line(err, "infer")
     assert not (tmp_path / "out").exists()
 
 
@@ -264,6 +269,160 @@ def test_cuda_gives_the_same_labels_for_every_form(checkpoints, image_folder, tm
         np.testing.assert_array_equal(labels["deployed", "cuda"][name], reference, err_msg=name)
         # GPU and CPU sum in other orders: only near-ties may differ.
         assert (labels["training-time", "cpu"][name] != reference).mean() < 0.01, name
+
+
+# ------------------------------------------------- issue 20: results never cost an input
+
+
+def infer_argv(checkpoints, *inputs, out: Path, form: str = "fused") -> list[str]:
+    config, checkpoint, flags = checkpoints[form]
+    return [str(config), str(checkpoint), *map(str, inputs), "--out-dir", str(out), *flags]
+
+
+def test_input_inside_the_results_is_never_replaced(checkpoints, tmp_path, capsys):
+    out = tmp_path / "d"
+    image = out / "overlays" / "a.png"
+    write_image(image, 20, 30, "RGB", 0)
+    before = image.read_bytes()
+    for flags in ([], ["--overwrite"]):
+        argv = infer_argv(checkpoints, image, out=out) + flags
+        status, err = tool_exit("infer", argv, capsys)
+        message = one_error_line(err, "infer")
+        assert status == 2 and f"Input '{image}' would be replaced by the result" in message
+        assert "exist already" not in message  # an input is no result
+    assert image.read_bytes() == before
+
+
+def test_results_of_all_inputs_are_distinct_before_anything_runs(checkpoints, tmp_path, capsys):
+    folder = tmp_path / "in"
+    write_image(folder / "clip" / "000000.png", 16, 16, "RGB", 0)
+    (folder / "clip.mp4").write_bytes(b"")  # never opened: the clash is found first
+    out = tmp_path / "out"
+    status, err = tool_exit(
+        "infer", infer_argv(checkpoints, folder, out=out) + ["--save-labels"], capsys
+    )
+    message = one_error_line(err, "infer")
+    assert status == 2 and "would both write" in message
+    assert str(out / "labels" / "clip") in message and not out.exists()
+
+
+def test_results_inside_an_input_folder_are_not_inputs(checkpoints, image_folder, capsys):
+    out = image_folder / "res"
+    for flags in ([], ["--overwrite"]):  # the second run sees the first one's results
+        assert load_tool().main(infer_argv(checkpoints, image_folder, out=out) + flags) == 0
+        assert "segmented 5 images" in capsys.readouterr().out
+    assert len(list((out / "overlays").rglob("*.png"))) == 5
+    status, err = tool_exit(
+        "infer", infer_argv(checkpoints, image_folder, out=image_folder), capsys
+    )
+    message = one_error_line(err, "infer")
+    assert status == 2 and f"--out-dir '{image_folder}' is the input folder" in message
+
+
+@pytest.mark.parametrize("case", ["out-dir is a file", "read-only", "folder at a result"])
+def test_unusable_out_dir_is_one_line(checkpoints, image_folder, tmp_path, capsys, case):
+    image = image_folder / "street.png"
+    out = tmp_path / "out"
+    if case == "out-dir is a file":
+        out.write_text("a file")
+        expected = f"--out-dir '{out}': '{out}' is a file, not a folder"
+    elif case == "read-only":
+        out = Path("/sys/repvgg_seg_out")  # refused even to root
+        expected = f"Cannot write into --out-dir '{out}'"
+    else:
+        (out / "overlays" / "street.png").mkdir(parents=True)
+        expected = f"Result '{out / 'overlays' / 'street.png'}' is an existing folder"
+    status, err = tool_exit("infer", infer_argv(checkpoints, image, out=out), capsys)
+    assert status == 2 and one_error_line(err, "infer").startswith(expected)
+
+
+def test_image_above_max_pixels_is_skipped_before_decoding(
+    checkpoints, image_folder, tmp_path, capsys, monkeypatch
+):
+    decoded = []
+    real_convert = Image.Image.convert
+    monkeypatch.setattr(
+        Image.Image,
+        "convert",
+        lambda im, *a, **k: decoded.append(im.size) or real_convert(im, *a, **k),
+    )
+    argv = infer_argv(checkpoints, image_folder, out=tmp_path / "out") + ["--max-pixels", "1500"]
+    assert load_tool().main(argv) == 1
+    captured = capsys.readouterr()
+    assert "segmented 2 images" in captured.out and "3 failed" in captured.out
+    assert (
+        f"{image_folder / 'wide.jpg'}: 90x20 pixels (0.0 MP) is above --max-pixels 1500"
+        in captured.err
+    )
+    assert all(width * height <= 1500 for width, height in decoded)
+
+
+def write_video(path: Path, frames: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (56, 40))
+    for seed in range(frames):
+        writer.write(blobs(40, 56, seed))
+    writer.release()
+
+
+def test_truncated_video_is_reported(checkpoints, tmp_path, capsys):
+    video = tmp_path / "clips" / "drive.avi"
+    write_video(video, 8)
+    data = video.read_bytes()
+    video.write_bytes(data[: len(data) // 2])  # the header still declares 8 frames
+    assert load_tool().main(infer_argv(checkpoints, video, out=tmp_path / "out")) == 1
+    captured = capsys.readouterr()
+    decoded = int(re.search(r"and (\d+) frames of 1 videos", captured.out).group(1))
+    assert 0 < decoded < 8
+    assert f"{video}: decoded {decoded} of the 8 frames its container declares" in captured.err
+
+
+def test_ctrl_c_says_what_was_finished(checkpoints, image_folder, tmp_path, capsys, monkeypatch):
+    import repvgg_seg.inference.run as run
+
+    calls = []
+    real = run.predict_labels
+
+    def interrupted_on_third(model, images):
+        calls.append(len(images))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(model, images)
+
+    monkeypatch.setattr(run, "predict_labels", interrupted_on_third)
+    out = tmp_path / "out"
+    status, err = tool_exit("infer", infer_argv(checkpoints, image_folder, out=out), capsys)
+    assert status == 130 and err.strip().endswith("tools/infer.py: error: interrupted (Ctrl-C)")
+    assert "Traceback" not in err
+    assert len(list(out.rglob("*.png"))) == 2 and not list(out.rglob(".*"))
+
+
+def test_killed_runs_leftovers_are_removed_and_a_live_run_is_not_disturbed(
+    checkpoints, image_folder, tmp_path, capsys
+):
+    out = tmp_path / "out"
+    leftover = out / "overlays" / "nested" / ".street.png.k2j4_x9a.part"
+    leftover.parent.mkdir(parents=True)
+    leftover.write_bytes(b"\0" * 100)
+    argv = infer_argv(checkpoints, image_folder, out=out)
+    with WorkDirLock(out, INFER_LOCK):
+        status, err = tool_exit("infer", argv, capsys)
+        assert status == 2 and "is in use by another tools/infer.py run" in one_error_line(
+            err, "infer"
+        )
+        assert leftover.exists()
+    assert load_tool().main(argv + ["--overwrite"]) == 0
+    assert f"removed {leftover}" in capsys.readouterr().err and not leftover.exists()
+
+
+def test_images_per_second_counts_only_segmented_images():
+    stream = io.StringIO()
+    progress = Progress(total=4, stream=stream)
+    progress.start -= 2.0  # two seconds in
+    progress.update(3, segmented=False)
+    progress.update(1)
+    progress.close()
+    assert "4/4" in stream.getvalue() and " 0.50 images/s" in stream.getvalue()
 
 
 # --------------------------------------------------------------------------- units

@@ -2,16 +2,21 @@
 
     python tools/infer.py CONFIG CHECKPOINT INPUTS... --out-dir DIR [--device cpu|cuda]
         [--batch-size N] [--opacity A] [--fuse] [--save-labels] [--palette cityscapes]
-        [--overwrite] [--strict-float32]
+        [--overwrite] [--strict-float32] [--max-pixels N]
 
 CHECKPOINT is a training-time checkpoint (``--fuse`` re-parameterizes it first), a fused one
 (recognised by its keys), or a ``tools/deploy.py`` output with its ``*_deploy.py`` config.
 INPUTS are images, folders (searched recursively) and videos. Results mirror the inputs'
 folders under ``DIR/overlays`` (and ``DIR/labels`` with ``--save-labels``: train-id PNGs of
 the input's size). On CUDA, cuDNN's TF32 convs (PyTorch's default) can flip the class of
-near-tie pixels between checkpoint forms; ``--strict-float32`` turns TF32 off. Exit status:
-0 when every input was segmented, 1 when some could not be read (they are listed), 2 when
-nothing was run (bad arguments, existing outputs).
+near-tie pixels between checkpoint forms; ``--strict-float32`` turns TF32 off.
+
+Results never replace an input, are distinct for all inputs, and are never searched as
+inputs; ``--overwrite`` replaces only results. An image above ``--max-pixels`` is skipped
+before it is decoded (the bound on one image's memory). Exit status: 0 when every input was
+segmented, 1 when some could not be read or a video gave fewer frames than it declares (they
+are listed), 2 when nothing was run (bad arguments, existing results), 130 on Ctrl-C (after
+saying what was finished).
 """
 
 from __future__ import annotations
@@ -23,13 +28,14 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from repvgg_seg.equivalence import strict_float32  # noqa: E402
-from repvgg_seg.inference import (  # noqa: E402
+from repvgg_seg.cli import UsageError, run_tool
+from repvgg_seg.equivalence import strict_float32
+from repvgg_seg.inference import (
+    DEFAULT_MAX_PIXELS,
     PALETTE_NAMES,
     Palette,
     RunSummary,
+    claim_out_dir,
     existing_outputs,
     find_sources,
     load_inference_model,
@@ -67,6 +73,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--overwrite", action="store_true", help="replace results that exist already"
     )
     parser.add_argument(
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        metavar="N",
+        help="skip images (and videos) of more pixels per image, before decoding them: the "
+        f"bound on one image's memory (default {DEFAULT_MAX_PIXELS}, 6000x6000)",
+    )
+    parser.add_argument(
         "--strict-float32",
         action="store_true",
         help="true float32 on CUDA (TF32 off), as the fusion checks run: every checkpoint form "
@@ -77,6 +91,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--opacity must be between 0 and 1, got {args.opacity}")
     if args.batch_size < 1:
         parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.max_pixels < 1:
+        parser.error(f"--max-pixels must be at least 1, got {args.max_pixels}")
     return args
 
 
@@ -95,38 +111,43 @@ def describe(summary: RunSummary, device: str) -> str:
         f"segmented {done} in {summary.seconds:.1f} s "
         f"({summary.images_per_second:.2f} images/s) on {device}"
     )
+    if summary.interrupted:
+        text = "interrupted (Ctrl-C): " + text
     return text + (f"; {len(summary.failed)} failed" if summary.failed else "")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        palette = Palette.from_dataset(args.palette)
-        device = resolve_device(args.device)
-        sources = find_sources(args.inputs, args.out_dir, args.save_labels)
-        existing = existing_outputs(sources)
-        if existing and not args.overwrite:
-            raise ValueError(
-                f"{len(existing)} result(s) exist already, e.g. {str(existing[0])!r}; pass "
-                "--overwrite to replace them, or choose another --out-dir."
+    palette = Palette.from_dataset(args.palette)
+    device = resolve_device(args.device)
+    sources = find_sources(args.inputs, args.out_dir, args.save_labels)
+    existing = existing_outputs(sources)
+    if existing and not args.overwrite:
+        raise UsageError(
+            f"{len(existing)} result(s) exist already, e.g. {str(existing[0])!r}; pass "
+            "--overwrite to replace them, or choose another --out-dir."
+        )
+    model = load_inference_model(args.config, args.checkpoint, device, fuse=args.fuse)
+    if num_classes_of(model) != len(palette.classes):
+        raise UsageError(
+            f"The model predicts {num_classes_of(model)} classes but palette "
+            f"{args.palette!r} has {len(palette.classes)}; pass a --palette with "
+            f"{num_classes_of(model)} classes."
+        )
+    with claim_out_dir(args.out_dir) as leftovers:
+        for path in leftovers:
+            print(f"removed {path}, left by a run that was killed", file=sys.stderr)
+        with strict_float32() if args.strict_float32 else contextlib.nullcontext():
+            summary = segment_sources(
+                model, sources, palette, args.opacity, args.batch_size, max_pixels=args.max_pixels
             )
-        model = load_inference_model(args.config, args.checkpoint, device, fuse=args.fuse)
-        if num_classes_of(model) != len(palette.classes):
-            raise ValueError(
-                f"The model predicts {num_classes_of(model)} classes but palette "
-                f"{args.palette!r} has {len(palette.classes)}; pass a --palette with "
-                f"{num_classes_of(model)} classes."
-            )
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    with strict_float32() if args.strict_float32 else contextlib.nullcontext():
-        summary = segment_sources(model, sources, palette, args.opacity, args.batch_size)
     for _, reason in summary.failed:
-        print(f"skipped {reason}", file=sys.stderr)
+        print(f"failed: {reason}", file=sys.stderr)
     print(describe(summary, describe_device(device)) + f"; results in {args.out_dir}")
+    if summary.interrupted:
+        raise KeyboardInterrupt
     return 1 if summary.failed else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_tool(main)

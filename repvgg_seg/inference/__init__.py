@@ -4,13 +4,15 @@
   and predict label maps at each input's own size with mmseg's ``inference_model``;
 - :mod:`.sources`: the inputs (files, folders, videos), their output paths, image reading;
 - :mod:`.overlay`: label colours blended over the image, with a legend;
-- :mod:`.run`: the loop over all inputs, with batching, progress and a summary.
+- :mod:`.run`: the loop over all inputs, with batching, progress and a summary; the output
+  folder held for one run.
 """
 
 from .model import load_inference_model, num_classes_of, predict_labels, resolve_device
 from .overlay import PALETTE_NAMES, Palette, draw_overlay, legend_entries
-from .run import RunSummary, segment_sources
+from .run import RunSummary, claim_out_dir, segment_sources
 from .sources import (
+    DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
     VIDEO_EXTENSIONS,
     Source,
@@ -21,6 +23,7 @@ from .sources import (
 )
 
 __all__ = [
+    "DEFAULT_MAX_PIXELS",
     "IMAGE_EXTENSIONS",
     "PALETTE_NAMES",
     "VIDEO_EXTENSIONS",
@@ -28,6 +31,7 @@ __all__ = [
     "RunSummary",
     "Source",
     "UnreadableInputError",
+    "claim_out_dir",
     "draw_overlay",
     "existing_outputs",
     "find_sources",

@@ -1,8 +1,16 @@
-"""Segmenting images and videos: batching, writing the results, progress and a summary."""
+"""Segmenting images and videos: batching, writing the results, progress and a summary.
+
+:func:`claim_out_dir` holds the output folder for one run (a second run into it is refused)
+and removes the temporary files of killed runs; :func:`segment_sources` then writes every
+result atomically, so an interrupted run leaves complete results or none.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import math
+import os
 import shutil
 import sys
 import tempfile
@@ -17,10 +25,11 @@ import numpy as np
 from mmseg.models.segmentors import EncoderDecoder
 from PIL import Image
 
-from ..atomic_io import write_atomically
+from ..atomic_io import remove_stale_temporaries, write_atomically
+from ..work_dir import LockRole, WorkDirLock
 from .model import predict_labels
 from .overlay import Palette, draw_overlay
-from .sources import Source, UnreadableInputError, read_image
+from .sources import LABEL_DIR, OVERLAY_DIR, Source, UnreadableInputError, check_pixels, read_image
 
 VIDEO_CODEC = "mp4v"  # MPEG-4 Part 2: encodable by every opencv-python build, played widely
 
@@ -34,7 +43,9 @@ class RunSummary:
         videos: Videos segmented.
         frames: Video frames segmented (all videos).
         seconds: Wall time, reading and writing included.
-        failed: ``(file, reason)`` of every input that could not be read.
+        failed: ``(file, reason)`` of every input that could not be read (a video cut
+            short is listed with the frames it gave).
+        interrupted: Ctrl-C stopped the run; the counts say what was finished.
     """
 
     images: int = 0
@@ -42,6 +53,7 @@ class RunSummary:
     frames: int = 0
     seconds: float = 0.0
     failed: list[tuple[Path, str]] = field(default_factory=list)
+    interrupted: bool = False
 
     @property
     def images_per_second(self) -> float:
@@ -49,16 +61,21 @@ class RunSummary:
 
 
 class Progress:
-    """One status line (done/total, images/s, ETA), redrawn at most 5 times a second."""
+    """One status line (done/total, images/s, ETA), redrawn at most 5 times a second.
+
+    Inputs that failed count as done but not in the rate: images/s is of segmented ones.
+    """
 
     def __init__(self, total: int | None, stream: TextIO | None = None) -> None:
         self.total = total
         self.done = 0
+        self.segmented = 0
         self.stream = stream if stream is not None else sys.stderr
         self.start = self.last_draw = time.perf_counter()
 
-    def update(self, count: int = 1) -> None:
+    def update(self, count: int = 1, segmented: bool = True) -> None:
         self.done += count
+        self.segmented += count if segmented else 0
         now = time.perf_counter()
         if now - self.last_draw >= 0.2 or self.done == self.total:
             self.last_draw = now
@@ -71,7 +88,7 @@ class Progress:
 
     def _draw(self, now: float) -> None:
         elapsed = now - self.start
-        rate = self.done / elapsed if elapsed > 0 else 0.0
+        rate = self.segmented / elapsed if elapsed > 0 else 0.0
         if self.total:
             filled = min(20, 20 * self.done // self.total)
             eta = (self.total - self.done) / rate if rate > 0 else math.inf
@@ -83,6 +100,39 @@ class Progress:
         self.stream.flush()
 
 
+INFER_LOCK = LockRole(".infer.lock", "--out-dir", "another tools/infer.py run", "--out-dir")
+_NO_FLOCK = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)
+
+
+@contextlib.contextmanager
+def claim_out_dir(out_dir: str | os.PathLike) -> Iterator[list[Path]]:
+    """Holds ``out_dir`` for one run (created if missing); yields the temporary files of
+    killed runs that it removed from the result folders.
+
+    Raises:
+        WorkDirBusyError: Another live run writes into ``out_dir``.
+        PermissionError: ``out_dir`` cannot be created or written to.
+    """
+    lock = WorkDirLock(out_dir, INFER_LOCK)
+    try:
+        lock.acquire()
+    except OSError as error:
+        if error.errno not in _NO_FLOCK:
+            raise PermissionError(
+                f"Cannot write into --out-dir {os.fspath(out_dir)!r} "
+                f"({error.strerror or error}); pass a folder you can write to."
+            ) from error
+        # A file system without flock: runs into one out dir are not kept apart.
+    try:
+        removed = []
+        for name in (OVERLAY_DIR, LABEL_DIR):
+            for folder, _, _ in os.walk(Path(out_dir) / name):
+                removed += remove_stale_temporaries(folder)
+        yield removed
+    finally:
+        lock.release()
+
+
 def segment_sources(
     model: EncoderDecoder,
     sources: list[Source],
@@ -90,12 +140,14 @@ def segment_sources(
     opacity: float = 0.5,
     batch_size: int = 1,
     progress_stream: TextIO | None = None,
+    max_pixels: int | None = None,
 ) -> RunSummary:
     """Segments every source and writes its overlay (and labels, where the source asks).
 
     Consecutive images of one size share a batch of up to ``batch_size``; video frames are
-    batched likewise. An input that cannot be decoded is recorded in the summary and
-    skipped; other errors stop the run.
+    batched likewise. An input that cannot be decoded, or has more than ``max_pixels``
+    pixels, is recorded in the summary and skipped; Ctrl-C ends the run with the summary of
+    what was finished (``interrupted``); other errors stop the run.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
@@ -106,15 +158,32 @@ def segment_sources(
     progress = Progress(total, progress_stream)
     summary = RunSummary()
     start = time.perf_counter()
-    render = _Renderer(model, palette, opacity)
+    render = _Renderer(model, palette, opacity, max_pixels)
+    try:
+        _segment_images(render, images, batch_size, progress, summary)
+        for video, declared in zip(videos, frame_counts):
+            _segment_video(render, video, declared, batch_size, progress, summary)
+    except KeyboardInterrupt:
+        summary.interrupted = True
+    progress.close()
+    summary.seconds = time.perf_counter() - start
+    return summary
 
+
+def _segment_images(
+    render: _Renderer,
+    images: list[Source],
+    batch_size: int,
+    progress: Progress,
+    summary: RunSummary,
+) -> None:
     batch: list[tuple[Source, np.ndarray]] = []
     for source in images:
         try:
-            image = read_image(source.path)
+            image = read_image(source.path, render.max_pixels)
         except UnreadableInputError as error:
             summary.failed.append((source.path, str(error)))
-            progress.update()
+            progress.update(segmented=False)
             continue
         if batch and (len(batch) == batch_size or image.shape != batch[0][1].shape):
             summary.images += render.images(batch, progress)
@@ -123,15 +192,31 @@ def segment_sources(
     if batch:
         summary.images += render.images(batch, progress)
 
-    for video in videos:
-        try:
-            summary.frames += render.video(video, batch_size, progress)
-            summary.videos += 1
-        except UnreadableInputError as error:
-            summary.failed.append((video.path, str(error)))
-    progress.close()
-    summary.seconds = time.perf_counter() - start
-    return summary
+
+def _segment_video(
+    render: _Renderer,
+    video: Source,
+    declared: int,
+    batch_size: int,
+    progress: Progress,
+    summary: RunSummary,
+) -> None:
+    try:
+        frames = render.video(video, batch_size, progress)
+    except UnreadableInputError as error:
+        summary.failed.append((video.path, str(error)))
+        return
+    summary.frames += frames
+    summary.videos += 1
+    if declared and frames != declared:
+        # OpenCV stops at the first frame it cannot decode, silently: a file cut short.
+        summary.failed.append(
+            (
+                video.path,
+                f"{video.path}: decoded {frames} of the {declared} frames its container "
+                f"declares (truncated or damaged?); {video.overlay} holds those {frames}.",
+            )
+        )
 
 
 @dataclass
@@ -139,6 +224,7 @@ class _Renderer:
     model: EncoderDecoder
     palette: Palette
     opacity: float
+    max_pixels: int | None = None
 
     def images(self, batch: list[tuple[Source, np.ndarray]], progress: Progress) -> int:
         labels = predict_labels(self.model, [image for _, image in batch])
@@ -154,6 +240,14 @@ class _Renderer:
         capture = cv2.VideoCapture(str(source.path))
         if not capture.isOpened():
             raise UnreadableInputError(f"{source.path}: not a video OpenCV can open.")
+        try:
+            width, height = (
+                int(capture.get(p)) for p in (cv2.CAP_PROP_FRAME_WIDTH, cv2.CAP_PROP_FRAME_HEIGHT)
+            )
+            check_pixels(source.path, width, height, self.max_pixels)
+        except UnreadableInputError:
+            capture.release()
+            raise
         fps = capture.get(cv2.CAP_PROP_FPS)
         fps = fps if math.isfinite(fps) and fps > 0 else 25.0
         frames = 0
