@@ -137,13 +137,18 @@ def calls_to(path: Path, names: set[str]) -> list[str]:
     return found
 
 
-def test_only_repvgg_seg_checkpoint_reads_checkpoint_files():
-    readers = {
+def calls_in_package_and_tools(names: set[str]) -> dict[str, list[str]]:
+    """``calls_to`` over every file of repvgg_seg/ and tools/ that makes such calls."""
+    return {
         str(path.relative_to(ROOT)): calls
         for folder in ("repvgg_seg", "tools")
         for path in sorted((ROOT / folder).rglob("*.py"))
-        if (calls := calls_to(path, {"torch.load", "add_safe_globals", "safe_globals"}))
+        if (calls := calls_to(path, names))
     }
+
+
+def test_only_repvgg_seg_checkpoint_reads_checkpoint_files():
+    readers = calls_in_package_and_tools({"torch.load", "add_safe_globals", "safe_globals"})
     assert list(readers) == ["repvgg_seg/checkpoint.py"], readers
 
 
@@ -161,12 +166,7 @@ OTHER_MODEL_LOADERS = {
 
 
 def test_only_the_loader_builds_segmentors_from_configs_and_checkpoints():
-    builders = {
-        str(path.relative_to(ROOT)): calls
-        for folder in ("repvgg_seg", "tools")
-        for path in sorted((ROOT / folder).rglob("*.py"))
-        if (calls := calls_to(path, {"MODELS.build", "load_state_dict", "load_checkpoint"}))
-    }
+    builders = calls_in_package_and_tools({"MODELS.build", "load_state_dict", "load_checkpoint"})
     assert "repvgg_seg/loader.py" in builders
     unexplained = {
         path: calls
