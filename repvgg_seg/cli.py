@@ -15,17 +15,25 @@ so a user's error ends every tool the same way (argparse's own form):
 Library code raises :class:`UsageError` / :class:`CheckFailedError` (or the package's own
 error types listed in :data:`BAD_INPUT` and :data:`FAILED_CHECK`); tools never print
 ``ERROR:`` themselves.
+
+A tool is quiet by default: :func:`run_tool` first silences the known third-party messages
+that every normal run would print and that say nothing about the run (:func:`quiet_third_party`);
+``--verbose`` anywhere on the command line, or ``REPVGG_SEG_VERBOSE=1``, keeps them.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import NoReturn
 
 from mmengine.config import Config
+from mmengine.logging import MMLogger
 
 from .checkpoint import CheckpointError
 from .datasets import CityscapesDataError
@@ -90,17 +98,98 @@ def fail(message: str, status: int = EXIT_BAD_INPUT) -> NoReturn:
     sys.exit(status)
 
 
+VERBOSE_FLAG = "--verbose"
+VERBOSE_ENV = "REPVGG_SEG_VERBOSE"
+
+# Third-party messages of normal runs that say nothing about the run, silenced in tools.
+# Warnings: (message regex, category, module regex of the code that warns).
+NOISY_WARNINGS: tuple[tuple[str, type[Warning], str], ...] = (
+    (r"``build_loss`` would be deprecated", UserWarning, r"mmseg\."),  # mmseg's own heads
+    (r"Default ``avg_non_ignore`` is False", UserWarning, r"mmseg\."),  # its CE loss default
+    (r"The draw is False", UserWarning, r"mmseg\."),  # visualization hook without --show-dir
+)
+# mmengine's logger (MMLogger): the start of a WARNING message.
+NOISY_MMENGINE_WARNINGS: tuple[str, ...] = (
+    "The prefix is not set in metric class",  # mmseg's IoUMetric has no default prefix
+    '"FileClient" will be deprecated',  # mmengine's CheckpointHook uses its own old API
+    '"HardDiskBackend" is the alias',
+)
+# Loggers raised to ERROR: torch's extension loader warns "No CUDA runtime is found" on a
+# CPU machine that has nvcc (mmengine's environment report imports it).
+NOISY_LOGGERS: tuple[str, ...] = ("torch.utils.cpp_extension",)
+# torch.profiler's Kineto prints "USDT: ... profiler_start/stop" and, on a CPU machine,
+# "ERROR: ... gpuGetDeviceCount failed with code 35" straight to stderr; 6 is above its
+# highest level. Kineto reads it when a profiler first starts, after the tool's imports.
+KINETO_LOG_LEVEL = ("KINETO_LOG_LEVEL", "6")
+
+
+def take_verbose_flag(argv: list[str] | None = None) -> bool:
+    """Whether the run is verbose; removes ``--verbose`` from ``argv`` (``sys.argv``), so
+    that every tool accepts it without declaring it."""
+    argv = sys.argv if argv is None else argv
+    verbose = VERBOSE_FLAG in argv[1:]
+    argv[1:] = [arg for arg in argv[1:] if arg != VERBOSE_FLAG]
+    return verbose or os.environ.get(VERBOSE_ENV, "") not in ("", "0")
+
+
+def _is_noise(record: logging.LogRecord) -> bool:
+    return record.levelno == logging.WARNING and str(record.msg).startswith(NOISY_MMENGINE_WARNINGS)
+
+
+def _drop_noise(call_handlers: Callable) -> Callable:
+    def call_handlers_without_noise(self: MMLogger, record: logging.LogRecord) -> None:
+        if not _is_noise(record):
+            call_handlers(self, record)
+
+    return call_handlers_without_noise
+
+
+@contextlib.contextmanager
+def quiet_third_party() -> Iterator[None]:
+    """Silences :data:`NOISY_WARNINGS`, :data:`NOISY_MMENGINE_WARNINGS`, :data:`NOISY_LOGGERS`
+    and Kineto's console lines inside the ``with`` block; everything is restored after it
+    (tests run tools in-process). Only tools use it: the library never hides a warning."""
+    levels = {name: logging.getLogger(name).level for name in NOISY_LOGGERS}
+    kineto_name, kineto_level = KINETO_LOG_LEVEL
+    kineto_before = os.environ.get(kineto_name)
+    call_handlers = MMLogger.callHandlers
+    with warnings.catch_warnings():
+        for message, category, module in NOISY_WARNINGS:
+            warnings.filterwarnings("ignore", message=message, category=category, module=module)
+        for name in NOISY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.ERROR)
+        os.environ.setdefault(kineto_name, kineto_level)
+        # A Runner makes its MMLogger after this runs, and MMLogger.callHandlers is the one
+        # way out of every instance (it bypasses logging's hierarchy): the filter sits there.
+        MMLogger.callHandlers = _drop_noise(call_handlers)
+        try:
+            yield
+        finally:
+            MMLogger.callHandlers = call_handlers
+            if kineto_before is None:
+                os.environ.pop(kineto_name, None)
+            for name, level in levels.items():
+                logging.getLogger(name).setLevel(level)
+
+
 def run_tool(main: Callable[[], int | None]) -> NoReturn:
-    """Runs a tool's ``main`` and ends the process with the status the conventions give."""
+    """Runs a tool's ``main`` and ends the process with the status the conventions give.
+
+    Quiet (:func:`quiet_third_party`) unless ``--verbose`` is on the command line or
+    ``REPVGG_SEG_VERBOSE=1``. A ``main`` that returns something other than an int (a metrics
+    dict) ends with status 0.
+    """
+    quiet = contextlib.nullcontext() if take_verbose_flag() else quiet_third_party()
     try:
-        status = main()
+        with quiet:
+            status = main()
     except FAILED_CHECK as error:
         fail(one_line(error), EXIT_FAILED_CHECK)
     except BAD_INPUT as error:
         fail(one_line(error), EXIT_BAD_INPUT)
     except KeyboardInterrupt:
         fail("interrupted (Ctrl-C)", EXIT_INTERRUPTED)
-    sys.exit(status or 0)
+    sys.exit(status if isinstance(status, int) else 0)
 
 
 def load_config(path: str | os.PathLike, cfg_options: dict | None = None) -> Config:
@@ -123,7 +212,9 @@ def load_config(path: str | os.PathLike, cfg_options: dict | None = None) -> Con
         try:
             cfg.merge_from_dict(cfg_options)
         except Exception as error:
-            raise UsageError(f"--cfg-options do not apply to '{path}': {one_line(error)}") from error
+            raise UsageError(
+                f"--cfg-options do not apply to '{path}': {one_line(error)}"
+            ) from error
     return cfg
 
 
