@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -25,6 +24,8 @@ from repvgg_seg.pretrain import (
 from repvgg_seg.pretrain.checkpoint import read_metrics
 from repvgg_seg.pretrain.data import build_datasets, load_rgb_image
 from repvgg_seg.pretrain.recipe import lr_factor, scaled_lr
+
+from helpers import one_error_line, tool_exit
 
 REPO = Path(__file__).resolve().parents[1]
 CLASS_COLOURS = {
@@ -344,11 +345,22 @@ def test_unreadable_image_is_named(tmp_path):
         splits.train[index]
 
 
-def test_cli_reports_bad_model_and_exits(data_root, caplog):
-    spec = importlib.util.spec_from_file_location("cli", REPO / "tools" / "pretrain_imagenet.py")
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main(["--data-path", str(data_root), "--model", "C7"])
-    assert exit_info.value.code == 2
-    assert "Unknown RepVGG variant 'C7'" in caplog.text and "B3g4" in caplog.text
+def test_cli_reports_bad_model_and_exits(data_root, capsys):
+    argv = ["--data-path", str(data_root), "--model", "C7"]
+    status, err = tool_exit("pretrain_imagenet", argv, capsys)
+    message = one_error_line(err, "pretrain_imagenet")
+    assert status == 2 and "Unknown RepVGG variant 'C7'" in message and "B3g4" in message
+
+
+@pytest.mark.parametrize("workers", [1, 8])
+def test_unreadable_image_read_by_a_worker_is_one_line(tmp_path, capsys, workers):
+    root = make_image_folder(tmp_path / "data")
+    broken = root / "train" / "green" / "3.png"
+    broken.write_bytes(b"not a png")
+    argv = ["--data-path", str(root), "--model", "A0", "--epochs", "1", "-b", "16"]
+    argv += ["-j", str(workers), "--device", "cpu"]
+    argv += [f"--{k.replace('_', '-')}={v}" for k, v in TINY_SIZES.items()]
+    status, err = tool_exit("pretrain_imagenet", argv, capsys)
+    message = one_error_line(err, "pretrain_imagenet")
+    assert status == 2 and message.startswith(f"Cannot read image {broken}:")
+    assert "Traceback" not in message and "worker" not in message
