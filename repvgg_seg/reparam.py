@@ -1,6 +1,7 @@
-"""Structural re-parameterization: folding RepVGG's three branches into one 3x3 conv.
+"""Structural re-parameterization: folding a block's branches into one 3x3 conv.
 
-The kernel math (paper Eq. 3) lives here as small differentiable functions on tensors;
+The kernel math (RepVGG paper Eq. 3, and QARepVGG's BN after the sum) lives here as small
+differentiable functions on tensors;
 :func:`reparameterize_model` applies it to every re-parameterizable block of any module,
 a whole mmseg segmentor included.
 """
@@ -15,20 +16,28 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 
-def fuse_bn(kernel: torch.Tensor, bn: _BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
-    """Folds an eval-mode BN into the conv kernel before it (paper Eq. 3).
+def fuse_bn(
+    kernel: torch.Tensor, bn: _BatchNorm, bias: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Folds an eval-mode BN into the conv (kernel, optional bias) before it (paper Eq. 3).
 
     Works for every ``_BatchNorm`` (BN and SyncBN) with its own ``eps``; a BN without
     affine parameters counts as weight 1, bias 0. Differentiable.
 
+    Args:
+        kernel: The conv kernel, ``(out_channels, in_channels / groups, k, k)``.
+        bn: The BN after the conv.
+        bias: The conv's bias (QARepVGG's sum of branches has one); None for none.
+
     Returns:
-        ``(kernel * gamma / std, beta - mean * gamma / std)``.
+        ``(kernel * gamma / std, beta + (bias - mean) * gamma / std)``.
     """
     std = (bn.running_var + bn.eps).sqrt()
     gamma = bn.weight if bn.weight is not None else torch.ones_like(std)
     beta = bn.bias if bn.bias is not None else torch.zeros_like(std)
     scale = gamma / std
-    return kernel * scale.reshape(-1, 1, 1, 1), beta - bn.running_mean * scale
+    centred = -bn.running_mean if bias is None else bias - bn.running_mean
+    return kernel * scale.reshape(-1, 1, 1, 1), beta + centred * scale
 
 
 def pad_to_3x3(kernel: torch.Tensor) -> torch.Tensor:
@@ -52,10 +61,10 @@ def identity_kernel(
 def reparameterize_model(model: nn.Module, inplace: bool = True) -> nn.Module:
     """Fuses every re-parameterizable block inside ``model`` for deployment.
 
-    A block is anything with a ``switch_to_deploy()`` method (our ``RepVGGBlock`` and
-    ``RepVGG`` backbone, and the same protocol used by mmpretrain and mmdet), so this
-    works on a bare backbone, a classifier or a whole mmseg segmentor. Run it in eval
-    mode semantics: BN running statistics are folded, not batch statistics.
+    A block is anything with a ``switch_to_deploy()`` method (our ``RepVGGBlock``,
+    ``QARepVGGBlock`` and ``RepVGG`` backbone, and the same protocol used by mmpretrain and
+    mmdet), so this works on a bare backbone, a classifier or a whole mmseg segmentor. Run it
+    in eval mode semantics: BN running statistics are folded, not batch statistics.
 
     Args:
         model: The module to fuse.

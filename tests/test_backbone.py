@@ -2,11 +2,28 @@ import pytest
 import torch
 from mmengine.model import revert_sync_batchnorm
 
-from repvgg_seg.models import ARCHS, DILATION_MODES, RepVGG, RepVGGClassifier, get_arch
+from repvgg_seg.models import (
+    ARCHS,
+    BLOCK_TYPES,
+    DILATION_MODES,
+    RepVGG,
+    RepVGGClassifier,
+    get_arch,
+)
 from repvgg_seg.models.arch import layer_plan
 from repvgg_seg.reparam import reparameterize_model
 
 from helpers import assert_outputs_close, randomize_bn
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # On the shared 2-core machine a second intra-op thread mostly waits on the first.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 
 EXPECTED_OUTPUT_STRIDES = {
     "classification": (2, 4, 8, 16, 32),
@@ -31,13 +48,14 @@ PAPER_PARAMS = {
 
 @pytest.fixture(scope="module")
 def random_state_dicts():
-    """One random training-time state dict per variant, BN statistics included."""
+    """One random training-time state dict per variant and block type, BN statistics
+    included."""
     cache = {}
 
-    def get(arch):
-        if arch not in cache:
+    def get(arch, block_type="RepVGG"):
+        if (arch, block_type) not in cache:
             with torch.device("meta"):
-                model = RepVGG(arch)
+                model = RepVGG(arch, block_type=block_type)
             generator = torch.Generator().manual_seed(0)
             state = {}
             for key, value in model.state_dict().items():
@@ -45,26 +63,29 @@ def random_state_dicts():
                     state[key] = torch.zeros((), dtype=torch.long)
                 elif key.endswith("running_var"):
                     state[key] = torch.rand(value.shape, generator=generator) + 0.25
-                elif key.endswith("conv.weight"):
+                elif value.dim() == 4:  # conv kernels
                     fan_in = value[0].numel()
                     state[key] = torch.randn(value.shape, generator=generator) * (2 / fan_in) ** 0.5
                 else:
                     state[key] = torch.randn(value.shape, generator=generator) * 0.5
-            cache[arch] = state
-        return cache[arch]
+            cache[arch, block_type] = state
+        return cache[arch, block_type]
 
     return get
 
 
+@pytest.mark.parametrize("block_type", BLOCK_TYPES)
 @pytest.mark.parametrize("mode", DILATION_MODES)
 @pytest.mark.parametrize("arch", ARCHS)
-def test_every_variant_and_mode_forward_shapes_and_fuses_exactly(arch, mode, random_state_dicts):
+def test_every_variant_and_mode_forward_shapes_and_fuses_exactly(
+    arch, mode, block_type, random_state_dicts
+):
     # Built on the meta device and filled from a shared random state dict: constructing
     # and initializing the B3 variants three times over would dominate the suite.
     with torch.device("meta"):
-        model = RepVGG(arch, dilation_mode=mode, out_indices=(0, 1, 2, 3, 4))
+        model = RepVGG(arch, dilation_mode=mode, out_indices=(0, 1, 2, 3, 4), block_type=block_type)
     # assign=True shares the cached tensors; fusion only reads them.
-    model.load_state_dict(random_state_dicts(arch), strict=True, assign=True)
+    model.load_state_dict(random_state_dicts(arch, block_type), strict=True, assign=True)
     model.eval()
     x = torch.randn(1, 3, 48, 48)
     with torch.no_grad():
@@ -161,10 +182,11 @@ def test_syncbn_built_backbone_fuses_exactly_after_conversion_to_bn():
         assert_outputs_close(model(x)[-1], expected[-1])
 
 
-def test_syncbn_modules_fuse_directly():
-    sync = RepVGG("A0", norm_cfg=dict(type="SyncBN"))
+@pytest.mark.parametrize("block_type", BLOCK_TYPES)
+def test_syncbn_modules_fuse_directly(block_type):
+    sync = RepVGG("A0", norm_cfg=dict(type="SyncBN"), block_type=block_type)
     randomize_bn(sync)
-    plain = revert_sync_batchnorm(RepVGG("A0"))
+    plain = revert_sync_batchnorm(RepVGG("A0", block_type=block_type))
     plain.load_state_dict(sync.state_dict())
     plain.eval()
     x = torch.randn(1, 3, 64, 64)
@@ -224,6 +246,7 @@ def test_out_indices_order_and_channels():
         (dict(out_indices=(5,)), "out_indices"),
         (dict(frozen_stages=7), "frozen_stages"),
         (dict(strides=(2, 2, 2)), "strides"),
+        (dict(block_type="QARepVGGv2"), "RepVGG, QARepVGG"),
     ],
 )
 def test_bad_arguments_raise_clear_value_errors(kwargs, match):

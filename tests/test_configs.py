@@ -127,3 +127,38 @@ def test_every_config_has_a_tta_pipeline(name):
     resizes, flips, *_ = tta.transforms
     assert [t.scale_factor for t in resizes] == [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
     assert sorted(t.prob for t in flips) == [0.0, 1.0]
+
+
+QAREPVGG_CONFIGS = ["pspnet_qarepvgg_b1g2_fast.py", "pspnet_qarepvgg_b2_fast.py"]
+
+
+@pytest.mark.parametrize("name", QAREPVGG_CONFIGS)
+def test_qarepvgg_configs_are_the_paper_recipe_with_qarepvgg_blocks(name):
+    cfg, repvgg = load(name), load(name.replace("qarepvgg", "repvgg"))
+    assert name in CONFIGS
+    backbone = cfg.model.backbone
+    assert backbone.block_type == "QARepVGG" and backbone.dilation_mode == "fast"
+    assert backbone.init_cfg.type == "Pretrained"
+    run = Path(name).stem.removeprefix("pspnet_").removesuffix("_fast")
+    assert backbone.init_cfg.checkpoint == f"work_dirs/pretrain_{run}/model_best.pth"
+    # Everything else is the RepVGG config's: the block is the only difference.
+    for config in (cfg, repvgg):
+        config.model.backbone.pop("block_type", None)
+        config.model.backbone.pop("init_cfg")
+    for key in ("model", "optim_wrapper", "param_scheduler", "train_cfg", "train_dataloader"):
+        assert cfg[key] == repvgg[key], key
+
+
+def test_qarepvgg_config_loads_a_pretraining_checkpoint(tmp_path):
+    from repvgg_seg.models import RepVGGClassifier
+
+    cfg = load("pspnet_qarepvgg_b1g2_fast.py")
+    torch.manual_seed(0)
+    classifier = RepVGGClassifier("B1g2", num_classes=4, block_type="QARepVGG")
+    torch.save({"model": classifier.state_dict()}, tmp_path / "model_best.pth")
+    cfg.model.backbone.init_cfg.checkpoint = str(tmp_path / "model_best.pth")
+    backbone = MODELS.build(cfg.model.backbone)
+    backbone.init_weights()
+    saved = classifier.state_dict()
+    for key, value in backbone.state_dict().items():
+        torch.testing.assert_close(value, saved[f"backbone.{key}"], rtol=0, atol=0, msg=key)

@@ -3,7 +3,7 @@ import torch
 from mmengine.config import Config
 from mmengine.model import revert_sync_batchnorm
 
-from repvgg_seg.models import RepVGG, RepVGGBlock
+from repvgg_seg.models import QARepVGGBlock, RepVGG, RepVGGBlock
 from repvgg_seg.reparam import identity_kernel, reparameterize_model
 
 from helpers import assert_outputs_close, randomize_bn
@@ -20,30 +20,41 @@ BLOCK_CASES = [
 ]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("block_class", [RepVGGBlock, QARepVGGBlock])
 @pytest.mark.parametrize("norm", ["BN", "SyncBN"])
 @pytest.mark.parametrize("in_channels, out_channels, stride, dilation, groups", BLOCK_CASES)
-def test_block_fusion_is_exact(in_channels, out_channels, stride, dilation, groups, norm):
-    block = RepVGGBlock(
+def test_block_fusion_is_exact(
+    in_channels, out_channels, stride, dilation, groups, norm, block_class, dtype
+):
+    block = block_class(
         in_channels, out_channels, stride, dilation, groups, norm_cfg=dict(type=norm, eps=1e-3)
     )
     assert (block.branch_identity is not None) == (in_channels == out_channels and stride == 1)
-    block = randomize_bn(revert_sync_batchnorm(block)).eval()
-    x = torch.randn(2, in_channels, 17, 19)
+    block = randomize_bn(revert_sync_batchnorm(block)).eval().to(dtype)
+    x = torch.randn(2, in_channels, 17, 19, dtype=dtype)
     with torch.no_grad():
         expected = block(x)
         block.switch_to_deploy()
         block.switch_to_deploy()  # idempotent
         actual = block(x)
-    assert not hasattr(block, "branch_3x3") and block.deploy
+    assert not hasattr(block, "branch_3x3") and not hasattr(block, "bn") and block.deploy
     assert block.fused_conv.dilation == (dilation, dilation)
     assert block.fused_conv.padding == (dilation, dilation)
-    assert_outputs_close(actual, expected)
+    if dtype == torch.float64:
+        # float64 round-off is ~1e-16: 1e-10 would expose any term the fusion gets wrong.
+        torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-10)
+    else:
+        assert_outputs_close(actual, expected)
 
 
-def test_fusion_uses_each_bn_eps():
-    block = RepVGGBlock(4, 4, norm_cfg=dict(type="BN", eps=0.5))
+@pytest.mark.parametrize("block_class", [RepVGGBlock, QARepVGGBlock])
+def test_fusion_uses_each_bn_eps(block_class):
+    block = block_class(4, 4, norm_cfg=dict(type="BN", eps=0.5))
     randomize_bn(block).eval()
-    block.branch_1x1.bn.eps = 1e-5
+    # RepVGG: the 1x1 branch's BN; QARepVGG: the BN after the sum.
+    other_bn = block.branch_1x1.bn if block_class is RepVGGBlock else block.bn
+    other_bn.eps = 1e-5
     x = torch.randn(1, 4, 8, 8)
     with torch.no_grad():
         expected = block(x)
@@ -58,6 +69,15 @@ def test_equivalent_kernel_is_differentiable():
     assert block.branch_3x3.conv.weight.grad is not None
     assert block.branch_1x1.conv.weight.grad.abs().sum() > 0
     assert block.branch_identity.weight.grad.abs().sum() > 0
+
+
+def test_qarepvgg_equivalent_kernel_is_differentiable():
+    block = randomize_bn(QARepVGGBlock(4, 4, groups=2))
+    kernel, bias = block.get_equivalent_kernel_bias()
+    (kernel.square().sum() + bias.sum()).backward()
+    for param in (block.branch_3x3.conv.weight, block.branch_1x1.weight, block.bn.weight):
+        assert param.grad.abs().sum() > 0
+    assert block.branch_3x3.bn.bias.grad.abs().sum() > 0  # through the sum's BN
 
 
 def test_identity_kernel_is_identity_for_grouped_conv():

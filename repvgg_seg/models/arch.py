@@ -1,8 +1,9 @@
 """RepVGG architectures as data (paper Sec. 3.4, Tables 2-3, Sec. 4.3).
 
 Every variant is one :class:`RepVGGArch` entry in :data:`ARCHS`, every dilation setting one
-entry in :data:`DILATION_MODES`, and :func:`layer_plan` turns the two into the list of
-layers (channels, stride, dilation, groups, identity branch). The backbone builds its
+entry in :data:`DILATION_MODES`, every kind of block one name in :data:`BLOCK_TYPES`, and
+:func:`layer_plan` turns variant and dilation into the list of layers (channels, stride,
+dilation, groups, identity branch). The backbone builds its
 blocks from that plan and the benchmark's plain reference network its convs; nothing else
 in the package knows a width, a depth or a dilation rule.
 """
@@ -79,6 +80,12 @@ DILATION_MODES: dict[str, tuple[tuple[int, ...], tuple[int, ...], int | None]] =
 }
 
 
+# The kinds of block a network can be built of (classes in models.blocks.BLOCKS). QARepVGG
+# (Chu et al., AAAI 2024) keeps RepVGG's layer plan and changes only the block; the stem is a
+# block of the same kind. Both deploy to the same 3x3 conv + ReLU layers.
+BLOCK_TYPES: tuple[str, ...] = ("RepVGG", "QARepVGG")
+
+
 def has_identity_branch(in_channels: int, out_channels: int, stride: int) -> bool:
     """A block gets the identity (BN) branch only where it preserves shape."""
     return in_channels == out_channels and stride == 1
@@ -150,6 +157,68 @@ def layer_plan(
             index += 1
         stages.append(tuple(layers))
     return tuple(stages)
+
+
+def check_block_type(block_type: str) -> str:
+    """Returns ``block_type`` if it is one of :data:`BLOCK_TYPES`.
+
+    Raises:
+        ValueError: It is not; the message lists the valid ones.
+    """
+    if block_type not in BLOCK_TYPES:
+        raise ValueError(
+            f"Unknown block_type {block_type!r}; choose one of {', '.join(BLOCK_TYPES)}."
+        )
+    return block_type
+
+
+def _split_block_type(name: str) -> tuple[str, str]:
+    """``'QARepVGG-A0'`` -> ``('QARepVGG', 'A0')``; no block type prefix -> RepVGG."""
+    for block_type in BLOCK_TYPES:
+        for separator in ("-", "_", ""):
+            prefix = f"{block_type}{separator}".lower()
+            if name.lower().startswith(prefix):
+                return block_type, name[len(prefix) :]
+    return BLOCK_TYPES[0], name
+
+
+@dataclass(frozen=True)
+class ModelName:
+    """A network named by block type and variant, as ``--model QARepVGG-A0`` names it.
+
+    Attributes:
+        block_type: One of :data:`BLOCK_TYPES`.
+        arch: Canonical variant name (``'A0'``).
+    """
+
+    block_type: str
+    arch: str
+
+    @classmethod
+    def parse(cls, name: str) -> ModelName:
+        """``'QARepVGG-A0'`` / ``'qarepvgg_a0'`` -> QARepVGG A0; ``'RepVGG-A0'`` or ``'A0'``
+        -> RepVGG A0.
+
+        Raises:
+            ValueError: No such variant; the message lists the valid names.
+        """
+        block_type, arch = _split_block_type(name.strip())
+        if arch.lower() not in {variant.lower() for variant in ARCHS}:
+            raise ValueError(
+                f"Unknown RepVGG variant {name!r}; valid variants are {', '.join(ARCHS)} "
+                f"(optionally with the block type: "
+                f"{' or '.join(repr(f'{t}-B2') for t in BLOCK_TYPES)})."
+            )
+        return cls(block_type, canonical_arch_name(arch))
+
+    @property
+    def canonical(self) -> str:
+        """``'A0'`` for RepVGG (the name pretraining checkpoints have always recorded),
+        ``'QARepVGG-A0'`` otherwise."""
+        return self.arch if self.block_type == BLOCK_TYPES[0] else str(self)
+
+    def __str__(self) -> str:
+        return f"{self.block_type}-{self.arch}"
 
 
 def canonical_arch_name(name: str) -> str:

@@ -13,6 +13,9 @@ with the paper's three settings one argument each (``dilation_mode``, see
   (Sec. 4.3): all of stages 4 and 5 keep stride 1 and the earlier stage-4 layers have
   dilation 1.
 
+``block_type='QARepVGG'`` builds the same layers from QARepVGG blocks (Chu et al., AAAI 2024;
+see :mod:`repvgg_seg.models.blocks`); deployed, the two are the same network.
+
 The layers themselves come from :func:`repvgg_seg.models.arch.layer_plan`. A ``Pretrained``
 init_cfg is served by the weight initializer that :mod:`repvgg_seg.weights` registers under
 :data:`PRETRAINED_INITIALIZER`; this module does not import the weights package.
@@ -37,10 +40,11 @@ from .arch import (
     LayerSpec,
     RepVGGArch,
     canonical_arch_name,
+    check_block_type,
     get_arch,
     layer_plan,
 )
-from .blocks import DEFAULT_NORM_CFG, RepVGGBlock
+from .blocks import BLOCKS, DEFAULT_NORM_CFG, ReparamBlock
 
 # The WEIGHT_INITIALIZERS name of repvgg_seg.weights.loading.RepVGGPretrainedInit.
 PRETRAINED_INITIALIZER = "RepVGGPretrained"
@@ -87,6 +91,8 @@ class RepVGG(BaseModule):
         norm_eval: Keep norm layers in eval mode while training.
         with_cp: Gradient checkpointing per block (saves memory, costs time).
         deploy: Build fused blocks (one 3x3 conv each) instead of three branches.
+        block_type: ``'RepVGG'`` or ``'QARepVGG'`` (:data:`~repvgg_seg.models.arch.BLOCK_TYPES`):
+            the training-time block. Deployed backbones of both types are identical.
         init_cfg: mmengine init config; ``dict(type='Pretrained', checkpoint=...)`` loads
             ImageNet weights (see :mod:`repvgg_seg.weights`).
     """
@@ -105,6 +111,7 @@ class RepVGG(BaseModule):
         norm_eval: bool = False,
         with_cp: bool = False,
         deploy: bool = False,
+        block_type: str = "RepVGG",
         init_cfg: dict | list[dict] | None = None,
     ) -> None:
         if init_cfg is None:
@@ -120,6 +127,7 @@ class RepVGG(BaseModule):
             )
         self.arch_name = arch if isinstance(arch, RepVGGArch) else canonical_arch_name(arch)
         self.arch = get_arch(arch)
+        self.block_type = check_block_type(block_type)
         mode_strides, mode_dilations, mode_dilated_layers = DILATION_MODES[dilation_mode]
         self.strides = tuple(strides if strides is not None else mode_strides)
         self.dilations = tuple(dilations if dilations is not None else mode_dilations)
@@ -164,8 +172,13 @@ class RepVGG(BaseModule):
             totals.append(total)
         return tuple(totals[i] for i in self.out_indices)
 
-    def _build_block(self, spec: LayerSpec) -> RepVGGBlock:
-        return RepVGGBlock(
+    @property
+    def model_name(self) -> str:
+        """``'RepVGG-A0'`` or ``'QARepVGG-A0'``, for messages."""
+        return f"{self.block_type}-{self.arch_name}"
+
+    def _build_block(self, spec: LayerSpec) -> ReparamBlock:
+        return BLOCKS[self.block_type](
             spec.in_channels,
             spec.out_channels,
             stride=spec.stride,
@@ -180,7 +193,7 @@ class RepVGG(BaseModule):
         return self.stem if index == 0 else self.stages[index - 1]
 
     def _run_stage(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        blocks = [stage] if isinstance(stage, RepVGGBlock) else list(stage)
+        blocks = [stage] if isinstance(stage, ReparamBlock) else list(stage)
         for block in blocks:
             if self.with_cp and self.training and x.requires_grad:
                 x = cp.checkpoint(block, x, use_reentrant=False)
@@ -225,16 +238,16 @@ class RepVGG(BaseModule):
     def switch_to_deploy(self) -> None:
         """Fuses every block into one 3x3 conv. Idempotent."""
         for module in self.modules():
-            if isinstance(module, RepVGGBlock):
+            if isinstance(module, ReparamBlock):
                 module.switch_to_deploy()
         self.deploy = True
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         keys = [k[len(prefix) :] for k in state_dict if k.startswith(prefix)]
-        deployed = is_deployed_state_dict(keys, f"The RepVGG-{self.arch_name} state dict")
+        deployed = is_deployed_state_dict(keys, f"The {self.model_name} state dict")
         if self.deploy and deployed is False:
             raise RuntimeError(
-                f"This RepVGG-{self.arch_name} backbone is deployed (deploy=True) but the "
+                f"This {self.model_name} backbone is deployed (deploy=True) but the "
                 "state dict is a training-time checkpoint (keys '...branch_3x3...'). Build "
                 "the model with deploy=False, load it, then call switch_to_deploy() (or "
                 "repvgg_seg.reparam.reparameterize_model), or convert the file with "
@@ -242,7 +255,7 @@ class RepVGG(BaseModule):
             )
         if not self.deploy and deployed is True:
             raise RuntimeError(
-                f"This RepVGG-{self.arch_name} backbone is training-time (deploy=False) but "
+                f"This {self.model_name} backbone is training-time (deploy=False) but "
                 "the state dict is a deployed (fused) checkpoint (keys '...fused_conv...'). "
                 "Build the model with deploy=True to load it; a fused checkpoint cannot be "
                 "turned back into three branches."

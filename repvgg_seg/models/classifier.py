@@ -1,11 +1,12 @@
-"""RepVGG ImageNet classifier: the segmentation backbone + global average pooling + FC."""
+"""RepVGG (or QARepVGG) ImageNet classifier: the segmentation backbone + global average
+pooling + FC."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from .arch import RepVGGArch
+from .arch import ModelName, RepVGGArch
 from .backbone import RepVGG
 
 
@@ -20,6 +21,7 @@ class RepVGGClassifier(nn.Module):
         num_classes: Classes of the FC head.
         norm_cfg: mmcv norm config of the backbone.
         deploy: Build fused blocks.
+        block_type: ``'RepVGG'`` or ``'QARepVGG'``; the fused classifiers are identical.
     """
 
     def __init__(
@@ -28,12 +30,24 @@ class RepVGGClassifier(nn.Module):
         num_classes: int = 1000,
         norm_cfg: dict | None = None,
         deploy: bool = False,
+        block_type: str = "RepVGG",
     ) -> None:
         super().__init__()
-        self.backbone = RepVGG(arch, out_indices=(4,), norm_cfg=norm_cfg, deploy=deploy)
+        self.backbone = RepVGG(
+            arch, out_indices=(4,), norm_cfg=norm_cfg, deploy=deploy, block_type=block_type
+        )
         self._init_weights()
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(self.backbone.arch.channels[-1], num_classes)
+
+    @classmethod
+    def from_model_name(cls, name: str, **kwargs) -> RepVGGClassifier:
+        """The classifier ``--model`` names: ``'A0'``, ``'RepVGG-A0'``, ``'QARepVGG-A0'``.
+
+        Other arguments as the constructor's.
+        """
+        model = ModelName.parse(name)
+        return cls(model.arch, block_type=model.block_type, **kwargs)
 
     def _init_weights(self) -> None:
         # The backbone's default init_cfg, applied directly: mmengine's init_weights()

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from ..models.arch import canonical_arch_name
+from ..models.arch import ModelName
 from .data import AUTO_AUGMENT_POLICIES
 from .recipe import default_recipe, get_recipe
 
@@ -20,16 +20,20 @@ class PretrainConfig:
 
     Attributes:
         data_path: ImageFolder root with ``train/`` and ``val/``.
-        model: RepVGG variant (``'A0'``, ``'RepVGG-B2'``, ...).
-        recipe: ``'simple'`` or ``'heavy'``; None takes the paper's preset for ``model``
-            (:func:`~repvgg_seg.pretrain.recipe.default_recipe`: heavy for B3, B3g2 and
-            B3g4, simple otherwise).
+        model: Variant, optionally with its block type (``'A0'``, ``'RepVGG-B2'``,
+            ``'QARepVGG-A0'``); :meth:`resolved` makes it canonical (``'A0'``,
+            ``'QARepVGG-A0'``).
+        recipe: ``'simple'``, ``'heavy'`` or ``'qarepvgg'``; None takes the paper's preset
+            for ``model`` (:func:`~repvgg_seg.pretrain.recipe.default_recipe`: qarepvgg for
+            QARepVGG models, heavy for B3, B3g2 and B3g4, simple otherwise).
         batch_size: Images per process per step (the global batch is this x processes).
         epochs: Total epochs.
         workers: DataLoader workers per process.
         lr: Learning rate per 256 images; the run uses ``lr * global_batch / 256``.
         momentum: SGD momentum.
         wd: Weight decay of conv and FC kernels.
+        decay_norm_and_bias: Apply ``wd`` to BN parameters and the FC bias too (plain SGD
+            weight decay, the QARepVGG recipe's).
         label_smoothing: Cross-entropy label smoothing.
         mixup_alpha: Mixup alpha; 0 disables mixup.
         auto_augment: AutoAugment policy or ``'none'``.
@@ -60,6 +64,7 @@ class PretrainConfig:
     lr: float | None = None
     momentum: float | None = None
     wd: float | None = None
+    decay_norm_and_bias: bool | None = None
     label_smoothing: float | None = None
     mixup_alpha: float | None = None
     auto_augment: str | None = None
@@ -86,7 +91,7 @@ class PretrainConfig:
             ValueError: An unknown model, recipe or policy, or an out-of-range value; the
                 message names the option.
         """
-        model = canonical_arch_name(self.model)
+        model = ModelName.parse(self.model).canonical
         recipe_name = self.recipe if self.recipe is not None else default_recipe(model)
         recipe = get_recipe(recipe_name)
         from_recipe = {
@@ -94,6 +99,7 @@ class PretrainConfig:
             "lr": recipe.lr,
             "momentum": recipe.momentum,
             "wd": recipe.weight_decay,
+            "decay_norm_and_bias": recipe.decay_norm_and_bias,
             "label_smoothing": recipe.label_smoothing,
             "mixup_alpha": recipe.mixup_alpha,
             "auto_augment": recipe.auto_augment,
@@ -138,6 +144,11 @@ class PretrainConfig:
             )
         if self.test_only and not self.resume:
             raise ValueError("--test-only needs --resume CHECKPOINT: the weights to evaluate.")
+
+    @property
+    def model_label(self) -> str:
+        """``'RepVGG-A0'`` or ``'QARepVGG-A0'``, for messages."""
+        return str(ModelName.parse(self.model))
 
     def as_dict(self) -> dict[str, Any]:
         """Plain JSON-like dict (stored as a checkpoint's ``args``)."""

@@ -1,15 +1,21 @@
-"""The paper's ImageNet recipes (Sec. 4.1): presets, parameter groups, optimizer, LR schedule.
+"""The papers' ImageNet recipes: presets, parameter groups, optimizer, LR schedule.
 
-Two presets:
+Three presets:
 
-- ``simple`` (light and middle models): 120 epochs, SGD momentum 0.9, lr 0.1 per 256 images,
-  cosine annealing, weight decay 1e-4 on conv and FC kernels only, RandomResizedCrop + flip.
+- ``simple`` (RepVGG paper Sec. 4.1, light and middle models): 120 epochs, SGD momentum 0.9,
+  lr 0.1 per 256 images, cosine annealing, weight decay 1e-4 on conv and FC kernels only,
+  RandomResizedCrop + flip.
 - ``heavy`` (B3, and B2 in both settings): 200 epochs, 5-epoch linear warmup, cosine, label
   smoothing 0.1, mixup, AutoAugment (ImageNet policy) + crop + flip.
+- ``qarepvgg`` (the QARepVGG authors' ``train_QAV2_B0.sh``): 120 epochs, global batch 1024
+  (8 x 128), plain weight decay 4e-5 on every parameter (BN and biases included; no custom
+  L2 on the equivalent kernel), no EMA, crop + flip. Their schedule's LR is not in our
+  sources: the preset keeps 0.1 per 256 images (0.4 at 1024), cosine.
 
-The default preset of a variant (:func:`default_recipe`) is the paper's: ``heavy`` for the B3
-family, which the paper trains only that way (Table 5), ``simple`` for the others. The B2
-family appears in both settings (Tables 4 and 5); it defaults to ``simple``.
+The default preset of a model (:func:`default_recipe`) is its paper's: ``qarepvgg`` for
+QARepVGG models, ``heavy`` for the B3 family, which the RepVGG paper trains only that way
+(Table 5), ``simple`` for the others. The B2 family appears in both settings (Tables 4 and
+5); it defaults to ``simple``.
 
 The paper names mixup but not its alpha; ``heavy`` uses 0.2 (our choice, the common value for
 ResNet-style ImageNet training). It gives no separate weight decay for ``heavy`` either, so both
@@ -23,6 +29,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from ..models.arch import ModelName
 
 # The paper's learning rates are for a global batch of 256; other batches scale linearly.
 REFERENCE_BATCH_SIZE = 256
@@ -39,11 +47,16 @@ class Recipe:
         epochs: Total epochs.
         lr: Learning rate for a global batch of :data:`REFERENCE_BATCH_SIZE`.
         momentum: SGD momentum.
-        weight_decay: Weight decay of conv and FC kernels (biases and BN are never decayed).
+        weight_decay: Weight decay of conv and FC kernels.
+        decay_norm_and_bias: Decay BN weights and biases and the FC bias too (plain SGD
+            weight decay on every parameter); otherwise they are never decayed.
         label_smoothing: Cross-entropy label smoothing.
         mixup_alpha: Beta(alpha, alpha) of mixup; 0 disables it.
         auto_augment: torchvision AutoAugment policy (``'imagenet'``, ...) or ``'none'``.
         lr_warmup_epochs: Epochs of linear LR warmup before the cosine.
+        global_batch_size: The global batch the preset was published with. Runs take their
+            batch from ``--batch-size`` x processes and scale the LR linearly; this value is
+            the one to aim for (e.g. ``-b 128`` on 8 GPUs for 1024).
     """
 
     epochs: int
@@ -54,6 +67,8 @@ class Recipe:
     mixup_alpha: float
     auto_augment: str
     lr_warmup_epochs: int
+    decay_norm_and_bias: bool = False
+    global_batch_size: int = REFERENCE_BATCH_SIZE
 
 
 RECIPES: dict[str, Recipe] = {
@@ -77,6 +92,18 @@ RECIPES: dict[str, Recipe] = {
         auto_augment="imagenet",
         lr_warmup_epochs=5,
     ),
+    "qarepvgg": Recipe(
+        epochs=120,
+        lr=0.1,
+        momentum=0.9,
+        weight_decay=4e-5,
+        label_smoothing=0.0,
+        mixup_alpha=0.0,
+        auto_augment="none",
+        lr_warmup_epochs=0,
+        decay_norm_and_bias=True,
+        global_batch_size=1024,
+    ),
 }
 
 
@@ -84,9 +111,13 @@ RECIPES: dict[str, Recipe] = {
 HEAVY_BY_DEFAULT = frozenset({"B3", "B3g2", "B3g4"})
 
 
-def default_recipe(arch: str) -> str:
-    """The paper's preset for a canonical variant name: ``'heavy'`` or ``'simple'``."""
-    return "heavy" if arch in HEAVY_BY_DEFAULT else "simple"
+def default_recipe(model: str) -> str:
+    """The paper's preset for a model name (``'A0'``, ``'QARepVGG-B0'``, ...):
+    ``'qarepvgg'``, ``'heavy'`` or ``'simple'``."""
+    name = ModelName.parse(model)
+    if name.block_type == "QARepVGG":
+        return "qarepvgg"
+    return "heavy" if name.arch in HEAVY_BY_DEFAULT else "simple"
 
 
 def get_recipe(name: str) -> Recipe:
@@ -114,33 +145,42 @@ def _decayed_parameter_ids(model: nn.Module) -> set[int]:
 
 
 def named_parameter_groups(
-    model: nn.Module,
+    model: nn.Module, decay_norm_and_bias: bool = False
 ) -> tuple[list[tuple[str, nn.Parameter]], list[tuple[str, nn.Parameter]]]:
-    """Splits trainable parameters into ``(decayed, not_decayed)`` by the paper's rule.
+    """Splits trainable parameters into ``(decayed, not_decayed)``.
 
-    Decayed: the kernels of ``Conv2d`` and ``Linear`` layers. Not decayed: everything else,
-    i.e. BN weights and biases and the FC bias. Frozen parameters are left out.
+    By the RepVGG paper's rule, decayed: the kernels of ``Conv2d`` and ``Linear`` layers;
+    not decayed: everything else, i.e. BN weights and biases and the FC bias. With
+    ``decay_norm_and_bias`` (the QARepVGG recipe), every parameter is decayed. Frozen
+    parameters are left out.
     """
     decayed_ids = _decayed_parameter_ids(model)
     decayed, not_decayed = [], []
     for name, param in model.named_parameters():
         if param.requires_grad:
-            (decayed if id(param) in decayed_ids else not_decayed).append((name, param))
+            decay = decay_norm_and_bias or id(param) in decayed_ids
+            (decayed if decay else not_decayed).append((name, param))
     return decayed, not_decayed
 
 
 def build_optimizer(
-    model: nn.Module, lr: float, momentum: float, weight_decay: float
+    model: nn.Module,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    decay_norm_and_bias: bool = False,
 ) -> torch.optim.SGD:
-    """SGD with two parameter groups: kernels with ``weight_decay``, the rest with none.
+    """SGD with two parameter groups: decayed with ``weight_decay``, the rest with none.
 
     Args:
         model: The classifier (unwrapped from DDP).
         lr: The actual (already scaled) learning rate.
         momentum: SGD momentum.
         weight_decay: Decay of conv and FC kernels.
+        decay_norm_and_bias: Decay every other parameter too (see
+            :func:`named_parameter_groups`).
     """
-    decayed, not_decayed = named_parameter_groups(model)
+    decayed, not_decayed = named_parameter_groups(model, decay_norm_and_bias)
     groups = [
         {"params": [p for _, p in decayed], "weight_decay": weight_decay},
         {"params": [p for _, p in not_decayed], "weight_decay": 0.0},

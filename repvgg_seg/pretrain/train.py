@@ -68,14 +68,14 @@ def _load_for_evaluation(path: str, arch: str, num_classes: int) -> RepVGGClassi
     deploy = bool(checkpoint.get("deploy", False))
     saved_arch = checkpoint.get("arch") or checkpoint.get("args", {}).get("model")
     if saved_arch is not None and saved_arch != arch:
-        raise ValueError(f"--resume {path} holds RepVGG-{saved_arch}, not --model {arch}.")
+        raise ValueError(f"--resume {path} holds model {saved_arch}, not --model {arch}.")
     fc_weight = checkpoint["model"].get("fc.weight")
     if fc_weight is not None and fc_weight.shape[0] != num_classes:
         raise ValueError(
             f"--resume {path} has {fc_weight.shape[0]} classes but the dataset has "
             f"{num_classes}; evaluate on the dataset it was trained on."
         )
-    model = RepVGGClassifier(arch, num_classes=num_classes, deploy=deploy)
+    model = RepVGGClassifier.from_model_name(arch, num_classes=num_classes, deploy=deploy)
     model.load_state_dict(checkpoint["model"])
     return model
 
@@ -192,9 +192,9 @@ def _run_args(cfg: PretrainConfig, ctx: DistContext, num_classes: int) -> dict[s
     global_batch = cfg.batch_size * ctx.world_size
     lr = scaled_lr(cfg.lr, global_batch)
     logger.info(
-        "RepVGG-%s, recipe %s: %d epochs, global batch %d (%d x %d), lr %.4g (%.4g per 256), "
+        "%s, recipe %s: %d epochs, global batch %d (%d x %d), lr %.4g (%.4g per 256), "
         "wd %.1e, warmup %d, label smoothing %.2f, mixup %.2f, auto-augment %s",
-        cfg.model,
+        cfg.model_label,
         cfg.recipe,
         cfg.epochs,
         global_batch,
@@ -221,8 +221,10 @@ def _build_state(
     cfg: PretrainConfig, ctx: DistContext, num_classes: int, steps_per_epoch: int, lr: float
 ) -> TrainingState:
     torch.manual_seed(cfg.seed)
-    model = RepVGGClassifier(cfg.model, num_classes=num_classes).to(ctx.device)
-    optimizer = build_optimizer(model, lr=lr, momentum=cfg.momentum, weight_decay=cfg.wd)
+    model = RepVGGClassifier.from_model_name(cfg.model, num_classes=num_classes).to(ctx.device)
+    optimizer = build_optimizer(
+        model, lr, cfg.momentum, cfg.wd, decay_norm_and_bias=cfg.decay_norm_and_bias
+    )
     train_model: nn.Module = model
     if ctx.distributed:
         device_ids = [ctx.local_rank] if ctx.device.type == "cuda" else None

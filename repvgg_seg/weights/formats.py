@@ -1,5 +1,9 @@
 """RepVGG checkpoint formats, detected from their keys and renamed to this package's keys.
 
+- qarepvgg (QARepVGG's authors, ``QARepVGGBlockV2``; ``stage0.rbr_1x1.weight``,
+  ``stage0.bn...``): the official layout with the 1x1 a bare conv ``rbr_1x1`` and one
+  ``bn`` after the sum (no identity parameters). Their fused blocks (``rbr_reparam``) are the
+  official format's.
 - official (``stage0.rbr_dense...``): stem ``stage0``, stage i (0-based) block j
   ``stage{i+1}.j``, branches ``rbr_dense.{conv,bn}``, ``rbr_1x1.{conv,bn}``,
   ``rbr_identity``, fused ``rbr_reparam``, head ``linear``.
@@ -10,7 +14,8 @@
   ``conv_1x1.{conv,bn}``, ``identity``, fused ``reparam_conv``, head ``head.fc``.
 - repvgg_seg (ours, ``[backbone.]stem.branch_3x3.bn...``): ``stem``, ``stages.i.j``,
   ``branch_3x3.{conv,bn}``, ``branch_1x1.{conv,bn}``, ``branch_identity``, fused
-  ``fused_conv``; our classifier's head ``fc``.
+  ``fused_conv``; QARepVGG blocks ``branch_1x1`` (a bare conv) and ``bn``; our classifier's
+  head ``fc``.
 
 Any of them may carry DDP's ``module.`` prefix and sit under ``state_dict`` (mmengine,
 mmseg, mmpretrain) or ``model`` (our pretraining). Keys outside ``backbone.`` (heads, an
@@ -36,6 +41,10 @@ from ..checkpoint import (
 )
 from ..models.arch import ARCHS, RepVGGArch
 
+# The module name of a QARepVGG block's BN after the sum (models.blocks.QARepVGGBlock.bn);
+# only QARepVGG blocks have a norm layer directly under the block.
+QAREPVGG_NORM = "bn"
+
 
 @dataclass(frozen=True)
 class CheckpointFormat:
@@ -49,7 +58,9 @@ class CheckpointFormat:
         first_stage_number: The number the format gives to our ``stages.0``.
         branches: ``(their module prefix, ours)`` inside a block.
         head_prefixes: Classification-head keys, dropped.
-        signatures: Stem key prefixes that only this format has.
+        signatures: Stem key prefixes that identify this format. :func:`detect_format`
+            tries :data:`FORMATS` in order, so a format whose keys also carry a later
+            format's signature comes first.
     """
 
     name: str
@@ -88,6 +99,22 @@ def _branches(three: str, one: str, norm: str, identity: str, fused: str) -> tup
 
 
 FORMATS: tuple[CheckpointFormat, ...] = (
+    # Before "official": its stem keys start with "stage0.rbr_" too.
+    CheckpointFormat(
+        name="qarepvgg",
+        stem="stage0",
+        stage_pattern=re.compile(r"stage(\d+)\.(\d+)\."),
+        first_stage_number=1,
+        branches=(
+            ("rbr_dense.conv.", f"{TRAINING_BRANCH}.conv."),
+            ("rbr_dense.bn.", f"{TRAINING_BRANCH}.bn."),
+            ("rbr_1x1.", "branch_1x1."),
+            ("bn.", f"{QAREPVGG_NORM}."),
+            ("rbr_reparam.", f"{FUSED_CONV}."),
+        ),
+        head_prefixes=("linear.",),
+        signatures=("stage0.rbr_1x1.weight", "stage0.bn."),
+    ),
     CheckpointFormat(
         name="official",
         stem="stage0",
@@ -120,7 +147,12 @@ FORMATS: tuple[CheckpointFormat, ...] = (
         stem="stem",
         stage_pattern=re.compile(r"stages\.(\d+)\.(\d+)\."),
         first_stage_number=0,
-        branches=_branches(TRAINING_BRANCH, "branch_1x1", "bn", "branch_identity", FUSED_CONV),
+        branches=(
+            *_branches(TRAINING_BRANCH, "branch_1x1", "bn", "branch_identity", FUSED_CONV),
+            # A QARepVGG block's bare 1x1 conv and its BN after the sum.
+            ("branch_1x1.", "branch_1x1."),
+            (f"{QAREPVGG_NORM}.", f"{QAREPVGG_NORM}."),
+        ),
         head_prefixes=("fc.", "head."),
         signatures=(f"stem.{TRAINING_BRANCH}.bn.", f"stem.{FUSED_CONV}."),
     ),
@@ -236,6 +268,15 @@ def convert_state_dict(
         )
     deployed = is_deployed_state_dict(renamed, f"Checkpoint {source}") is True
     return ConvertedCheckpoint(renamed, fmt.name, deployed, tuple(dropped))
+
+
+def infer_block_type(state: Mapping[str, torch.Tensor], deployed: bool) -> str | None:
+    """``'QARepVGG'`` or ``'RepVGG'`` for training-time weights (our keys); None for fused
+    ones, which are the same network for both, or when there is no stem."""
+    if deployed or not any(key.startswith("stem.") for key in state):
+        return None
+    qarepvgg = any(key.startswith(f"stem.{QAREPVGG_NORM}.") for key in state)
+    return "QARepVGG" if qarepvgg else "RepVGG"
 
 
 def infer_structure(state: Mapping[str, torch.Tensor], deployed: bool) -> Structure | None:

@@ -26,6 +26,7 @@ from .formats import (
     ConvertedCheckpoint,
     Structure,
     convert_state_dict,
+    infer_block_type,
     infer_structure,
 )
 
@@ -77,8 +78,8 @@ def load_pretrained_backbone(
     converted = convert_state_dict(read_checkpoint(path), source, prefix)
     backbone.load_state_dict(backbone_state_dict(converted, backbone, source), strict=True)
     logger.info(
-        "Loaded RepVGG-%s weights (%s format, %s) from %s; left out %d head keys.",
-        backbone.arch_name,
+        "Loaded %s weights (%s format, %s) from %s; left out %d head keys.",
+        backbone.model_name,
         converted.format,
         "fused" if converted.deployed else "training-time",
         path,
@@ -97,9 +98,12 @@ def check_backbone_structure(
 ) -> Structure:
     """Raises unless ``state`` (our keys) has the backbone's variant; returns its structure.
 
+    Training-time weights of the other block type are an error only for a training-time
+    backbone: fused, both block types are the same network.
+
     Raises:
-        CheckpointError: The weights are of another variant; the message names both and the
-            ``arch`` to set instead.
+        CheckpointError: The weights are of another variant or block type; the message names
+            both and the ``arch`` or ``block_type`` to set instead.
     """
     expected = backbone_structure(backbone)
     found = infer_structure(state, deployed)
@@ -109,6 +113,13 @@ def check_backbone_structure(
             f"Checkpoint {source} holds {found.describe()} weights, but the backbone is "
             f"{expected.describe()}. Set {hint} in the backbone config to use these weights, "
             f"or use a checkpoint of the backbone's variant."
+        )
+    block_type = infer_block_type(state, deployed)
+    if block_type not in (None, backbone.block_type) and not backbone.deploy:
+        raise CheckpointError(
+            f"Checkpoint {source} holds training-time {block_type} blocks, but the backbone "
+            f"is built of {backbone.block_type} blocks. Set block_type='{block_type}' in the "
+            "backbone config (or deploy=True: fused, both are the same network)."
         )
     return expected
 
@@ -127,7 +138,7 @@ def backbone_state_dict(
     if converted.deployed and not backbone.deploy:
         raise CheckpointError(
             f"Checkpoint {source} is deployed (fused; {converted.format} format), but the "
-            f"RepVGG-{backbone.arch_name} backbone has deploy=False. Build the backbone with "
+            f"{backbone.model_name} backbone has deploy=False. Build the backbone with "
             "deploy=True to load it; fused weights cannot be split back into the three "
             "training-time branches."
         )
@@ -135,7 +146,10 @@ def backbone_state_dict(
         logger.info("Fusing the training-time checkpoint %s for a deployed backbone.", source)
         # Fusion folds BN with its eps, so it uses the backbone's; SyncBN folds like BN.
         norm_cfg = {**backbone.norm_cfg, "type": "BN"}
-        state = fuse_state_dict(state, backbone.arch, expected.in_channels, norm_cfg, source)
+        block_type = infer_block_type(state, deployed=False)
+        state = fuse_state_dict(
+            state, backbone.arch, expected.in_channels, norm_cfg, source, block_type
+        )
     return _checked_against(state, backbone, f"{source} ({converted.format} format)")
 
 
@@ -152,7 +166,7 @@ def _checked_against(
     problems = describe_key_mismatch(model_state, state)
     if problems:
         raise CheckpointError(
-            f"Checkpoint {source} does not match the RepVGG-{model.arch_name} backbone (keys "
+            f"Checkpoint {source} does not match the {model.model_name} backbone (keys "
             f"as renamed to ours): {problems}. The file is incomplete or from a different "
             "model; every backbone weight must be present."
         )
@@ -165,6 +179,7 @@ def fuse_state_dict(
     in_channels: int = 3,
     norm_cfg: dict | None = None,
     source: str = "state dict",
+    block_type: str = "RepVGG",
 ) -> dict[str, torch.Tensor]:
     """Fuses a training-time backbone state dict (our keys) into deployed weights.
 
@@ -174,10 +189,11 @@ def fuse_state_dict(
         in_channels: Its input channels.
         norm_cfg: Norm config whose ``eps`` the fusion uses (default BN: 1e-5).
         source: Name of the weights for error messages.
+        block_type: Its blocks' type (``'RepVGG'`` or ``'QARepVGG'``).
     """
     # Built on the meta device: its random initialization would be overwritten anyway.
     with torch.device("meta"):
-        model = RepVGG(arch, in_channels=in_channels, norm_cfg=norm_cfg)
+        model = RepVGG(arch, in_channels=in_channels, norm_cfg=norm_cfg, block_type=block_type)
     model.load_state_dict(_checked_against(state, model, source), strict=True, assign=True)
     model.eval()
     model.switch_to_deploy()
@@ -201,6 +217,7 @@ def convert_checkpoint(
 
     Returns:
         ``(state_dict, meta)``: the backbone state dict, and ``meta`` with ``arch``,
+        ``block_type`` (of training-time weights; fused ones are the same for both),
         ``deploy``, ``source`` and ``source_format``.
     """
     source = os.fspath(checkpoint)
@@ -217,13 +234,15 @@ def convert_checkpoint(
         arch = found.arch_name
     deploy = converted.deployed if deploy is None else deploy
     in_channels = found.in_channels if found is not None else 3
+    block_type = infer_block_type(converted.state_dict, converted.deployed) or "RepVGG"
     # The meta device skips allocating and initializing weights that are replaced anyway.
     with torch.device("meta"):
-        backbone = RepVGG(arch, in_channels=in_channels, deploy=deploy)
+        backbone = RepVGG(arch, in_channels=in_channels, deploy=deploy, block_type=block_type)
     state = backbone_state_dict(converted, backbone, source)
     backbone.load_state_dict(state, strict=True, assign=True)
     meta = {
         "arch": backbone.arch_name,
+        "block_type": block_type,
         "deploy": deploy,
         "source": source,
         "source_format": converted.format,
@@ -256,7 +275,8 @@ def convert_checkpoint_file(
     state, meta = convert_checkpoint(src, arch=arch, deploy=deploy, progress=progress)
     save_atomically({"state_dict": state, "meta": meta} if wrap else state, Path(dst))
     logger.info(
-        "Wrote RepVGG-%s (%s) backbone weights from %s (%s format) to %s",
+        "Wrote %s-%s (%s) backbone weights from %s (%s format) to %s",
+        meta["block_type"],
         meta["arch"],
         "deployed" if meta["deploy"] else "training-time",
         src,

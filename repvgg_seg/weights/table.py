@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from ..models.arch import canonical_arch_name
+from ..models.arch import ModelName
 
 DEFAULT_BASE_URL = "https://download.openmmlab.com/mmclassification/v0/repvgg/"
 
@@ -92,7 +92,14 @@ def published_weights(name: str) -> PublishedWeights:
     """
     if name.startswith(NAME_SCHEME):
         name = name[len(NAME_SCHEME) :]
-    arch = canonical_arch_name(name)
+    model = ModelName.parse(name)
+    if model.block_type != "RepVGG":
+        raise ValueError(
+            f"No published ImageNet weights for {model}: none exist for {model.block_type}. "
+            f"Pretrain them with tools/pretrain_imagenet.py --model {model} and pass the "
+            "checkpoint's path."
+        )
+    arch = model.arch
     if arch not in WEIGHTS:
         raise ValueError(
             f"No published ImageNet weights for RepVGG-{arch}; published variants are "
