@@ -23,7 +23,7 @@ from repvgg_seg.pretrain import (
 )
 from repvgg_seg.pretrain.checkpoint import read_metrics
 from repvgg_seg.pretrain.data import build_datasets, load_rgb_image
-from repvgg_seg.pretrain.recipe import lr_factor, scaled_lr
+from repvgg_seg.pretrain.recipe import get_recipe, lr_factor, scaled_lr
 
 from helpers import one_error_line, tool_exit
 
@@ -364,3 +364,51 @@ def test_unreadable_image_read_by_a_worker_is_one_line(tmp_path, capsys, workers
     message = one_error_line(err, "pretrain_imagenet")
     assert status == 2 and message.startswith(f"Cannot read image {broken}:")
     assert "Traceback" not in message and "worker" not in message
+
+
+# --- QARepVGG -----------------------------------------------------------------------------------
+
+
+def test_qarepvgg_a0_trains_resumes_exactly_and_deploys_repvggs_network(data_root, tmp_path):
+    common = dict(model="QARepVGG-A0", epochs=2)
+    whole = tmp_path / "whole"
+    result = run_pretraining(tiny_config(data_root, whole, **common))
+    split = tmp_path / "split"
+    run_pretraining(tiny_config(data_root, split, stop_after_epoch=1, **common))
+    torch.manual_seed(12345)
+    run_pretraining(tiny_config(data_root, split, resume=str(split / "checkpoint.pth"), **common))
+
+    expected, actual = load(whole / "checkpoint.pth"), load(split / "checkpoint.pth")
+    args = expected["args"]
+    assert (args["model"], args["recipe"], args["wd"]) == ("QARepVGG-A0", "qarepvgg", 4e-5)
+    assert "stem.bn.weight" in {k.removeprefix("backbone.") for k in expected["model"]}
+    for key in ("model", "optimizer"):
+        torch.testing.assert_close(actual[key], expected[key], rtol=0, atol=0)
+    assert without_timing(split / "metrics.jsonl") == without_timing(whole / "metrics.jsonl")
+    # The deployed file was written only after passing the fusion criterion; it is the
+    # deployed RepVGG-A0 classifier, key for key.
+    fused = result["fused"]
+    assert fused["acc1_fused"] == fused["acc1"] and fused["max_logit_diff"] < 1e-3
+    deployed = load(whole / "model_deploy.pth")
+    assert deployed["arch"] == "QARepVGG-A0"
+    RepVGGClassifier("A0", num_classes=4, deploy=True).load_state_dict(deployed["model"])
+
+
+def test_qarepvgg_recipe_is_the_default_and_decays_every_parameter(data_root):
+    cfg = tiny_config(data_root, None, model="qarepvgg_b0", lr=None).resolved()
+    assert (cfg.model, cfg.recipe, cfg.epochs, cfg.lr, cfg.wd) == (
+        "QARepVGG-B0",
+        "qarepvgg",
+        120,
+        0.1,
+        4e-5,
+    )
+    assert cfg.decay_norm_and_bias and not cfg.model_ema and cfg.model_label == "QARepVGG-B0"
+    assert (cfg.label_smoothing, cfg.mixup_alpha, cfg.lr_warmup_epochs) == (0.0, 0.0, 0)
+    assert get_recipe("qarepvgg").global_batch_size == 1024
+    model = RepVGGClassifier("A0", num_classes=4, block_type="QARepVGG")
+    optimizer = build_optimizer(model, 0.1, 0.9, cfg.wd, decay_norm_and_bias=True)
+    decayed = [p for g in optimizer.param_groups if g["weight_decay"] == 4e-5 for p in g["params"]]
+    assert len(decayed) == len(list(model.parameters()))
+    # --recipe still picks any preset for any model.
+    assert tiny_config(data_root, None, model="QARepVGG-A0", recipe="simple").resolved().wd == 1e-4
