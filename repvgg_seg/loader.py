@@ -10,7 +10,10 @@ describes:
   ``deploy=True``;
 - a ``tools/deploy.py`` output with the ``*_deploy.py`` config written beside it (folded
   conv+BN, no auxiliary head, Winograd convs or bfloat16, as that config records);
-- any of these saved from a DistributedDataParallel wrapper (``module.`` key prefixes).
+- any of these saved from a DistributedDataParallel wrapper (``module.`` key prefixes);
+- an ``.onnx`` model (float32 or INT8) with the config it was exported from: run by ONNX
+  Runtime inside the config's own preprocessing and test mode
+  (:class:`~repvgg_seg.onnx_segmentor.OnnxEncoderDecoder`).
 
 A checkpoint that does not fit its config raises :class:`CheckpointError` naming both files
 and what to pass instead; nothing is loaded partially. ``deploy/``, ``inference/``,
@@ -41,6 +44,7 @@ from .checkpoint import (
     state_dict_of,
 )
 from .models import RepVGG
+from .onnx_segmentor import build_onnx_segmentor, is_onnx_file
 from .reparam import reparameterize_model
 from .weights import check_backbone_structure
 
@@ -108,7 +112,9 @@ def load_segmentor(
     Args:
         config: The config the checkpoint was made with (path or Config; for a
             ``tools/deploy.py`` checkpoint, the ``*_deploy.py`` config beside it).
-        checkpoint: A training-time, fused or deployed checkpoint.
+        checkpoint: A training-time, fused or deployed checkpoint, or an ``.onnx`` model
+            (float32 from tools/deploy.py --onnx, INT8 from tools/quantize.py) run by ONNX
+            Runtime (:class:`~repvgg_seg.onnx_segmentor.OnnxEncoderDecoder`).
         device: Where the model goes.
         fuse: Re-parameterize the RepVGG blocks after loading (no-op when already fused);
             the caller checks the fusion if it needs to (:mod:`repvgg_seg.equivalence`).
@@ -127,6 +133,8 @@ def load_segmentor(
     cfg = read_config(config)
     # One branch per checkpoint file type, chosen by suffix; .pth and any other suffix are
     # PyTorch checkpoints.
+    if is_onnx_file(checkpoint):  # float32 or INT8, run by ONNX Runtime (already fused)
+        return build_onnx_segmentor(cfg, checkpoint).to(device)
     if contents is None:
         contents = read_checkpoint(checkpoint)
     return _load_pytorch(cfg, config_name(config), os.fspath(checkpoint), contents, device, fuse)

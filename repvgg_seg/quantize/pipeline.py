@@ -1,0 +1,302 @@
+"""The whole quantization step: load, deploy, export, calibrate, rank, quantize, measure,
+publish (only when the INT8 model is within ``max_miou_drop`` of the float one)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import mmseg
+import onnx
+import onnxruntime
+import torch
+from mmengine.config import Config
+from torch import nn
+
+from ..atomic_io import write_atomically
+from ..benchmark.machine import cpu_info
+from ..deploy import OutputFolder, compare_on_batch, deploy_segmentor, export_onnx
+from ..loader import config_name, load_segmentor
+from ..onnx_segmentor import build_onnx_segmentor
+from .calibration import (
+    calibration_dataset,
+    calibration_inputs,
+    evaluation_dataset,
+    evaluation_samples,
+)
+from .evaluation import Evaluation, compare_segmentors
+from .onnx_quant import (
+    CALIBRATION_METHODS,
+    collect_ranges,
+    conv_names,
+    prepare_float_model,
+    quantize_model,
+    save_model,
+)
+from .sensitivity import LayerSensitivity, rank_convs
+
+# A progress factory: (what, total steps) -> a function called once per step.
+ProgressFactory = Callable[[str, int], Callable[[], None]]
+
+
+@dataclass(frozen=True)
+class QuantizeOptions:
+    """How :func:`quantize_checkpoint` quantizes and checks (``tools/quantize.py``'s flags).
+
+    The defaults are measured on the demo's PSPNet-A0 (docs/quantization.md).
+
+    Attributes:
+        calib_images: Calibration images, through the config's train pipeline.
+        calib_method: A key of :data:`~.onnx_quant.CALIBRATION_METHODS`.
+        per_channel: One weight scale per output channel.
+        eval_images: Val images the INT8 model is measured on against the float one.
+        max_miou_drop: Largest accepted mIoU drop (float minus INT8, in mIoU points).
+        sensitivity: Rank the convs by how much each alone moves the logits.
+        keep_float: Leave the this many most sensitive convs in float32 (ranks them).
+        keep_float_layers: Leave these convs (PyTorch module names) in float32.
+        seed: Seeds the train pipeline's random transforms.
+    """
+
+    calib_images: int = 8
+    calib_method: str = "minmax"
+    per_channel: bool = True
+    eval_images: int = 20
+    max_miou_drop: float = 1.0
+    sensitivity: bool = False
+    keep_float: int = 0
+    keep_float_layers: tuple[str, ...] = ()
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.calib_method not in CALIBRATION_METHODS:
+            raise ValueError(
+                f"--calib-method {self.calib_method!r} is not known; pass one of "
+                f"{', '.join(CALIBRATION_METHODS)}."
+            )
+        for flag, value in (
+            ("--calib-images", self.calib_images),
+            ("--eval-images", self.eval_images),
+        ):
+            if value < 1:
+                raise ValueError(f"{flag} must be at least 1, got {value}.")
+        if self.keep_float < 0:
+            raise ValueError(f"--keep-float must be 0 or more, got {self.keep_float}.")
+        if not self.max_miou_drop >= 0:
+            raise ValueError(f"--max-miou-drop must be 0 or more, got {self.max_miou_drop}.")
+
+    @property
+    def ranks_convs(self) -> bool:
+        return self.sensitivity or self.keep_float > 0
+
+
+@dataclass
+class QuantizeReport:
+    """What :func:`quantize_checkpoint` measured and wrote.
+
+    Attributes:
+        onnx: The INT8 model (in ``out_dir`` when :attr:`written`).
+        report: Its JSON report (in ``out_dir`` when written).
+        evaluation: INT8 against float on the val images.
+        options: The settings used.
+        kept_float: Convs left in float32 (by name, then by rank).
+        sensitivity: Every conv, most sensitive first (when ranked).
+        convs: Convs in the model.
+        seconds: Wall time of each step.
+        written: Whether the files were put in place (only when within max_miou_drop).
+    """
+
+    onnx: Path
+    report: Path
+    evaluation: Evaluation | None = None
+    options: QuantizeOptions = field(default_factory=QuantizeOptions)
+    kept_float: list[str] = field(default_factory=list)
+    sensitivity: list[LayerSensitivity] | None = None
+    convs: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+    written: bool = False
+
+    @property
+    def miou_drop(self) -> float:
+        return -self.evaluation.miou_change
+
+    @property
+    def passed(self) -> bool:
+        return self.evaluation is not None and self.miou_drop <= self.options.max_miou_drop
+
+
+def quantize_checkpoint(
+    cfg: Config,
+    checkpoint: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    options: QuantizeOptions,
+    progress: ProgressFactory | None = None,
+) -> QuantizeReport:
+    """Quantizes a checkpoint's deployed segmentor to INT8 and measures it against float32.
+
+    Writes ``<config stem>_int8.onnx`` and ``<config stem>_int8.json`` to ``out_dir`` only
+    when the INT8 mIoU is within ``options.max_miou_drop`` of the float one; staged in a
+    hidden folder inside ``out_dir`` until then, so an error, Ctrl-C or kill leaves nothing.
+
+    Args:
+        cfg: The checkpoint's config (training or ``*_deploy.py``).
+        checkpoint: Any checkpoint form :func:`repvgg_seg.loader.load_segmentor` loads.
+        progress: Makes the progress callbacks of the long steps (None: silent).
+
+    Raises:
+        CheckpointError: The checkpoint does not fit the config.
+        DatasetError: The training or val set is missing or empty.
+        FusionMismatchError: The deployed model does not reproduce the trained one.
+        ValueError: A ``--keep-float-layers`` name is not a conv of the model.
+    """
+    started, seconds = time.perf_counter(), {}
+    stem = Path(config_name(cfg)).stem
+    # Missing datasets end the run before any long step.
+    calibration_set, val_set = calibration_dataset(cfg), evaluation_dataset(cfg)
+    model = load_segmentor(cfg, checkpoint)
+    deployed = _deploy(model, next(evaluation_samples(val_set, 1)))
+    _check_layer_names(options.keep_float_layers, deployed)
+    seconds["deploy"] = time.perf_counter() - started
+
+    folder = OutputFolder(out_dir, stem, "int8", (".onnx", ".json"), "tools/quantize.py")
+    with folder:
+        staging = folder.staging
+        report = QuantizeReport(staging / f"{stem}_int8.onnx", staging / f"{stem}_int8.json")
+        report.options = options
+        crop = tuple(cfg.model.get("data_preprocessor", {}).get("size") or (512, 1024))
+        export_onnx(deployed, staging / "float.onnx", torch.randn(1, 3, *crop))
+        prepared_path = staging / "float_prepared.onnx"
+        prepared = prepare_float_model(staging / "float.onnx", prepared_path)
+        names = conv_names(prepared)
+        report.convs = len(names)
+        seconds["export"] = time.perf_counter() - started - sum(seconds.values())
+
+        step = _step_progress(progress)
+        images = calibration_inputs(
+            calibration_set,
+            deployed.data_preprocessor,
+            options.calib_images,
+            options.seed,
+            step("calibration images", options.calib_images),
+        )
+        ranges = collect_ranges(
+            prepared_path,
+            images,
+            options.calib_method,
+            staging,
+            step("calibration", options.calib_images),
+        )
+        seconds["calibration"] = time.perf_counter() - started - sum(seconds.values())
+        report.kept_float = list(options.keep_float_layers)
+        if options.ranks_convs:
+            report.sensitivity = rank_convs(
+                prepared, ranges, options.per_channel, images, step("sensitivity", len(names))
+            )
+            ranked = [
+                layer.name for layer in report.sensitivity if layer.name not in report.kept_float
+            ]
+            report.kept_float += ranked[: options.keep_float]
+            seconds["sensitivity"] = time.perf_counter() - started - sum(seconds.values())
+        quantized = quantize_model(
+            prepared, ranges, options.per_channel, nodes_to_exclude=report.kept_float
+        )
+        write_atomically(report.onnx, lambda file: save_model(quantized, file))
+        seconds["quantize"] = time.perf_counter() - started - sum(seconds.values())
+
+        report.evaluation = compare_segmentors(
+            build_onnx_segmentor(cfg, prepared_path),
+            build_onnx_segmentor(cfg, report.onnx),
+            evaluation_samples(val_set, options.eval_images),
+            val_set.metainfo,
+            step("evaluation", min(options.eval_images, len(val_set))),
+        )
+        seconds["evaluation"] = time.perf_counter() - started - sum(seconds.values())
+        report.seconds = seconds
+        if report.passed:
+            text = json.dumps(describe(report, cfg, checkpoint), indent=2) + "\n"
+            write_atomically(report.report, lambda file: file.write(text.encode()))
+            report.onnx, report.report = folder.publish([report.onnx, report.report])
+            report.written = True
+    return report
+
+
+def _deploy(model: torch.nn.Module, batch: dict) -> torch.nn.Module:
+    """The deployed form of ``model`` (fused, conv+BN folded), checked on one val image."""
+    deployed = copy.deepcopy(model)
+    deploy_segmentor(deployed, torch.randn(1, 3, 64, 64))
+    compare_on_batch(model, deployed, batch).check(
+        "deployed vs loaded segmentor on the first val image"
+    )
+    return deployed.float()
+
+
+def _check_layer_names(requested: tuple[str, ...], model: torch.nn.Module) -> None:
+    """Refuses names that are not convs of the deployed model (the ONNX Conv nodes carry
+    their modules' names)."""
+    names = [name for name, module in model.named_modules() if isinstance(module, nn.Conv2d)]
+    unknown = [name for name in requested if name not in names]
+    if unknown:
+        raise ValueError(
+            f"--keep-float-layers {' '.join(unknown)}: no such conv in the deployed model; "
+            f"its convs are {', '.join(names[:3])}, ..., {names[-1]} ({len(names)}; "
+            "--sensitivity lists them all)."
+        )
+
+
+def _step_progress(progress: ProgressFactory | None):
+    def step(what: str, total: int) -> Callable[[], None] | None:
+        return progress(what, total) if progress is not None else None
+
+    return step
+
+
+def describe(report: QuantizeReport, cfg: Config, checkpoint: str | os.PathLike) -> dict:
+    """The JSON report: the measurement, the settings, the host and the library versions."""
+    evaluation = report.evaluation
+    cpu, flags = cpu_info()
+    return {
+        "config": config_name(cfg),
+        "checkpoint": os.fspath(checkpoint),
+        "onnx": report.onnx.name,
+        "evaluation": {
+            "val_images": evaluation.images,
+            "float32": evaluation.float_metrics,
+            "int8": evaluation.int8_metrics,
+            "miou_change": round(evaluation.miou_change, 4),
+            "pixel_agreement_percent": round(evaluation.pixel_agreement, 4),
+            "changed_pixels": evaluation.changed_pixels,
+            "pixels": evaluation.pixels,
+            "max_miou_drop": report.options.max_miou_drop,
+        },
+        "quantization": {
+            "library": "onnxruntime.quantization (static)",
+            "format": "QDQ",
+            "activations": "int8 (asymmetric)",
+            "weights": "int8 (symmetric)",
+            "per_channel": report.options.per_channel,
+            "calibration": {
+                "images": report.options.calib_images,
+                "method": report.options.calib_method,
+                "source": "train_dataloader.dataset with its train pipeline, seeded",
+                "seed": report.options.seed,
+            },
+            "convs": report.convs,
+            "kept_float": report.kept_float,
+        },
+        "sensitivity": None
+        if report.sensitivity is None
+        else [asdict(layer) for layer in report.sensitivity],
+        "host": {"cpu": cpu, "flags": flags, "machine": platform.machine()},
+        "versions": {
+            "onnxruntime": onnxruntime.__version__,
+            "onnx": onnx.__version__,
+            "torch": torch.__version__,
+            "mmsegmentation": mmseg.__version__,
+        },
+        "seconds": {step: round(value, 1) for step, value in report.seconds.items()},
+    }

@@ -1,0 +1,224 @@
+"""INT8 quantization (tools/quantize.py) and ONNX models tested like checkpoints.
+
+One small segmentor (the synthetic config, random weights and BN statistics) on a tiny
+synthetic Cityscapes whose val labels are the float model's own predictions: the float
+mIoU is then 100 and any pixel that INT8 changes is a measurable drop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from PIL import Image
+
+from helpers import randomize_bn
+
+pytest.importorskip("onnxruntime")
+
+from repvgg_seg.cli import CheckFailedError, run_tool  # noqa: E402
+from repvgg_seg.loader import build_segmentor, load_segmentor  # noqa: E402
+from repvgg_seg.onnx_segmentor import OnnxModelError, build_onnx_segmentor  # noqa: E402
+from repvgg_seg.quantize import calibration_inputs, float_convs  # noqa: E402
+from repvgg_seg.quantize.calibration import DatasetError, calibration_dataset  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+CROP = (32, 64)
+KEEP = ["backbone.stem.fused_conv", "decode_head.conv_seg"]
+
+
+def load_tool(name: str):
+    spec = importlib.util.spec_from_file_location(f"tools_{name}", ROOT / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_main(tool, args: list[str], capsys) -> tuple[int, str]:
+    """Runs a tool's main as its ``__main__`` does: (exit status, stderr)."""
+    with pytest.raises(SystemExit) as exit_info:
+        run_tool(lambda: tool.main(args))
+    return exit_info.value.code, capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def model_files(tmp_path_factory):
+    """(config, checkpoint): random weights; val labels are the float model's predictions."""
+    from repvgg_seg.datasets.synthetic import make_synthetic_cityscapes
+
+    root = tmp_path_factory.mktemp("quantize")
+    data_root = make_synthetic_cityscapes(
+        root / "data", num_train=3, num_val=2, image_size=(96, 48)
+    )
+    config = root / "tiny.py"
+    config.write_text(
+        f"_base_ = {str(ROOT / 'configs' / 'pspnet_repvgg_a0_synthetic.py')!r}\n"
+        f"data_root = {str(data_root) + '/'!r}\n"
+        "image_scale = (96, 48)\n"
+        f"crop_size = {CROP}\n"
+        "model = dict(data_preprocessor=dict(size=crop_size),\n"
+        "    decode_head=dict(channels=16), auxiliary_head=dict(channels=16))\n"
+        "train_dataloader = dict(dataset=dict(data_root=data_root))\n"
+        "val_dataloader = dict(dataset=dict(data_root=data_root))\n"
+        "test_dataloader = val_dataloader\n"
+    )
+    torch.manual_seed(0)
+    model = randomize_bn(build_segmentor(config), seed=1)
+    checkpoint = root / "model.pth"
+    torch.save({"state_dict": model.state_dict()}, checkpoint)
+    _labels_from_predictions(load_segmentor(config, checkpoint, fuse=True), data_root)
+    return config, checkpoint
+
+
+def _labels_from_predictions(model, data_root: Path) -> None:
+    from mmseg.apis import inference_model
+
+    for image in sorted((data_root / "leftImg8bit" / "val").rglob("*_leftImg8bit.png")):
+        labels = inference_model(model, str(image)).pred_sem_seg.data[0].numpy()
+        relative = image.relative_to(data_root / "leftImg8bit")
+        name = relative.name.replace("_leftImg8bit.png", "_gtFine_labelTrainIds.png")
+        Image.fromarray(labels.astype(np.uint8)).save(data_root / "gtFine" / relative.parent / name)
+
+
+def quantize_args(model_files, out_dir: Path, *options: str) -> list[str]:
+    config, checkpoint = model_files
+    return [str(config), str(checkpoint), str(out_dir), "--calib-images", "2", *options]
+
+
+@pytest.fixture(scope="module")
+def quantized(model_files, tmp_path_factory):
+    """tools/quantize.py's output, two convs kept in float by name and the two most
+    sensitive others by rank: (onnx, report, printed)."""
+    out_dir = tmp_path_factory.mktemp("int8")
+    args = quantize_args(model_files, out_dir, "--max-miou-drop", "100", "--keep-float", "2")
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        assert load_tool("quantize").main([*args, "--keep-float-layers", *KEEP]) == 0
+    stem = model_files[0].stem
+    report = json.loads((out_dir / f"{stem}_int8.json").read_text())
+    return out_dir / f"{stem}_int8.onnx", report, printed.getvalue()
+
+
+def test_calibration_reads_the_train_pipeline(model_files):
+    config, checkpoint = model_files
+    from mmengine.config import Config
+
+    cfg = Config.fromfile(str(config))
+    model = load_segmentor(cfg, checkpoint)
+    dataset = calibration_dataset(cfg)
+    first = calibration_inputs(dataset, model.data_preprocessor, 3, seed=0)
+    again = calibration_inputs(dataset, model.data_preprocessor, 3, seed=0)
+    other = calibration_inputs(dataset, model.data_preprocessor, 3, seed=1)
+    # The pipeline's RandomResize and RandomCrop (the files are 48x96), then normalized.
+    crop = next(t.crop_size for t in cfg.train_pipeline if t.type == "RandomCrop")
+    assert [image.shape for image in first] == [(1, 3, *crop)] * 3
+    assert all(image.dtype == np.float32 and abs(image.mean()) < 3 for image in first)
+    np.testing.assert_array_equal(first[0], again[0])  # seeded: repeatable
+    assert not np.array_equal(first[0], other[0])  # the transforms are random
+    assert not np.array_equal(first[0], first[1])  # spread over the dataset
+
+
+def test_quantized_model_and_report(quantized):
+    path, report, _ = quantized
+    evaluation = report["evaluation"]
+    assert evaluation["float32"]["mIoU"] == 100.0  # the labels are its predictions
+    assert evaluation["pixels"] == 2 * 96 * 48
+    assert 0 < evaluation["pixel_agreement_percent"] <= 100
+    assert report["quantization"]["calibration"]["images"] == 2
+    assert report["quantization"]["convs"] == 28
+    assert report["host"]["cpu"] and report["versions"]["onnxruntime"]
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_named_and_most_sensitive_convs_stay_float(quantized):
+    path, report, printed = quantized
+    ranking = report["sensitivity"]
+    errors = [layer["relative_error"] for layer in ranking]
+    assert len(ranking) == 28 and errors == sorted(errors, reverse=True) and errors[0] > 0
+    worst = [layer["name"] for layer in ranking if layer["name"] not in KEEP][:2]
+    assert report["quantization"]["kept_float"] == KEEP + worst
+    # Read from the graph: exactly those convs take float weights, every other one INT8.
+    assert sorted(float_convs(onnx.load(str(path)))) == sorted(KEEP + worst)
+    assert "convs by sensitivity" in printed and f"{worst[0]}: " in printed
+
+
+def test_onnx_segmentor_checks_the_file_and_the_config(model_files, quantized, tmp_path):
+    from mmengine.config import Config
+
+    cfg = Config.fromfile(str(model_files[0]))
+    model = build_onnx_segmentor(cfg, quantized[0])
+    assert model.out_channels == 19 and model.test_cfg.mode == "whole"
+    not_onnx = tmp_path / "model.onnx"
+    not_onnx.write_bytes(b"not a protobuf")
+    with pytest.raises(OnnxModelError, match="is not an ONNX model"):
+        build_onnx_segmentor(cfg, not_onnx)
+    cfg.model.decode_head.num_classes = 7
+    with pytest.raises(OnnxModelError, match="the config predicts 7 classes") as error:
+        build_onnx_segmentor(cfg, quantized[0])
+    assert str(quantized[0]) in str(error.value) and str(model_files[0]) in str(error.value)
+
+
+def test_a_drop_above_the_limit_writes_nothing(model_files, tmp_path, capsys):
+    out_dir = tmp_path / "refused"
+    args = quantize_args(model_files, out_dir, "--max-miou-drop", "0", "--no-per-channel")
+    with pytest.raises(CheckFailedError, match="nothing written"):
+        load_tool("quantize").main(args)
+    assert "mIoU float 100.00" in capsys.readouterr().out
+    assert list(out_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        (lambda a: [a[0], str(Path(a[1]).with_name("missing.pth")), *a[2:]], "missing.pth"),
+        (lambda a: [*a, "--keep-float-layers", "backbone.nope"], "backbone.nope: no such conv"),
+        (lambda a: [*a, "--calib-images", "0"], "--calib-images must be at least 1"),
+        (
+            lambda a: [*a, "--cfg-options", "val_dataloader.dataset.data_root=/nonexistent"],
+            "/nonexistent",
+        ),
+    ],
+    ids=["missing checkpoint", "unknown layer", "empty calibration set", "missing val set"],
+)
+def test_bad_input_is_one_line_and_writes_nothing(model_files, tmp_path, capsys, change, expected):
+    out_dir = tmp_path / "out"
+    status, stderr = run_main(
+        load_tool("quantize"), change(quantize_args(model_files, out_dir)), capsys
+    )
+    assert status == 2, stderr
+    assert len(stderr.strip().splitlines()) == 1 and expected in stderr, stderr
+    assert not out_dir.exists() or list(out_dir.iterdir()) == []
+
+
+def test_missing_calibration_set_is_named(model_files, tmp_path):
+    from mmengine.config import Config
+
+    cfg = Config.fromfile(str(model_files[0]))
+    cfg.train_dataloader.dataset.data_root = str(tmp_path / "empty")
+    with pytest.raises(DatasetError, match="train_dataloader.dataset"):
+        calibration_dataset(cfg)
+
+
+def test_test_and_infer_tools_run_the_int8_model(model_files, quantized, tmp_path):
+    from mmseg.apis import inference_model
+
+    config, (path, report, _) = model_files[0], quantized
+    metrics = load_tool("test").main([str(config), str(path), "--work-dir", str(tmp_path / "w")])
+    # The same images, pipeline and metric as tools/quantize.py's own measurement.
+    assert metrics["mIoU"] == pytest.approx(report["evaluation"]["int8"]["mIoU"], abs=0.01)
+
+    images = sorted((config.parent / "data" / "leftImg8bit" / "val").rglob("*.png"))
+    out_dir = tmp_path / "infer"
+    args = [str(config), str(path), str(images[0]), "--out-dir", str(out_dir), "--save-labels"]
+    assert load_tool("infer").main(args) == 0
+    (labels_file,) = (out_dir / "labels").rglob("*.png")
+    labels = np.array(Image.open(labels_file))
+    expected = inference_model(load_segmentor(config, path), str(images[0]))
+    np.testing.assert_array_equal(labels, expected.pred_sem_seg.data[0].numpy())
+    assert labels.shape == (48, 96)
