@@ -59,6 +59,7 @@ BAD_INPUT: tuple[type[BaseException], ...] = (
     UsageError,
     CheckpointError,
     FileNotFoundError,
+    FileExistsError,
     NotADirectoryError,
     IsADirectoryError,
     PermissionError,

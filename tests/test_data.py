@@ -21,6 +21,8 @@ from repvgg_seg.datasets import (
 )
 from repvgg_seg.datasets.labels import convert_label_ids_file, find_label_id_files
 
+from helpers import one_error_line, tool_exit
+
 ROOT = Path(__file__).resolve().parents[1]
 NAME = re.compile(r"^(leftImg8bit|gtFine)/(train|val)/([a-z]+)/\3_\d{6}_\d{6}_(\w+)\.png$")
 
@@ -163,3 +165,44 @@ def test_missing_label_folder(synthetic):
     shutil.rmtree(synthetic / "gtFine" / "val")
     with pytest.raises(CityscapesDataError, match="label folder .* does not exist"):
         build_dataset(synthetic, "val")
+
+
+# --- the tools' refusals (issue 20 item 16): one line, exit 2, nothing written ---------------
+
+
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("root is a file", "is a file; pass a folder"),
+        ("foreign folder", "is not empty and was not made by make_synthetic_cityscapes"),
+        ("tiny images", "image_size must be at least (32, 32) pixels"),
+        ("no val images", "num_train and num_val must be at least 1"),
+    ],
+)
+def test_make_synthetic_cityscapes_refusals_are_one_line(tmp_path, capsys, case, expected):
+    root = tmp_path / "root"
+    argv = [str(root), "--num-train", "2", "--num-val", "1", "--size", "64", "32"]
+    if case == "root is a file":
+        root.write_text("x")
+    elif case == "foreign folder":
+        root.mkdir()
+        (root / "mine.txt").write_text("x")
+    elif case == "tiny images":
+        argv[-2:] = ["16", "16"]
+    else:
+        argv[4] = "0"
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    status, err = tool_exit("make_synthetic_cityscapes", argv, capsys)
+    assert status == 2 and expected in one_error_line(err, "make_synthetic_cityscapes")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
+def test_prepare_cityscapes_names_a_corrupt_label_file(synthetic, capsys):
+    sources = find_label_id_files(str(synthetic / "gtFine"))
+    broken = sources[1]
+    Path(broken).write_bytes(Path(broken).read_bytes()[:60])  # cut inside the image data
+    for workers in ("1", "2"):
+        status, err = tool_exit("prepare_cityscapes", [str(synthetic), "--nproc", workers], capsys)
+        message = one_error_line(err, "prepare_cityscapes")
+        assert status == 2
+        assert message.startswith(f"'{broken}' cannot be decoded as an image (truncated")

@@ -678,7 +678,7 @@ def test_wrong_size_label_names_the_file(synthetic):
     assert label in str(error.value) and info["img_path"] in str(error.value)
 
 
-def test_prepare_cityscapes_refuses_unknown_label_ids(synthetic):
+def test_prepare_cityscapes_refuses_unknown_label_ids(synthetic, capsys):
     (source,) = [p for p in (synthetic / "gtFine" / "val").rglob("*_labelIds.png")]
     label_ids = cv2.imread(str(source), cv2.IMREAD_UNCHANGED)
     label_ids[0, :3] = 34
@@ -686,14 +686,12 @@ def test_prepare_cityscapes_refuses_unknown_label_ids(synthetic):
     cv2.imwrite(str(source), label_ids)
     target = Path(str(source).replace("_labelIds", "_labelTrainIds"))
     before = target.read_bytes()
-    prepare = load_tool("prepare_cityscapes")
-    with pytest.raises(SystemExit) as error:
-        prepare.main([str(synthetic)])
-    assert f"'{source}'" in str(error.value.code)
-    assert "34 (3 pixels), 200 (1 pixels)" in str(error.value.code)
-    assert "--unknown-ids-to-ignore" in str(error.value.code)
+    status, err = tool_exit("prepare_cityscapes", [str(synthetic)], capsys)
+    message = one_error_line(err, "prepare_cityscapes")
+    assert status == 2 and f"'{source}'" in message
+    assert "34 (3 pixels), 200 (1 pixels)" in message and "--unknown-ids-to-ignore" in message
     assert target.read_bytes() == before
-    prepare.main([str(synthetic), "--unknown-ids-to-ignore"])
+    load_tool("prepare_cityscapes").main([str(synthetic), "--unknown-ids-to-ignore"])
     train_ids = cv2.imread(str(target), cv2.IMREAD_UNCHANGED)
     assert (train_ids[0, :3] == 255).all() and train_ids[1, 0] == 255
     np.testing.assert_array_equal(

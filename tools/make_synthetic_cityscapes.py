@@ -4,7 +4,9 @@
         [--num-train 60] [--num-val 12] [--size 256 128] [--seed 0]
 
 The scenes are generated, not photographs: never evaluate a model on them and report the
-number as a Cityscapes result. See repvgg_seg/datasets/synthetic.py.
+number as a Cityscapes result. See repvgg_seg/datasets/synthetic.py. It refuses (one line,
+exit 2) a ROOT that is a file or a non-empty folder it did not write, and sizes or counts
+that make no dataset.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from repvgg_seg.cli import run_tool
 from repvgg_seg.datasets import make_synthetic_cityscapes
 
 
@@ -33,4 +36,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)

@@ -6,7 +6,8 @@ Reads every ``gtFine/<split>/<city>/*_gtFine_labelIds.png`` of the official
 gtFine_trainvaltest.zip and writes ``*_gtFine_labelTrainIds.png`` beside it, with the
 19 training classes and 255 for ignored ones, mapped through the label table of the official
 ``cityscapesscripts`` package. A value that is no Cityscapes label id (0-33) stops the
-conversion with an error naming the file, unless --unknown-ids-to-ignore maps it to 255.
+conversion with an error naming the file, unless --unknown-ids-to-ignore maps it to 255; so
+does a label file that cannot be decoded. Each output appears whole (written atomically).
 See data/README.md.
 """
 
@@ -15,15 +16,11 @@ from __future__ import annotations
 import argparse
 import functools
 import os.path as osp
-import sys
 
 from mmengine.utils import track_parallel_progress, track_progress
 
-from repvgg_seg.datasets.labels import (
-    UnknownLabelIdsError,
-    convert_label_ids_file,
-    find_label_id_files,
-)
+from repvgg_seg.cli import UsageError, run_tool
+from repvgg_seg.datasets.labels import convert_label_ids_file, find_label_id_files
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -38,14 +35,16 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     gtfine = osp.join(args.data_root, "gtFine")
+    if args.nproc < 1:
+        raise UsageError(f"--nproc must be at least 1, got {args.nproc}.")
     if not osp.isdir(gtfine):
-        sys.exit(
+        raise UsageError(
             f"'{gtfine}' does not exist. Unpack gtFine_trainvaltest.zip into {args.data_root} "
             "first (see data/README.md)."
         )
     sources = find_label_id_files(gtfine)
     if not sources:
-        sys.exit(
+        raise UsageError(
             f"No '*_gtFine_labelIds.png' files under '{gtfine}'. Is it the gtFine archive "
             "(gtFine_trainvaltest.zip)? See data/README.md."
         )
@@ -57,10 +56,10 @@ def main(argv: list[str] | None = None) -> None:
             track_parallel_progress(convert, sources, args.nproc)
         else:
             track_progress(convert, sources)
-    except UnknownLabelIdsError as error:
-        sys.exit(f"\n{error}")
-    print(f"\nwrote {len(sources)} *_gtFine_labelTrainIds.png files under {gtfine}")
+    finally:
+        print()  # ends the progress bar's line, so that a message starts on its own
+    print(f"wrote {len(sources)} *_gtFine_labelTrainIds.png files under {gtfine}")
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)

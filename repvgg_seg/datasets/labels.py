@@ -107,10 +107,16 @@ def convert_label_ids_file(src: str, unknown_ids_to_ignore: bool = False) -> str
     import cv2
 
     label_ids = cv2.imread(src, cv2.IMREAD_UNCHANGED)
-    if label_ids is None or label_ids.ndim != 2 or label_ids.dtype != np.uint8:
+    if label_ids is None:
         raise ValueError(
-            f"'{src}' is not a single-channel 8-bit Cityscapes label-id image; re-extract "
+            f"'{src}' cannot be decoded as an image (truncated or corrupt?); re-extract "
             "gtFine_trainvaltest.zip (see data/README.md)."
+        )
+    if label_ids.ndim != 2 or label_ids.dtype != np.uint8:
+        raise ValueError(
+            f"'{src}' is not a single-channel 8-bit Cityscapes label-id image (it has shape "
+            f"{label_ids.shape}, {label_ids.dtype}); re-extract gtFine_trainvaltest.zip (see "
+            "data/README.md)."
         )
     unknown = unknown_label_ids(label_ids)
     if unknown and not unknown_ids_to_ignore:

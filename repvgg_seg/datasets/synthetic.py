@@ -74,6 +74,11 @@ def make_synthetic_cityscapes(
 
     Returns:
         ``root`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        ValueError: Images smaller than 32 x 32 pixels, or no image in a split.
+        NotADirectoryError: ``root`` is a file.
+        FileExistsError: ``root`` is a non-empty folder that this function did not write.
     """
     width, height = (int(v) for v in image_size)
     if width < 32 or height < 32:
@@ -83,11 +88,13 @@ def make_synthetic_cityscapes(
             f"num_train and num_val must be at least 1, got {num_train} and {num_val}."
         )
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise NotADirectoryError(f"{root} is a file; pass a folder for the synthetic data.")
     params = {"num_train": num_train, "num_val": num_val, "image_size": [width, height]}
     params["seed"] = seed
     marker = root / MARKER
     if marker.is_file():
-        if json.loads(marker.read_text()) == params:
+        if _recorded(marker) == params:
             logger.info("Synthetic Cityscapes in %s is already up to date.", root)
             return root
         for sub in ("leftImg8bit", "gtFine"):
@@ -96,7 +103,7 @@ def make_synthetic_cityscapes(
     elif root.exists() and any(root.iterdir()):
         raise FileExistsError(
             f"{root} is not empty and was not made by make_synthetic_cityscapes (no {MARKER}); "
-            "refusing to write synthetic images into it. Choose an empty directory."
+            "refusing to write synthetic images into it. Choose an empty or new folder."
         )
 
     for split_index, (split, count) in enumerate((("train", num_train), ("val", num_val))):
@@ -126,6 +133,14 @@ def make_synthetic_cityscapes(
         root,
     )
     return root
+
+
+def _recorded(marker: Path) -> dict | None:
+    """The parameters a marker records (None when it cannot be read: the data is rewritten)."""
+    try:
+        return json.loads(marker.read_text())
+    except ValueError:
+        return None
 
 
 def _write_png(path: Path, array: np.ndarray) -> None:
