@@ -15,6 +15,7 @@ authors publish (15,808,616 with a 1000-class head), which checks the lists.
 from __future__ import annotations
 
 import copy
+import logging
 import re
 from pathlib import Path
 
@@ -24,7 +25,7 @@ import torch
 from repvgg_seg.models import ARCHS, DILATION_MODES, RepVGG, RepVGGClassifier
 from repvgg_seg.weights import CheckpointError, convert_checkpoint_file
 
-from helpers import assert_outputs_close, randomize_bn
+from helpers import assert_outputs_close, load_tool, randomize_bn
 
 FIXTURES = Path(__file__).parent / "fixtures" / "checkpoint_formats"
 AUTHORS_B0_PARAMETERS = 15_808_616
@@ -174,6 +175,17 @@ def test_converted_authors_checkpoint_loads_into_our_backbone(tmp_path):
     model = RepVGG("A0", out_indices=(0, 1, 2, 3, 4), block_type="QARepVGG")
     model.load_state_dict(torch.load(tmp_path / "ours.pth")["state_dict"], strict=True)
     assert_same_features(model, source)
+
+
+def test_convert_tool_says_how_to_load_a_training_time_qarepvgg(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    torch.save(in_authors_layout(random_backbone().state_dict()), tmp_path / "theirs.pth")
+    convert = load_tool("convert_checkpoint").main
+    assert convert([str(tmp_path / "theirs.pth"), str(tmp_path / "ours.pth")]) == 0
+    assert "RepVGG(arch='A0', deploy=False, block_type='QARepVGG')" in caplog.text
+    caplog.clear()
+    assert convert([str(tmp_path / "theirs.pth"), str(tmp_path / "fused.pth"), "--deploy"]) == 0
+    assert "RepVGG(arch='A0', deploy=True)." in caplog.text
 
 
 def test_block_type_mismatch_names_the_setting(tmp_path):

@@ -70,7 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         deploy=True if args.deploy else None,
         wrap=not args.bare,
     )
-    logger.info("Load it with RepVGG(arch=%r, deploy=%s).", meta["arch"], meta["deploy"])
+    # Fused weights are the same network for both block types; training-time ones are not.
+    qarepvgg = not meta["deploy"] and meta["block_type"] != "RepVGG"
+    block = f", block_type={meta['block_type']!r}" if qarepvgg else ""
+    logger.info("Load it with RepVGG(arch=%r, deploy=%s%s).", meta["arch"], meta["deploy"], block)
     return 0
 
 
