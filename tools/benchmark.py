@@ -284,7 +284,10 @@ def write_outputs(args: argparse.Namespace, summary: dict) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    # Progress of this package's steps; third-party INFO (the ONNX exporter's graph passes)
+    # stays off the console.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
+    logging.getLogger("repvgg_seg").setLevel(logging.INFO)
     if args.threads:
         torch.set_num_threads(args.threads)
     settings = settings_from(args)

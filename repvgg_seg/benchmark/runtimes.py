@@ -94,7 +94,8 @@ class RuntimeRunners:
 
     def _onnx(self, module: nn.Module, runtime: str, image: torch.Tensor) -> Path:
         """The module's ONNX file for ``runtime``: float32, or INT8 (QDQ) for ``*-int8``."""
-        key = (id(module), runtime)
+        # Cases wrap one deployed segmentor each in their own module: the segmentor is the key.
+        key = (id(segmentor_of(module, runtime)), runtime)
         if key in self._exports:
             return self._exports[key]
         folder = Path(self._folder.name)

@@ -290,13 +290,14 @@ class WinogradConv2d(nn.Conv2d):
             x, self._transformed_weight(), bias, self.padding[0], self.dilation[0]
         )
 
-    def _shape_key(self, x: torch.Tensor) -> tuple:
-        """What the two paths' speeds depend on: the conv, the input and the threads."""
-        channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    def _shape_key(self, x: torch.Tensor) -> str:
+        """What the two paths' speeds depend on (the conv, the input, the threads), readable."""
+        layout = "NHWC" if x.is_contiguous(memory_format=torch.channels_last) else "NCHW"
         return (
-            self.in_channels, self.out_channels, self.groups, self.padding[0], self.dilation[0],
-            tuple(x.shape), channels_last, torch.get_num_threads(),
-        )  # fmt: skip
+            f"{self.in_channels}->{self.out_channels} groups {self.groups} dilation "
+            f"{self.dilation[0]} padding {self.padding[0]} on {'x'.join(map(str, x.shape))} "
+            f"{layout}, {torch.get_num_threads()} threads"
+        )
 
     def _fast_path_applies(self, x: torch.Tensor) -> bool:
         if torch.jit.is_scripting() or torch.jit.is_tracing():
