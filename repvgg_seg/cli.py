@@ -37,9 +37,9 @@ from mmengine.logging import MMLogger
 
 from .checkpoint import CheckpointError
 from .datasets import CityscapesDataError
+from .dir_lock import WorkDirBusyError
 from .equivalence import FusionMismatchError
 from .weights import ChecksumError
-from .work_dir import WorkDirBusyError
 
 EXIT_FAILED_CHECK = 1
 EXIT_BAD_INPUT = 2

@@ -1,9 +1,7 @@
 """A training's work directory: one run at a time, no leftovers, a checkpoint to resume.
 
-- :class:`WorkDirLock`: an exclusive lock (``<work_dir>/.train.lock``, holding the owner's
-  pid, host and start time) so that two trainings never write into the same work dir. The
-  kernel releases it when its process dies, so a killed run's lock is taken over; processes
-  forked from the owner (DataLoader workers) do not hold it.
+- :class:`~repvgg_seg.dir_lock.WorkDirLock`: an exclusive lock (``<work_dir>/.train.lock``)
+  so that two trainings never write into the same work dir (:mod:`repvgg_seg.dir_lock`).
 - :func:`plan_training_start`: how a run begins in a work dir that may hold an earlier run's
   checkpoints (resume one, refuse, or start over explicitly), decided before anything in the
   work dir changes.
@@ -15,19 +13,31 @@
 from __future__ import annotations
 
 import contextlib
-import datetime
-import fcntl
-import json
 import os
 import re
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 from .atomic_io import remove_stale_temporaries
 from .checkpoint import CheckpointError, UnsafeCheckpointError, read_checkpoint
+from .dir_lock import LOCK_NAME, LockOwner, LockRole, WorkDirBusyError, WorkDirLock
 
-LOCK_NAME = ".train.lock"
+__all__ = [
+    "LOCK_NAME",
+    "EarlierRunError",
+    "LockOwner",
+    "LockRole",
+    "ResumeChoice",
+    "TrainingStart",
+    "WorkDirBusyError",
+    "WorkDirLock",
+    "checkpoint_to_resume",
+    "earlier_run_files",
+    "iteration_checkpoints",
+    "plan_training_start",
+    "remove_leftovers",
+]
+
 # The name mmengine's CheckpointHook gives iteration checkpoints (filename_tmpl 'iter_{}.pth').
 ITERATION_CHECKPOINT = re.compile(r"^iter_(\d+)\.pth$")
 # What a run leaves that a later run in the same work dir would replace or mix with its own:
@@ -40,187 +50,9 @@ START_OVER_FLAG = "--overwrite-work-dir"
 _OLD_TEMPORARY = re.compile(r"^\..+\.pth\.partial$")
 
 
-class WorkDirBusyError(RuntimeError):
-    """Another live process trains in the same work dir."""
-
-
 class EarlierRunError(ValueError):
     """The work dir holds an earlier run's checkpoints, and neither resuming it nor starting
     over was asked for."""
-
-
-@dataclass(frozen=True)
-class LockRole:
-    """What a :class:`WorkDirLock` guards, for its file name and its refusal.
-
-    Attributes:
-        file_name: The lock file inside the directory.
-        subject: How the refusal names the directory (``Work dir``, ``--out-dir``).
-        holder: Who else uses it (``another training``).
-        option: The option that picks another directory.
-    """
-
-    file_name: str
-    subject: str
-    holder: str
-    option: str
-
-
-TRAINING = LockRole(LOCK_NAME, "Work dir", "another training", "--work-dir")
-
-
-@dataclass(frozen=True)
-class LockOwner:
-    """Who holds (or held) a work-dir lock, as written in the lock file."""
-
-    pid: int | None
-    host: str
-    started: str
-
-    def __str__(self) -> str:
-        pid = "unknown" if self.pid is None else self.pid
-        return f"pid {pid} on host {self.host or 'unknown'}, started {self.started or 'unknown'}"
-
-    @classmethod
-    def parse(cls, text: str) -> LockOwner:
-        try:
-            fields = json.loads(text)
-        except ValueError:
-            fields = {}
-        pid = fields.get("pid") if isinstance(fields, dict) else None
-        return cls(
-            pid if isinstance(pid, int) else None,
-            str(fields.get("host", "")) if isinstance(fields, dict) else "",
-            str(fields.get("started", "")) if isinstance(fields, dict) else "",
-        )
-
-
-class WorkDirLock:
-    """An exclusive, advisory lock on a work dir, held by one process (``flock``).
-
-    Args:
-        work_dir: The directory to lock (created if missing).
-        role: What the lock guards (a training's work dir by default).
-    """
-
-    # The locks this process holds, by the real path of their work dir.
-    _held: dict[str, WorkDirLock] = {}
-
-    def __init__(self, work_dir: str | os.PathLike, role: LockRole = TRAINING) -> None:
-        self.work_dir = Path(work_dir)
-        self.role = role
-        self.path = self.work_dir / role.file_name
-        self._fd: int | None = None
-
-    @classmethod
-    def _forget_in_forked_child(cls) -> None:
-        # A forked child (a DataLoader worker) shares the lock's open file; closing its copy
-        # leaves the lock with the parent alone, so that it ends with the parent (kill -9
-        # included) instead of with the last orphaned worker, seconds later.
-        for lock in cls._held.values():
-            if lock._fd is not None:
-                with contextlib.suppress(OSError):
-                    os.close(lock._fd)
-                lock._fd = None
-        cls._held.clear()
-
-    def acquire(self) -> LockOwner | None:
-        """Takes the lock.
-
-        Returns:
-            The owner of a stale lock that was taken over (its process died without releasing
-            it), or None.
-
-        Raises:
-            WorkDirBusyError: A live process holds the lock; the message names the work dir,
-                that process's pid and host, and what to do.
-        """
-        if self._fd is not None:
-            raise RuntimeError(f"{self.path} is already held by this WorkDirLock.")
-        self.work_dir.mkdir(parents=True, exist_ok=True)
-        while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                owner = LockOwner.parse(_read(fd))
-                os.close(fd)
-                role = self.role
-                raise WorkDirBusyError(
-                    f"{role.subject} '{self.work_dir}' is in use by {role.holder} ({owner}; "
-                    f"lock file {self.path}).{_dead_owner_note(owner)} Wait for that run to "
-                    f"end or stop it, or pass another {role.option}."
-                ) from None
-            except BaseException:
-                os.close(fd)
-                raise
-            # The previous owner may have removed the file between our open and flock: then
-            # we locked a file that no longer has the name, and must start over.
-            if _same_file(fd, self.path):
-                break
-            os.close(fd)
-        previous = _read(fd)
-        record = {
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "started": datetime.datetime.now().isoformat(timespec="seconds"),
-        }
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(record).encode(), 0)
-        self._fd = fd
-        WorkDirLock._held[os.path.realpath(self.work_dir)] = self
-        return LockOwner.parse(previous) if previous.strip() else None
-
-    def release(self) -> None:
-        """Removes the lock file and releases the lock (no-op when not held)."""
-        if self._fd is None:
-            return
-        fd, self._fd = self._fd, None
-        WorkDirLock._held.pop(os.path.realpath(self.work_dir), None)
-        try:
-            if _same_file(fd, self.path):
-                self.path.unlink()
-        finally:
-            os.close(fd)
-
-    def __enter__(self) -> WorkDirLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.release()
-
-
-os.register_at_fork(after_in_child=WorkDirLock._forget_in_forked_child)
-
-
-def _dead_owner_note(owner: LockOwner) -> str:
-    """For a lock whose recorded owner is gone: who still holds it."""
-    if owner.pid is None or owner.host != socket.gethostname():
-        return ""
-    try:
-        os.kill(owner.pid, 0)
-    except ProcessLookupError:
-        return (
-            f" Process {owner.pid} is no longer running: a process it started still holds the "
-            "lock (an orphaned DataLoader worker ends within about 10 s); run again shortly."
-        )
-    except PermissionError:
-        pass  # alive, another user's
-    return ""
-
-
-def _read(fd: int) -> str:
-    return os.pread(fd, 4096, 0).decode(errors="replace")
-
-
-def _same_file(fd: int, path: Path) -> bool:
-    try:
-        named = path.stat()
-    except FileNotFoundError:
-        return False
-    opened = os.fstat(fd)
-    return (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino)
 
 
 def remove_leftovers(directory: str | os.PathLike) -> list[Path]:

@@ -454,32 +454,33 @@ def save_refused_checkpoint(path: Path) -> bytes:
     return path.read_bytes()
 
 
+def resume_refused(work_dir: Path, data_root: Path, capsys) -> str:
+    """``--resume`` in ``work_dir``: refused in one line, nothing changed. The message."""
+    before = snapshot(work_dir)
+    status, err = train_exit(work_dir, data_root, flags=["--resume"], capsys=capsys)
+    assert status == 2 and snapshot(work_dir) == before
+    return one_error_line(err, "train")
+
+
 def test_resume_refuses_a_complete_checkpoint_it_cannot_read(tmp_path, data_root, capsys):
     work_dir = tmp_path / "work"
     work_dir.mkdir()
     save_iterations(work_dir, 1)
     refused = save_refused_checkpoint(work_dir / "iter_2.pth")
     (work_dir / "last_checkpoint").write_text(str(work_dir / "iter_2.pth"))
-    before = snapshot(work_dir)
-    status, err = train_exit(work_dir, data_root, flags=["--resume"], capsys=capsys)
-    assert status == 2
-    message = one_error_line(err, "train")
+    message = resume_refused(work_dir, data_root, capsys)
     assert f"'{work_dir / 'iter_2.pth'}' holds Python objects" in message
     assert "datetime.datetime" in message and "would write over it" in message
-    assert snapshot(work_dir) == before and (work_dir / "iter_2.pth").read_bytes() == refused
+    assert (work_dir / "iter_2.pth").read_bytes() == refused
 
 
 def test_resume_refuses_a_work_dir_whose_checkpoints_are_all_broken(tmp_path, data_root, capsys):
     work_dir = tmp_path / "work"
     work_dir.mkdir()
     (work_dir / "iter_4.pth").write_bytes(b"PK\3\4 truncated")
-    before = snapshot(work_dir)
-    status, err = train_exit(work_dir, data_root, flags=["--resume"], capsys=capsys)
-    assert status == 2
-    message = one_error_line(err, "train")
+    message = resume_refused(work_dir, data_root, capsys)
     assert f"no checkpoint of work dir '{work_dir}' can be read" in message
     assert "iter_4.pth" in message and "--overwrite-work-dir" in message
-    assert snapshot(work_dir) == before
 
 
 def test_new_run_over_an_earlier_one_is_refused_unless_asked(tmp_path, data_root, capsys):

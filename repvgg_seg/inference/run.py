@@ -26,7 +26,7 @@ from mmseg.models.segmentors import EncoderDecoder
 from PIL import Image
 
 from ..atomic_io import remove_stale_temporaries, write_atomically
-from ..work_dir import LockRole, WorkDirLock
+from ..dir_lock import LockRole, WorkDirLock
 from .model import predict_labels
 from .overlay import Palette, draw_overlay
 from .sources import LABEL_DIR, OVERLAY_DIR, Source, UnreadableInputError, check_pixels, read_image

@@ -178,9 +178,9 @@ def _check_results(sources: list[Source], out_dir: Path) -> None:
         for folder in result.parents:
             if folder == out_dir:
                 break
-            other = owners.get(folder, (source,))[0]
-            if other is not source:
-                raise _collision(other, source, result)
+            owner = owners.get(folder)
+            if owner is not None and owner[0] is not source:
+                raise _collision(owner[0], source, result)
     by_real_path = {result.resolve(): result for result in owners}
     for source in sources:
         real = source.path.resolve()
