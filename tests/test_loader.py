@@ -229,7 +229,7 @@ def test_deploy_refuses_unusable_output_folders_in_one_line(tiny, tmp_path, caps
     clash = tmp_path / "clash"
     (clash / "tiny_deploy.pth").mkdir(parents=True)
     status, err = exit_status("deploy", [*args, str(clash)], capsys)
-    assert status == 2 and "is a folder, but deploy writes a file" in one_line_error(err)
+    assert status == 2 and "is a folder, but tools/deploy.py writes a file" in one_line_error(err)
 
     if os.geteuid() != 0:  # root writes into read-only folders
         read_only = tmp_path / "read_only"

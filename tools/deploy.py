@@ -31,7 +31,7 @@ from repvgg_seg.deploy import (
     deploy_checkpoint,
     native_bf16,
 )
-from repvgg_seg.deploy.winograd import MIN_CHANNELS_PER_GROUP
+from repvgg_seg.deploy.winograd import MIN_CHANNELS_PER_GROUP, WINOGRAD_MODES
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -47,10 +47,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--winograd",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="the deployed model runs its 3x3 stride-1 convs with enough channels by "
-        "Winograd F(4x4,3x3) on CPU (default: on; same checkpoint either way; float32 only)",
+        choices=WINOGRAD_MODES,
+        default="auto",
+        help="how the deployed model runs its 3x3 stride-1 convs with enough channels by "
+        "Winograd F(4x4,3x3) on CPU: auto (where timing on first use finds it faster), on, "
+        "off (default auto; same checkpoint either way; float32 only)",
+    )
+    parser.add_argument(
+        "--no-winograd", dest="winograd", action="store_const", const="off", help="--winograd off"
     )
     parser.add_argument(
         "--winograd-min-channels",

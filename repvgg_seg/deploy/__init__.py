@@ -7,11 +7,14 @@ The deployed model differs from the trained one in these ways, each exact in eva
    the BN replaced by ``nn.Identity`` and the conv given a bias;
 3. the auxiliary head, which only adds a training loss, is dropped;
 4. (default) its 3x3 stride-1 convs with enough channels run by Winograd F(4x4, 3x3) on CPU
-   (:mod:`repvgg_seg.deploy.winograd`): same parameters, equal up to float32 round-off.
+   (:mod:`repvgg_seg.deploy.winograd`): same parameters, equal up to float32 round-off;
+5. (``precision="bf16"``) backbone and heads hold bfloat16 weights and run bfloat16
+   channels-last activations on CPU: not exact, measured against bf16's own precision.
 
 A deploy config rebuilds that structure from scratch: the backbone gets ``deploy=True`` and
 the segmentor becomes :class:`DeployedEncoderDecoder`, which records the folded conv/BN pairs
 by module name and re-creates them after building, so the deployed checkpoint loads strictly.
+:mod:`.publish` decides where the files go: one run per output folder, one consistent set.
 """
 
 from .fold import ConvBNPair, find_conv_bn_pairs, fold_conv_bn, prepare_folded_structure

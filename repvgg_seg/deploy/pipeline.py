@@ -20,7 +20,7 @@ from .onnx_export import compare_onnx, export_onnx
 from .publish import OutputFolder, new_deploy_id
 from .segmentor import PRECISIONS, deploy_segmentor, make_deploy_config, to_bfloat16
 from .verify import compare_on_batch, compare_on_tensor, first_dataset_batch
-from .winograd import MIN_CHANNELS_PER_GROUP
+from .winograd import MIN_CHANNELS_PER_GROUP, winograd_mode
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +44,9 @@ class DeployOptions:
         onnx: Also export to ONNX and compare ONNX Runtime with PyTorch (float32 only).
         opset: ONNX opset (>= 17; torch 2.14's exporter writes 18 natively).
         onnx_atol: Largest accepted ONNX Runtime vs PyTorch logit difference.
-        winograd: The deploy config runs eligible 3x3 convs by Winograd F(4x4, 3x3) on CPU;
-            the checks then include its round-off (float32 only).
+        winograd: How the deployed model runs eligible 3x3 convs by Winograd F(4x4, 3x3) on
+            CPU: ``auto`` (where it is faster on the host), ``on``, ``off`` (True is
+            ``auto``); the checks then include its round-off (float32 only).
         winograd_min_channels: Channels per group a conv needs for Winograd.
         precision: ``"fp32"``, or ``"bf16"``: the deployed model holds bfloat16 weights and
             runs bfloat16 channels-last activations; its agreement with the float32 model is
@@ -59,7 +60,7 @@ class DeployOptions:
     onnx: bool = False
     opset: int = 18
     onnx_atol: float = 1e-3
-    winograd: bool = True
+    winograd: bool | str = "auto"
     winograd_min_channels: int = MIN_CHANNELS_PER_GROUP
     precision: str = "fp32"
     device: str = "cpu"
@@ -77,6 +78,7 @@ class DeployOptions:
             )
         if self.opset < 17:
             raise ValueError(f"ONNX opset {self.opset} is too old; pass 17 or newer.")
+        winograd_mode(self.winograd)  # raises ValueError for an unknown mode
         if self.winograd_min_channels < 1:
             raise ValueError(
                 f"winograd_min_channels must be at least 1, got {self.winograd_min_channels}."

@@ -15,7 +15,7 @@ from mmseg.registry import MODELS
 
 from ..reparam import reparameterize_model
 from .fold import ConvBNPair, find_conv_bn_pairs, fold_conv_bn, prepare_folded_structure
-from .winograd import MIN_CHANNELS_PER_GROUP, enable_winograd
+from .winograd import MIN_CHANNELS_PER_GROUP, enable_winograd, winograd_mode
 
 logger = logging.getLogger(__name__)
 
@@ -31,8 +31,9 @@ class DeployedEncoderDecoder(EncoderDecoder):
         folded_conv_bn: ``[conv_name, bn_name]`` pairs, as written by
             :func:`make_deploy_config`; their BNs become ``nn.Identity`` and their convs get
             a bias, so a deployed checkpoint loads strictly.
-        winograd: Run the eligible 3x3 convs by Winograd F(4x4, 3x3) on CPU
-            (:mod:`repvgg_seg.deploy.winograd`); parameters and state dict are unchanged.
+        winograd: How the eligible 3x3 convs use Winograd F(4x4, 3x3) on CPU: a mode of
+            :mod:`repvgg_seg.deploy.winograd` (``auto``, ``on``, ``off``; True means
+            ``auto``); parameters and state dict are unchanged.
         winograd_min_channels: Input and output channels per group a conv needs for that.
         precision: ``"fp32"``, or ``"bf16"``: backbone and heads hold bfloat16 weights and
             run on bfloat16 channels-last activations (:func:`to_bfloat16`); the logits are
@@ -43,7 +44,7 @@ class DeployedEncoderDecoder(EncoderDecoder):
     def __init__(
         self,
         folded_conv_bn: Sequence[Sequence[str]] = (),
-        winograd: bool = False,
+        winograd: bool | str = False,
         winograd_min_channels: int = MIN_CHANNELS_PER_GROUP,
         precision: str = "fp32",
         **kwargs,
@@ -61,8 +62,8 @@ class DeployedEncoderDecoder(EncoderDecoder):
         if precision == "bf16":
             to_bfloat16(self)
         # Winograd is a float32 CPU algorithm; bf16 convs are oneDNN's (AMX / AVX512-BF16).
-        use_winograd = winograd and precision == "fp32"
-        self.winograd_convs = enable_winograd(self, winograd_min_channels) if use_winograd else []
+        mode = winograd_mode(winograd) if precision == "fp32" else "off"
+        self.winograd_convs = enable_winograd(self, winograd_min_channels, mode)
 
     def extract_feat(self, inputs: torch.Tensor) -> list[torch.Tensor]:
         if self.precision == "bf16":
@@ -132,7 +133,7 @@ def deploy_segmentor(
 def make_deploy_config(
     cfg: Config,
     pairs: Sequence[ConvBNPair],
-    winograd: bool = True,
+    winograd: bool | str = "auto",
     winograd_min_channels: int = MIN_CHANNELS_PER_GROUP,
     precision: str = "fp32",
 ) -> Config:
@@ -159,7 +160,7 @@ def make_deploy_config(
     earlier = [list(pair) for pair in model.get("folded_conv_bn", [])]
     model.folded_conv_bn = earlier + [list(p) for p in pairs if list(p) not in earlier]
     model.precision = precision
-    model.winograd = winograd
+    model.winograd = winograd_mode(winograd) if precision == "fp32" else "off"
     model.winograd_min_channels = winograd_min_channels
     model.pretrained = None
     model.auxiliary_head = None
