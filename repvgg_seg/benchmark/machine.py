@@ -2,30 +2,20 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
+from ..host import SIMD_FLAGS, cpu_info
 from .settings import BenchmarkSettings
 
-SIMD_FLAGS = (
-    "avx2",
-    "fma",
-    "avx512f",
-    "avx512_vnni",
-    "avx512_bf16",
-    "avx512_fp16",
-    "amx_tile",
-    "amx_bf16",
-    "amx_int8",
-)
+__all__ = ["SIMD_FLAGS", "cpu_info", "describe_machine"]
 
 
 def describe_machine(settings: BenchmarkSettings) -> str:
     """One line naming the device, its relevant features and the software versions.
 
     CUDA: GPU name and memory, torch, CUDA and cuDNN versions, TF32 state. CPU: the model
-    name and SIMD flags from ``/proc/cpuinfo``, torch's CPU capability and thread count.
+    name and SIMD flags from ``/proc/cpuinfo`` (:func:`repvgg_seg.host.cpu_info`), torch's
+    CPU capability and thread count.
     """
     if settings.is_cuda:
         device = torch.device(settings.device)
@@ -41,16 +31,3 @@ def describe_machine(settings: BenchmarkSettings) -> str:
         f"{torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads, "
         f"torch {torch.__version__}"
     )
-
-
-def cpu_info(path: str = "/proc/cpuinfo") -> tuple[str, list[str]]:
-    """The CPU model name and which of :data:`SIMD_FLAGS` it reports (from ``path``)."""
-    model, flags = "unknown", set()
-    with contextlib.suppress(OSError), open(path) as file:
-        for line in file:
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and model == "unknown":
-                model = value.strip()
-            elif key.strip() == "flags" and not flags:
-                flags = set(value.split())
-    return model, [flag for flag in SIMD_FLAGS if flag in flags]

@@ -125,31 +125,21 @@ def bf16_runner(module: nn.Module, image: torch.Tensor) -> Callable[[], object]:
 
 
 def quantize_onnx_int8(float_path: Path, int8_path: Path, batches: list[np.ndarray]) -> None:
-    """Static INT8 quantization of an ONNX model: QDQ, per-channel weights, S8S8."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_static,
+    """Static INT8 quantization as ``tools/quantize.py`` does it (:mod:`repvgg_seg.quantize`:
+    ONNX Runtime's pre-processing, MinMax calibration, QDQ S8S8, per-channel weights)."""
+    # ONNX Runtime's quantization tools are a development requirement: imported on use.
+    from ..quantize.onnx_quant import (
+        collect_ranges,
+        prepare_float_model,
+        quantize_model,
+        save_model,
     )
 
-    class Batches(CalibrationDataReader):
-        def __init__(self) -> None:
-            self._batches = iter(batches)
-
-        def get_next(self) -> dict | None:
-            batch = next(self._batches, None)
-            return None if batch is None else {"image": batch}
-
-    quantize_static(
-        str(float_path),
-        str(int8_path),
-        Batches(),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        activation_type=QuantType.QInt8,
-        weight_type=QuantType.QInt8,
-    )
+    prepared_path = int8_path.with_name(f"{int8_path.stem}.prepared.onnx")
+    prepared = prepare_float_model(float_path, prepared_path)
+    ranges = collect_ranges(prepared_path, batches, "minmax", int8_path.parent)
+    with int8_path.open("wb") as file:  # a scratch file of the runners' temporary folder
+        save_model(quantize_model(prepared, ranges, per_channel=True), file)
 
 
 def onnxruntime_runner(path: Path, array: np.ndarray, threads: int) -> Callable[[], object]:

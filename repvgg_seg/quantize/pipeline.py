@@ -20,8 +20,8 @@ from mmengine.config import Config
 from torch import nn
 
 from ..atomic_io import write_atomically
-from ..benchmark.machine import cpu_info
 from ..deploy import OutputFolder, compare_on_batch, deploy_segmentor, export_onnx
+from ..host import cpu_info
 from ..loader import config_name, load_segmentor
 from ..onnx_segmentor import build_onnx_segmentor
 from .calibration import (
@@ -154,17 +154,15 @@ def quantize_checkpoint(
         FusionMismatchError: The deployed model does not reproduce the trained one.
         ValueError: A ``--keep-float-layers`` name is not a conv of the model.
     """
-    started, seconds = time.perf_counter(), {}
+    steps = _Steps(progress)
     stem = Path(config_name(cfg)).stem
     # Missing datasets end the run before any long step.
     calibration_set, val_set = calibration_dataset(cfg), evaluation_dataset(cfg)
-    model = load_segmentor(cfg, checkpoint)
-    deployed = _deploy(model, next(evaluation_samples(val_set, 1)))
+    deployed = _deploy(load_segmentor(cfg, checkpoint), next(evaluation_samples(val_set, 1)))
     _check_layer_names(options.keep_float_layers, deployed)
-    seconds["deploy"] = time.perf_counter() - started
+    steps.done("deploy")
 
-    folder = OutputFolder(out_dir, stem, "int8", (".onnx", ".json"), "tools/quantize.py")
-    with folder:
+    with OutputFolder(out_dir, stem, "int8", (".onnx", ".json"), "tools/quantize.py") as folder:
         staging = folder.staging
         report = QuantizeReport(staging / f"{stem}_int8.onnx", staging / f"{stem}_int8.json")
         report.options = options
@@ -172,57 +170,74 @@ def quantize_checkpoint(
         export_onnx(deployed, staging / "float.onnx", torch.randn(1, 3, *crop))
         prepared_path = staging / "float_prepared.onnx"
         prepared = prepare_float_model(staging / "float.onnx", prepared_path)
-        names = conv_names(prepared)
-        report.convs = len(names)
-        seconds["export"] = time.perf_counter() - started - sum(seconds.values())
+        report.convs = len(conv_names(prepared))
+        steps.done("export")
 
-        step = _step_progress(progress)
+        # One bar: reading the images through the train pipeline, then running them.
+        bar = steps.bar("calibration", 2 * options.calib_images)
         images = calibration_inputs(
-            calibration_set,
-            deployed.data_preprocessor,
-            options.calib_images,
-            options.seed,
-            step("calibration images", options.calib_images),
+            calibration_set, deployed.data_preprocessor, options.calib_images, options.seed, bar
         )
-        ranges = collect_ranges(
-            prepared_path,
-            images,
-            options.calib_method,
-            staging,
-            step("calibration", options.calib_images),
-        )
-        seconds["calibration"] = time.perf_counter() - started - sum(seconds.values())
-        report.kept_float = list(options.keep_float_layers)
-        if options.ranks_convs:
-            report.sensitivity = rank_convs(
-                prepared, ranges, options.per_channel, images, step("sensitivity", len(names))
-            )
-            ranked = [
-                layer.name for layer in report.sensitivity if layer.name not in report.kept_float
-            ]
-            report.kept_float += ranked[: options.keep_float]
-            seconds["sensitivity"] = time.perf_counter() - started - sum(seconds.values())
+        ranges = collect_ranges(prepared_path, images, options.calib_method, staging, bar)
+        steps.done("calibration")
+        _choose_float_convs(report, prepared, ranges, images, steps)
         quantized = quantize_model(
             prepared, ranges, options.per_channel, nodes_to_exclude=report.kept_float
         )
         write_atomically(report.onnx, lambda file: save_model(quantized, file))
-        seconds["quantize"] = time.perf_counter() - started - sum(seconds.values())
+        steps.done("quantize")
 
         report.evaluation = compare_segmentors(
             build_onnx_segmentor(cfg, prepared_path),
             build_onnx_segmentor(cfg, report.onnx),
             evaluation_samples(val_set, options.eval_images),
             val_set.metainfo,
-            step("evaluation", min(options.eval_images, len(val_set))),
+            steps.bar("evaluation", min(options.eval_images, len(val_set))),
         )
-        seconds["evaluation"] = time.perf_counter() - started - sum(seconds.values())
-        report.seconds = seconds
+        steps.done("evaluation")
+        report.seconds = steps.seconds
         if report.passed:
             text = json.dumps(describe(report, cfg, checkpoint), indent=2) + "\n"
             write_atomically(report.report, lambda file: file.write(text.encode()))
             report.onnx, report.report = folder.publish([report.onnx, report.report])
             report.written = True
     return report
+
+
+class _Steps:
+    """The wall time of each step, and the progress callbacks of the long ones."""
+
+    def __init__(self, progress: ProgressFactory | None) -> None:
+        self.progress = progress
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def done(self, step: str) -> None:
+        now = time.perf_counter()
+        self.seconds[step] = now - self._last
+        self._last = now
+
+    def bar(self, what: str, total: int) -> Callable[[], None] | None:
+        return self.progress(what, total) if self.progress is not None else None
+
+
+def _choose_float_convs(
+    report: QuantizeReport,
+    prepared: onnx.ModelProto,
+    ranges,
+    images: list,
+    steps: _Steps,
+) -> None:
+    """Sets ``report.kept_float``: the named convs, then (ranking them) the most sensitive."""
+    options = report.options
+    report.kept_float = list(options.keep_float_layers)
+    if not options.ranks_convs:
+        return
+    bar = steps.bar("sensitivity (one conv quantized at a time)", report.convs)
+    report.sensitivity = rank_convs(prepared, ranges, options.per_channel, images, bar)
+    ranked = [layer.name for layer in report.sensitivity if layer.name not in report.kept_float]
+    report.kept_float += ranked[: options.keep_float]
+    steps.done("sensitivity")
 
 
 def _deploy(model: torch.nn.Module, batch: dict) -> torch.nn.Module:
@@ -246,13 +261,6 @@ def _check_layer_names(requested: tuple[str, ...], model: torch.nn.Module) -> No
             f"its convs are {', '.join(names[:3])}, ..., {names[-1]} ({len(names)}; "
             "--sensitivity lists them all)."
         )
-
-
-def _step_progress(progress: ProgressFactory | None):
-    def step(what: str, total: int) -> Callable[[], None] | None:
-        return progress(what, total) if progress is not None else None
-
-    return step
 
 
 def describe(report: QuantizeReport, cfg: Config, checkpoint: str | os.PathLike) -> dict:
