@@ -5,7 +5,8 @@
 Steps: write synthetic Cityscapes (data/synthetic_cityscapes), evaluate the untrained
 model, train configs/pspnet_repvgg_a0_synthetic.py on the CPU, evaluate mIoU, fuse every
 RepVGG block (switch_to_deploy on the whole segmentor), evaluate again, and print mIoU
-before/after fusion, the largest logit difference and the images/s of both forms.
+before/after fusion, the largest logit difference and the images/s of both forms. The
+training curves (loss, learning rate, val mIoU) go to WORK_DIR/curves.png.
 The data are generated scenes: these numbers show the code working, not Cityscapes results.
 """
 
@@ -20,6 +21,7 @@ from mmengine.config import Config
 from mmengine.registry import RUNNERS
 
 from repvgg_seg.cli import run_tool
+from repvgg_seg.curves import plot_runs, read_run
 from repvgg_seg.datasets import make_synthetic_cityscapes
 from repvgg_seg.equivalence import compare_logits, strict_float32
 from repvgg_seg.reparam import reparameterize_model
@@ -74,6 +76,9 @@ def main(argv: list[str] | None = None) -> None:
     # Each demo starts over: an earlier demo's checkpoints are replaced, never mixed in.
     with claim_work_dir(cfg.work_dir, resume=False, resume_from=None, start_over=True):
         runner.train()
+    # Next to the checkpoints: this run's loss, LR and val mIoU (its own log folder only).
+    title = f"PSPNet RepVGG-A0, synthetic Cityscapes, {cfg.train_cfg.max_iters} iterations"
+    curves = plot_runs([read_run(runner.log_dir)], osp.join(args.work_dir, "curves.png"), title)
     trained = runner.test()
     model = runner.model
     batches = list(runner.test_dataloader)
@@ -106,6 +111,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"mIoU change from fusion: {abs(fused['mIoU'] - trained['mIoU']):.4f}")
     print(f"fused vs training-time: {agreement.describe()}")
     print(f"fused speed-up: {speed_after / speed_before:.2f}x")
+    print(f"training curves: {curves}")
     print(f"wall time: {time.perf_counter() - started:.0f} s (checkpoints: {args.work_dir})")
     agreement.check("fused vs training-time segmentor on the val images")
 
