@@ -207,8 +207,8 @@ def plan_training_start(
     Raises:
         EarlierRunError: The work dir holds checkpoints, and neither ``resume`` nor
             ``start_over`` is set.
-        CheckpointError: ``resume`` without a file, and the work dir's checkpoints cannot be
-            resumed (:func:`checkpoint_to_resume`).
+        CheckpointError: ``resume_from`` cannot be read; or ``resume`` without a file, and
+            the work dir's checkpoints cannot be resumed (:func:`checkpoint_to_resume`).
     """
     if resume and start_over:
         raise ValueError(f"--resume and {START_OVER_FLAG} exclude each other; pass one.")
@@ -216,6 +216,8 @@ def plan_training_start(
     if resume:
         if resume_from is None:
             checkpoint_to_resume(work_dir)  # raises when the work dir cannot be resumed
+        elif "://" not in resume_from:
+            read_checkpoint(resume_from)  # its error names the file, before the run starts
         return TrainingStart(resume=True)
     if earlier and not start_over:
         newest = iteration_checkpoints(work_dir)

@@ -401,6 +401,8 @@ def test_train_errors_are_one_line(tmp_path, data_root, case, expected, capsys):
     assert status == 2
     message = one_error_line(err, "train")
     assert re.match(expected.format(path=re.escape(str(checkpoint))), message), message
+    if flags:  # refused before the runner wrote its config and log
+        assert list((tmp_path / "w").iterdir()) == []
 
 
 def test_error_from_a_dataloader_worker_is_one_line():
