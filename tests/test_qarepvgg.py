@@ -223,3 +223,28 @@ def test_segmentor_deploys_to_the_repvgg_deploy_config():
         with torch.no_grad():
             # Rebuilt with Winograd convs: equal up to float32 round-off.
             assert_outputs_close(rebuilt(image, mode="tensor"), trained(image, mode="tensor"))
+
+
+# ---------------------------------------------------------------- INT8 of a classifier
+
+
+def test_classifier_quantization_measures_float_and_both_int8_forms(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from repvgg_seg.quantize.classifier import quantize_classifier
+
+    torch.manual_seed(0)
+    model = RepVGGClassifier("A0", num_classes=4, block_type="QARepVGG")
+    model = randomize_bn(model).eval()
+    model.switch_to_deploy()
+    images = torch.randn(16, 3, 16, 16)
+    with torch.no_grad():
+        labels = model(images).argmax(1).numpy()  # float is right on every image
+    calibration = [image[None].numpy() for image in images[:4]]
+    results = quantize_classifier(
+        model, 16, calibration, images.numpy(), labels, tmp_path, num_threads=1
+    )
+    assert [r.name for r in results] == ["float", "int8 per-tensor", "int8 per-channel"]
+    assert results[0].top1 == results[0].agreement == 100.0
+    for result in results[1:]:
+        assert result.top1 == result.agreement  # labels are the float predictions
+        assert 0.0 <= result.top1 <= 100.0
