@@ -7,6 +7,7 @@ import csv
 import importlib.util
 import json
 import math
+import statistics
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ import repvgg_seg  # noqa: F401  (registers the RepVGG backbone)
 from repvgg_seg.benchmark import (
     BenchmarkSettings,
     Case,
+    CpuPeakSampler,
     RuntimeRunners,
     count_macs,
     cpu_info,
@@ -221,6 +223,15 @@ def test_cpu_peaks_and_each_rows_share_of_its_precisions_peak():
     assert bf16.matmul_pct == pytest.approx(100 * bf16.tflops / 4.0)
     assert bf16.gmacs == fp32.gmacs and bf16.peak_memory_mb > 0
     assert cases[1].module[0].weight.dtype == torch.float32  # converted on a copy
+
+    # Sampled once per round; the shares use the medians.
+    sampler = CpuPeakSampler(matmul_size=64, conv_channels=8, conv_size=8, repeats=1)
+    [result] = run_benchmark([Case("conv", conv)], settings, peak_sampler=sampler)
+    assert len(sampler.samples) == settings.rounds
+    median = statistics.median(s.fp32_conv for s in sampler.samples)
+    assert sampler.peaks().fp32_conv == median
+    fp32_peak = sampler.peaks().by_precision()["fp32"]
+    assert result.matmul_pct == pytest.approx(100 * result.tflops / fp32_peak)
 
 
 def test_runtimes_time_the_deployed_model_and_int8_is_quantized():

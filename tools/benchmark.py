@@ -42,8 +42,8 @@ from repvgg_seg.benchmark import (
     BackboneOnly,
     BenchmarkSettings,
     Case,
+    CpuPeakSampler,
     RuntimeRunners,
-    cpu_peaks,
     cuda_settings,
     deployed_copy,
     describe_machine,
@@ -292,16 +292,15 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     settings = settings_from(args)
     cases = build_cases(args)
-    matmul_rate, peaks = None, None
+    matmul_rate, sampler = None, None
     if settings.is_cuda:
         with cuda_settings(settings):
             matmul_rate = matmul_tflops(settings)
     else:
-        peaks = cpu_peaks(matmul_size=args.peak_size, conv_size=max(8, args.peak_size // 32))
+        sampler = CpuPeakSampler(args.peak_size, conv_size=max(8, args.peak_size // 32))
     with RuntimeRunners(calibration_inputs=args.calib_inputs) as runners:
-        results = run_benchmark(
-            cases, settings, matmul_rate, peaks and peaks.by_precision(), runners
-        )
+        results = run_benchmark(cases, settings, matmul_rate, runners=runners, peak_sampler=sampler)
+    peaks = sampler and sampler.peaks()
     print(describe_run(args, settings))
     if matmul_rate is not None:
         print(

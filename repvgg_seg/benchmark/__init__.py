@@ -14,7 +14,7 @@ from .cuda import capture_graph, cuda_settings
 from .machine import SIMD_FLAGS, cpu_info, describe_machine
 from .memory import cuda_peak_memory_bytes, peak_memory_bytes
 from .models import BackboneOnly, deployed_copy, plain_repvgg
-from .peaks import CpuPeaks, cpu_peaks, matmul_tflops
+from .peaks import CpuPeaks, CpuPeakSampler, cpu_peaks, matmul_tflops
 from .runtimes import RuntimeRunners
 from .settings import PRECISIONS, RUNTIMES, TREATMENTS, BenchmarkSettings, Case, CaseResult
 from .tables import COLUMNS, format_table, results_as_dicts
@@ -30,6 +30,7 @@ __all__ = [
     "BenchmarkSettings",
     "Case",
     "CaseResult",
+    "CpuPeakSampler",
     "CpuPeaks",
     "RuntimeRunners",
     "capture_graph",

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .cuda import time_cuda
 from .settings import BenchmarkSettings
-from .timing import time_once
 
 
 def _median_seconds(run: Callable[[], object], repeats: int, timer: Callable) -> float:
@@ -46,9 +46,8 @@ def matmul_tflops(settings: BenchmarkSettings, size: int = 8192, repeats: int = 
         torch.randn(size, size, device=settings.device, dtype=settings.dtype, generator=generator)
         for _ in range(2)
     )
-    seconds = _median_seconds(
-        lambda: torch.matmul(a, b), repeats, lambda run: time_once(run, settings)
-    )
+    timer = time_cuda if settings.is_cuda else _wall_clock
+    seconds = _median_seconds(lambda: torch.matmul(a, b), repeats, timer)
     return 2 * size**3 / seconds / 1e12
 
 
@@ -71,42 +70,79 @@ class CpuPeaks:
 
     def describe(self) -> str:
         return (
-            f"host peak ({torch.get_num_threads()} threads, measured in this run), GMAC/s: "
+            f"host peak ({torch.get_num_threads()} threads, median of this run's rounds), GMAC/s: "
             f"fp32 matmul {self.fp32_matmul:.0f}, fp32 3x3 conv {self.fp32_conv:.0f}, "
             f"bf16 matmul {self.bf16_matmul:.0f}, int8 matmul {self.int8_matmul:.0f}"
+        )
+
+
+class CpuPeakSampler:
+    """Measures :class:`CpuPeaks` once per benchmark round: under the same load as the models.
+
+    On a shared machine the load changes over a run; a peak measured once, before the
+    models, can land in a quiet or a busy moment and make every share wrong. Sampled in
+    every round and reduced by the median, like the models' times, it sees what they see.
+
+    Args:
+        matmul_size: Side of the square matmuls (2048: 8.6 GMAC, under 100 ms in float32
+            on 2 cores of an AVX-512 host).
+        conv_channels: Input and output channels of the conv (3x3, stride 1, channels-last).
+        conv_size: Height of its input; the width is twice that.
+        repeats: Timed calls per rate and sample (their median counts).
+    """
+
+    def __init__(
+        self,
+        matmul_size: int = 2048,
+        conv_channels: int = 256,
+        conv_size: int = 64,
+        repeats: int = 3,
+    ) -> None:
+        generator = torch.Generator().manual_seed(0)
+        n, c, h = matmul_size, conv_channels, conv_size
+        self.repeats = repeats
+        self.samples: list[CpuPeaks] = []
+        self._matmul_macs, self._conv_macs = n**3, c * c * 9 * h * 2 * h
+        self._fp32 = [torch.randn(n, n, generator=generator) for _ in range(2)]
+        self._bf16 = [t.to(torch.bfloat16) for t in self._fp32]
+        # torch._int_mm wants int8 (m x k) @ (k x n) with m > 16 and k, n multiples of 8.
+        self._int8 = [
+            torch.randint(-128, 128, (n, n), dtype=torch.int8, generator=generator) for _ in "ab"
+        ]
+        cl = torch.channels_last
+        self._image = torch.randn(1, c, h, 2 * h, generator=generator).contiguous(memory_format=cl)
+        self._weight = torch.randn(c, c, 3, 3, generator=generator).contiguous(memory_format=cl)
+
+    def _rate(self, run: Callable[[], object], macs: int) -> float:
+        return macs / _median_seconds(run, self.repeats, _wall_clock) / 1e9
+
+    @torch.no_grad()
+    def sample(self) -> CpuPeaks:
+        """One measurement of every rate, kept in :attr:`samples`."""
+        peaks = CpuPeaks(
+            fp32_matmul=self._rate(lambda: torch.matmul(*self._fp32), self._matmul_macs),
+            fp32_conv=self._rate(
+                lambda: F.conv2d(self._image, self._weight, padding=1), self._conv_macs
+            ),
+            bf16_matmul=self._rate(lambda: torch.matmul(*self._bf16), self._matmul_macs),
+            int8_matmul=self._rate(lambda: torch._int_mm(*self._int8), self._matmul_macs),
+        )
+        self.samples.append(peaks)
+        return peaks
+
+    def peaks(self) -> CpuPeaks:
+        """The median of each rate over the samples (one is taken if there are none yet)."""
+        if not self.samples:
+            self.sample()
+        fields = CpuPeaks.__dataclass_fields__
+        return CpuPeaks(
+            **{name: statistics.median(getattr(s, name) for s in self.samples) for name in fields}
         )
 
 
 def cpu_peaks(
     matmul_size: int = 2048, conv_channels: int = 256, conv_size: int = 64, repeats: int = 5
 ) -> CpuPeaks:
-    """Measures :class:`CpuPeaks` with the thread count torch has now.
-
-    Args:
-        matmul_size: Side of the square matmuls (2048: 8.6 GMAC, a few hundred ms in float32
-            on 2 cores).
-        conv_channels: Input and output channels of the conv (3x3, stride 1, channels-last).
-        conv_size: Height of its input; the width is twice that.
-        repeats: Timed runs per rate (the median counts).
-    """
-    generator = torch.Generator().manual_seed(0)
-    n = matmul_size
-
-    def matmul_rate(dtype: torch.dtype) -> float:
-        a, b = (torch.randn(n, n, generator=generator).to(dtype) for _ in range(2))
-        return n**3 / _median_seconds(lambda: torch.matmul(a, b), repeats, _wall_clock) / 1e9
-
-    # torch._int_mm wants int8 (m x k) @ (k x n) with m > 16 and k, n multiples of 8.
-    a8, b8 = (torch.randint(-128, 128, (n, n), dtype=torch.int8, generator=generator) for _ in "ab")
-    int8 = n**3 / _median_seconds(lambda: torch._int_mm(a8, b8), repeats, _wall_clock) / 1e9
-
-    c, h = conv_channels, conv_size
-    image = torch.randn(1, c, h, 2 * h, generator=generator)
-    image = image.contiguous(memory_format=torch.channels_last)
-    weight = torch.randn(c, c, 3, 3, generator=generator)
-    weight = weight.contiguous(memory_format=torch.channels_last)
-    with torch.no_grad():
-        seconds = _median_seconds(lambda: F.conv2d(image, weight, padding=1), repeats, _wall_clock)
-    conv = c * c * 9 * h * 2 * h / seconds / 1e9
-    with torch.no_grad():
-        return CpuPeaks(matmul_rate(torch.float32), conv, matmul_rate(torch.bfloat16), int8)
+    """One measurement of :class:`CpuPeaks` with the thread count torch has now
+    (:class:`CpuPeakSampler`'s arguments)."""
+    return CpuPeakSampler(matmul_size, conv_channels, conv_size, repeats).sample()

@@ -21,6 +21,7 @@ from torch import nn
 from .counting import count_macs
 from .cuda import capture_graph, cuda_settings, time_cuda
 from .memory import cuda_peak_memory_bytes, peak_memory_bytes
+from .peaks import CpuPeakSampler
 from .runtimes import RuntimeRunners
 from .settings import TREATMENTS, BenchmarkSettings, Case, CaseResult
 
@@ -87,6 +88,7 @@ def run_benchmark(
     matmul_rate: float | None = None,
     peak_rates: Mapping[str, float] | None = None,
     runners: RuntimeRunners | None = None,
+    peak_sampler: CpuPeakSampler | None = None,
 ) -> list[CaseResult]:
     """Times every case in interleaved rounds and measures MACs, parameters and memory.
 
@@ -101,6 +103,8 @@ def run_benchmark(
             :meth:`repvgg_seg.benchmark.peaks.CpuPeaks.by_precision`), for the same share.
         runners: Builds the forward passes of cases under other runtimes (default: one made
             here, its exported files removed at the end).
+        peak_sampler: Measures the CPU's peak rates after every round; their medians
+            (:meth:`CpuPeakSampler.peaks`) take the place of ``peak_rates``.
 
     Returns:
         One result per case, in the order given; ``relative_speed`` is each case's speed
@@ -122,7 +126,7 @@ def run_benchmark(
             stack.enter_context(cuda_settings(settings))
         if runners is None:
             runners = stack.enter_context(RuntimeRunners())
-        return _run_benchmark(cases, settings, rates, runners)
+        return _run_benchmark(cases, settings, rates, runners, peak_sampler)
 
 
 @dataclass
@@ -175,6 +179,7 @@ def _run_benchmark(
     settings: BenchmarkSettings,
     peak_rates: Mapping[str, float],
     runners: RuntimeRunners,
+    peak_sampler: CpuPeakSampler | None,
 ) -> list[CaseResult]:
     image = _input(settings)
     prepared = {}
@@ -187,7 +192,11 @@ def _run_benchmark(
         shift = round_index % len(cases)
         for case in list(cases[shift:]) + list(cases[:shift]):
             case.times.append(time_once(prepared[case.name].forward, settings))
+        if peak_sampler is not None:
+            peak_sampler.sample()
         logger.info("round %d/%d done", round_index + 1, settings.rounds)
+    if peak_sampler is not None:
+        peak_rates = {**peak_rates, **peak_sampler.peaks().by_precision()}
     reference = statistics.median(cases[0].times)
     return [_result(case, prepared[case.name], settings, reference, peak_rates) for case in cases]
 
