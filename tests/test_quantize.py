@@ -73,6 +73,7 @@ def model_files(tmp_path_factory):
     model = randomize_bn(build_segmentor(config), seed=1)
     checkpoint = root / "model.pth"
     torch.save({"state_dict": model.state_dict()}, checkpoint)
+    torch.save({"state_dict": {"conv.weight": torch.zeros(1)}}, root / "other.pth")
     _labels_from_predictions(load_segmentor(config, checkpoint, fuse=True), data_root)
     return config, checkpoint
 
@@ -177,6 +178,7 @@ def test_a_drop_above_the_limit_writes_nothing(model_files, tmp_path, capsys):
     "change, expected",
     [
         (lambda a: [a[0], str(Path(a[1]).with_name("missing.pth")), *a[2:]], "missing.pth"),
+        (lambda a: [a[0], str(Path(a[1]).with_name("other.pth")), *a[2:]], "does not fit"),
         (lambda a: [*a, "--keep-float-layers", "backbone.nope"], "backbone.nope: no such conv"),
         (lambda a: [*a, "--calib-images", "0"], "--calib-images must be at least 1"),
         (
@@ -184,7 +186,13 @@ def test_a_drop_above_the_limit_writes_nothing(model_files, tmp_path, capsys):
             "/nonexistent",
         ),
     ],
-    ids=["missing checkpoint", "unknown layer", "empty calibration set", "missing val set"],
+    ids=[
+        "missing checkpoint",
+        "checkpoint of another model",
+        "unknown layer",
+        "empty calibration set",
+        "missing val set",
+    ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(model_files, tmp_path, capsys, change, expected):
     out_dir = tmp_path / "out"
@@ -222,3 +230,28 @@ def test_test_and_infer_tools_run_the_int8_model(model_files, quantized, tmp_pat
     expected = inference_model(load_segmentor(config, path), str(images[0]))
     np.testing.assert_array_equal(labels, expected.pred_sem_seg.data[0].numpy())
     assert labels.shape == (48, 96)
+
+
+def test_an_interrupted_run_leaves_nothing(model_files, tmp_path, monkeypatch):
+    from repvgg_seg.quantize import pipeline
+
+    def interrupted_export(model, path, example):
+        Path(path).write_bytes(b"half an export")  # in the staging folder
+        raise KeyboardInterrupt  # Ctrl-C
+
+    monkeypatch.setattr(pipeline, "export_onnx", interrupted_export)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    (out_dir / "notes.txt").write_text("a user's file")
+    with pytest.raises(KeyboardInterrupt):
+        load_tool("quantize").main(quantize_args(model_files, out_dir))
+    assert [path.name for path in out_dir.iterdir()] == ["notes.txt"]
+
+
+def test_a_file_that_is_not_an_onnx_model_is_one_line(model_files, tmp_path, capsys):
+    not_onnx = tmp_path / "model.onnx"
+    not_onnx.write_text("not a protobuf")
+    args = [str(model_files[0]), str(not_onnx), "--work-dir", str(tmp_path / "w")]
+    status, stderr = run_main(load_tool("test"), args, capsys)
+    assert status == 2 and len(stderr.strip().splitlines()) == 1, stderr
+    assert f"'{not_onnx}' is not an ONNX model" in stderr
