@@ -255,3 +255,50 @@ def test_a_file_that_is_not_an_onnx_model_is_one_line(model_files, tmp_path, cap
     status, stderr = run_main(load_tool("test"), args, capsys)
     assert status == 2 and len(stderr.strip().splitlines()) == 1, stderr
     assert f"'{not_onnx}' is not an ONNX model" in stderr
+
+
+def test_onnx_segmentor_runs_the_configs_sliding_window(model_files, quantized):
+    from mmengine.config import Config
+
+    cfg = Config.fromfile(str(model_files[0]))
+    batch = next(iter(_val_batches(cfg)))
+    whole = build_onnx_segmentor(cfg, quantized[0])
+    outputs = {"whole": _logits(whole, batch)}
+    for name, crop, stride in (
+        ("one window", (128, 256), (128, 256)),
+        ("3x3", (64, 128), (32, 64)),
+    ):
+        cfg.model.test_cfg = dict(mode="slide", crop_size=crop, stride=stride)
+        model = build_onnx_segmentor(cfg, quantized[0])
+        runs = []
+        model.session = _Counting(model.session, runs)
+        outputs[name] = _logits(model, batch)
+        assert len(runs) == (1 if name == "one window" else 9)
+    # A window covering the (resized, 128x256) image is whole-image inference; 3x3 smaller
+    # windows give logits at the image's size too, from one ONNX Runtime run each.
+    torch.testing.assert_close(outputs["one window"], outputs["whole"])
+    assert outputs["3x3"].shape == outputs["whole"].shape
+    assert not torch.equal(outputs["3x3"], outputs["whole"])
+
+
+class _Counting:
+    def __init__(self, session, runs: list) -> None:
+        self.session, self.runs = session, runs
+
+    def run(self, names, feeds):
+        self.runs.append(next(iter(feeds.values())).shape)
+        return self.session.run(names, feeds)
+
+
+def _val_batches(cfg):
+    from repvgg_seg.quantize.calibration import evaluation_dataset, evaluation_samples
+
+    return evaluation_samples(evaluation_dataset(cfg), 1)
+
+
+def _logits(model, batch) -> torch.Tensor:
+    import copy
+
+    data = model.data_preprocessor(copy.deepcopy(batch), False)
+    (sample,) = model.predict(data["inputs"], data["data_samples"])
+    return sample.seg_logits.data
