@@ -24,8 +24,9 @@ from repvgg_seg.pretrain import (
 from repvgg_seg.pretrain.checkpoint import read_metrics
 from repvgg_seg.pretrain.data import build_datasets, load_rgb_image
 from repvgg_seg.pretrain.recipe import get_recipe, lr_factor, scaled_lr
+from repvgg_seg.weights import load_classifier
 
-from helpers import one_error_line, tool_exit
+from helpers import assert_outputs_close, one_error_line, tool_exit
 
 REPO = Path(__file__).resolve().parents[1]
 CLASS_COLOURS = {
@@ -392,6 +393,15 @@ def test_qarepvgg_a0_trains_resumes_exactly_and_deploys_repvggs_network(data_roo
     deployed = load(whole / "model_deploy.pth")
     assert deployed["arch"] == "QARepVGG-A0"
     RepVGGClassifier("A0", num_classes=4, deploy=True).load_state_dict(deployed["model"])
+    # Both files load back whole (head included) as what they are.
+    fused, trained = (
+        load_classifier(whole / name) for name in ("model_deploy.pth", "checkpoint.pth")
+    )
+    assert fused.backbone.deploy and not trained.backbone.deploy
+    assert trained.backbone.block_type == "QARepVGG"
+    images = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert_outputs_close(fused(images), trained(images))
 
 
 def test_qarepvgg_recipe_is_the_default_and_decays_every_parameter(data_root):

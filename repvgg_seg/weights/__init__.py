@@ -42,6 +42,7 @@ from .loading import (
     convert_checkpoint,
     convert_checkpoint_file,
     fuse_state_dict,
+    load_classifier,
     load_pretrained_backbone,
 )
 from .table import BASE_URL_ENV, DEFAULT_BASE_URL, WEIGHTS, PublishedWeights, published_weights
@@ -69,6 +70,7 @@ __all__ = [
     "detect_format",
     "fuse_state_dict",
     "infer_structure",
+    "load_classifier",
     "load_pretrained_backbone",
     "offline_mode",
     "published_weights",

@@ -4,6 +4,7 @@ A backbone whose ``init_cfg`` is ``Pretrained`` builds :class:`RepVGGPretrainedI
 mmengine's ``WEIGHT_INITIALIZERS`` registry and calls it on itself (the backbone never
 imports this module), which runs :func:`load_pretrained_backbone` on that instance.
 ``tools/convert_checkpoint.py`` calls :func:`convert_checkpoint_file`.
+:func:`load_classifier` loads a whole classifier (head included) from a pretraining file.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ import torch
 from mmengine.registry import WEIGHT_INITIALIZERS
 
 from ..atomic_io import save_atomically
-from ..checkpoint import CheckpointError, describe_key_mismatch, read_checkpoint
+from ..checkpoint import CheckpointError, describe_key_mismatch, read_checkpoint, state_dict_of
 from ..models.arch import RepVGGArch
 from ..models.backbone import PRETRAINED_INITIALIZER, RepVGG
+from ..models.classifier import RepVGGClassifier
 from .download import resolve_checkpoint
 from .formats import (
     ConvertedCheckpoint,
@@ -86,6 +88,37 @@ def load_pretrained_backbone(
         len(converted.dropped),
     )
     return converted
+
+
+def load_classifier(path: str | os.PathLike) -> RepVGGClassifier:
+    """The classifier a ``tools/pretrain_imagenet.py`` file holds, head included, in eval mode.
+
+    Any of its files: ``checkpoint.pth``, ``model_best.pth`` (training-time) or
+    ``model_deploy.pth`` (fused); the model name and class count come from the file.
+
+    Raises:
+        CheckpointError: Not a pretraining file, or its weights do not fit its model name.
+    """
+    source = os.fspath(path)
+    checkpoint = read_checkpoint(source)
+    state = state_dict_of(checkpoint, source)
+    name = checkpoint.get("arch") or checkpoint.get("args", {}).get("model")
+    if name is None or "fc.weight" not in state:
+        raise CheckpointError(
+            f"Checkpoint {source!r} is not a classifier written by tools/pretrain_imagenet.py "
+            "(no model name or no 'fc.weight'); pass its checkpoint.pth, model_best.pth or "
+            "model_deploy.pth."
+        )
+    deploy = bool(checkpoint.get("deploy", False))
+    with torch.device("meta"):
+        model = RepVGGClassifier.from_model_name(
+            name, num_classes=state["fc.weight"].shape[0], deploy=deploy
+        )
+    problems = describe_key_mismatch(model.state_dict(), state)
+    if problems:
+        raise CheckpointError(f"Checkpoint {source!r} does not fit {name}: {problems}.")
+    model.load_state_dict(state, strict=True, assign=True)
+    return model.eval()
 
 
 def backbone_structure(backbone: RepVGG) -> Structure:
