@@ -24,10 +24,11 @@ from helpers import randomize_bn
 pytest.importorskip("onnxruntime")
 
 from repvgg_seg.cli import CheckFailedError, run_tool  # noqa: E402
+from repvgg_seg.deploy import DatasetUnavailableError  # noqa: E402
 from repvgg_seg.loader import build_segmentor, load_segmentor  # noqa: E402
 from repvgg_seg.onnx_segmentor import OnnxModelError, build_onnx_segmentor  # noqa: E402
 from repvgg_seg.quantize import calibration_inputs, float_convs  # noqa: E402
-from repvgg_seg.quantize.calibration import DatasetError, calibration_dataset  # noqa: E402
+from repvgg_seg.quantize.calibration import calibration_dataset  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CROP = (32, 64)
@@ -209,8 +210,10 @@ def test_missing_calibration_set_is_named(model_files, tmp_path):
 
     cfg = Config.fromfile(str(model_files[0]))
     cfg.train_dataloader.dataset.data_root = str(tmp_path / "empty")
-    with pytest.raises(DatasetError, match="train_dataloader.dataset"):
+    with pytest.raises(DatasetUnavailableError, match="train_dataloader.dataset") as error:
         calibration_dataset(cfg)
+    assert "Calibration (--calib-images) reads it" in str(error.value)
+    assert str(model_files[0]) in str(error.value)
 
 
 def test_test_and_infer_tools_run_the_int8_model(model_files, quantized, tmp_path):

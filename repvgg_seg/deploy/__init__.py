@@ -32,6 +32,7 @@ from .segmentor import (
 from .verify import (
     Agreement,
     DatasetUnavailableError,
+    build_split_dataset,
     compare_logits,
     compare_on_batch,
     compare_on_tensor,
@@ -62,6 +63,7 @@ __all__ = [
     "SegmentorLogits",
     "WinogradConv2d",
     "ShapeGenericAdaptiveAvgPool2d",
+    "build_split_dataset",
     "compare_logits",
     "compare_on_batch",
     "compare_on_tensor",

@@ -52,21 +52,20 @@ def compare_on_batch(
     return compare_logits(ref, dep, rtol=rtol)
 
 
-def first_dataset_batch(cfg: Config, split: str = "test") -> dict:
-    """One collated sample of the config's ``{split}_dataloader`` dataset (real pipeline).
+def build_split_dataset(cfg: Config, split: str = "test"):
+    """The config's ``{split}_dataloader`` dataset, with its own pipeline.
 
     Raises:
         ValueError: the config has no such dataloader.
         DatasetUnavailableError: the dataset is empty or its files are missing (the caller
-            says which of its options avoids the check).
+            says what needs it, or which of its options avoids it).
     """
-    from mmengine.dataset import pseudo_collate
     from mmengine.registry import init_default_scope
     from mmseg.registry import DATASETS
 
     key = f"{split}_dataloader"
     if key not in cfg or "dataset" not in cfg[key]:
-        raise ValueError(f"The config has no {key}.dataset to take a verification image from.")
+        raise ValueError(f"The config has no {key}.dataset.")
     init_default_scope(cfg.get("default_scope", "mmseg"))
     dataset_cfg = copy.deepcopy(cfg[key].dataset)
     try:
@@ -80,4 +79,16 @@ def first_dataset_batch(cfg: Config, split: str = "test") -> dict:
         raise DatasetUnavailableError(
             f"{key}.dataset under {dataset_cfg.get('data_root')!r} is empty."
         )
-    return pseudo_collate([dataset[0]])
+    return dataset
+
+
+def first_dataset_batch(cfg: Config, split: str = "test") -> dict:
+    """One collated sample of the config's ``{split}_dataloader`` dataset (real pipeline).
+
+    Raises:
+        ValueError: the config has no such dataloader.
+        DatasetUnavailableError: the dataset is empty or its files are missing.
+    """
+    from mmengine.dataset import pseudo_collate
+
+    return pseudo_collate([build_split_dataset(cfg, split)[0]])

@@ -7,7 +7,7 @@ activations and weights) and measures the INT8 model against the float one on va
 with mmseg's IoUMetric; its files are published only when the mIoU drop is within bounds.
 """
 
-from .calibration import DatasetError, calibration_inputs
+from .calibration import calibration_inputs
 from .evaluation import Evaluation, compare_segmentors
 from .onnx_quant import CALIBRATION_METHODS, float_convs
 from .pipeline import QuantizeOptions, QuantizeReport, quantize_checkpoint
@@ -15,7 +15,6 @@ from .sensitivity import LayerSensitivity, rank_convs
 
 __all__ = [
     "CALIBRATION_METHODS",
-    "DatasetError",
     "Evaluation",
     "LayerSensitivity",
     "QuantizeOptions",

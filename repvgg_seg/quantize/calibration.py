@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import random
 from collections.abc import Callable, Iterator
 
@@ -11,38 +10,26 @@ import numpy as np
 import torch
 from mmengine.config import Config
 from mmengine.dataset import pseudo_collate
-from mmengine.registry import init_default_scope
-from mmseg.registry import DATASETS
+
+from ..deploy import DatasetUnavailableError, build_split_dataset
 
 Progress = Callable[[], None]
 
 
-class DatasetError(FileNotFoundError):
-    """A dataset the run needs is missing or empty (the message names its folder)."""
-
-
-def build_dataset(cfg: Config, loader: str, flag: str):
-    """The config's ``{loader}.dataset`` with its pipeline.
-
-    Args:
-        flag: The command-line flag that reads it, for the message.
+def build_dataset(cfg: Config, split: str, needed_by: str):
+    """The config's ``{split}_dataloader`` dataset with its pipeline.
 
     Raises:
-        DatasetError: The config has no such dataset, or it is missing or empty.
+        DatasetUnavailableError: The config has no such dataset, or it is missing or empty;
+            the message says what needs it.
     """
-    if loader not in cfg or "dataset" not in cfg[loader]:
-        raise DatasetError(f"Config '{cfg.filename}' has no {loader}.dataset for {flag}.")
-    init_default_scope(cfg.get("default_scope", "mmseg"))
-    dataset_cfg = copy.deepcopy(cfg[loader].dataset)
-    where = f"{loader}.dataset (data_root '{dataset_cfg.get('data_root')}')"
     try:
-        dataset = DATASETS.build(dataset_cfg)
-    except Exception as error:  # mmseg raises FileNotFoundError, AssertionError, ...
-        message = " ".join(str(error).split())
-        raise DatasetError(f"{where} cannot be read for {flag}: {message}") from error
-    if len(dataset) == 0:
-        raise DatasetError(f"{where} is empty: {flag} needs its images; prepare the dataset.")
-    return dataset
+        return build_split_dataset(cfg, split)
+    except (ValueError, DatasetUnavailableError) as error:
+        raise DatasetUnavailableError(
+            f"{str(error).rstrip('.')} (config '{cfg.filename}'). {needed_by} reads it: "
+            "prepare the dataset or pass the config's data_root with --cfg-options."
+        ) from error
 
 
 def spread_indices(length: int, count: int) -> list[int]:
@@ -70,9 +57,9 @@ def calibration_dataset(cfg: Config):
     """The config's training set with its train pipeline (build it before any long work).
 
     Raises:
-        DatasetError: The training set is missing or empty.
+        DatasetUnavailableError: The training set is missing or empty.
     """
-    return build_dataset(cfg, "train_dataloader", "calibration (--calib-images)")
+    return build_dataset(cfg, "train", "Calibration (--calib-images)")
 
 
 def calibration_inputs(
@@ -114,9 +101,9 @@ def evaluation_dataset(cfg: Config):
     """The config's val set with its test pipeline (build it before any long work).
 
     Raises:
-        DatasetError: The val set is missing or empty.
+        DatasetUnavailableError: The val set is missing or empty.
     """
-    return build_dataset(cfg, "val_dataloader", "the INT8 evaluation (--eval-images)")
+    return build_dataset(cfg, "val", "The INT8 evaluation (--eval-images)")
 
 
 def evaluation_samples(dataset, num_images: int) -> Iterator[dict]:

@@ -150,7 +150,7 @@ def quantize_checkpoint(
 
     Raises:
         CheckpointError: The checkpoint does not fit the config.
-        DatasetError: The training or val set is missing or empty.
+        DatasetUnavailableError: The training or val set is missing or empty.
         FusionMismatchError: The deployed model does not reproduce the trained one.
         ValueError: A ``--keep-float-layers`` name is not a conv of the model.
     """
