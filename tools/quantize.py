@@ -86,7 +86,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         nargs="+",
         default=[],
         metavar="NAME",
-        help="leave these convs (PyTorch module names, e.g. backbone.stage0.0.rbr_reparam) "
+        help="leave these convs (PyTorch module names, e.g. backbone.stages.2.13.fused_conv) "
         "in float32",
     )
     parser.add_argument("--cfg-options", nargs="+", action=DictAction)
