@@ -15,14 +15,7 @@ from repvgg_seg.reparam import reparameterize_model
 
 from helpers import assert_outputs_close, randomize_bn
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # On the shared 2-core machine a second intra-op thread mostly waits on the first.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 EXPECTED_OUTPUT_STRIDES = {

@@ -32,13 +32,7 @@ AUTHORS_B0_PARAMETERS = 15_808_616
 BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Small ops on a shared 2-core machine: a second thread only waits on the first.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def reference_shapes(arch: str) -> dict[str, tuple[int, ...]]:

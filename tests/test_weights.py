@@ -113,14 +113,7 @@ REFERENCE_LISTS = {
 INPUT = (1, 3, 64, 64)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # On a shared 2-core machine, a second intra-op thread makes these small ops ~50x
-    # slower (threads wait on each other); one thread keeps the module at seconds.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def read_reference(name: str) -> dict[str, tuple[int, ...]]:
