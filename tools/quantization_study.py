@@ -56,8 +56,9 @@ SEGMENTORS = ("pspnet_repvgg_a0_synthetic", "pspnet_qarepvgg_a0_synthetic")
 logger = logging.getLogger("quantization_study")
 
 
-def run(command: list[str]) -> None:
-    """Runs a tool as a user would, after printing its command line."""
+def run(tool: str, *args: object) -> None:
+    """Runs ``tools/<tool>.py`` as a user would, after printing its command line."""
+    command = [sys.executable, f"tools/{tool}.py", *map(str, args)]
     print("$ OMP_NUM_THREADS=1 " + shlex.join(command), flush=True)
     subprocess.run(command, cwd=ROOT, check=True, env={**os.environ, **ONE_THREAD})
 
@@ -88,10 +89,26 @@ def pretrain(data: Path, model: str, out: Path, epochs: int) -> nn.Module:
     """``tools/pretrain_imagenet.py`` for ``model``; returns its deployed classifier."""
     if not (out / "model_deploy.pth").exists():
         run(
-            [sys.executable, "tools/pretrain_imagenet.py", "--data-path", str(data)]
-            + ["--model", model, "--epochs", str(epochs), "-b", str(BATCH), "-j", "0"]
-            + ["--lr", str(LR_PER_256), "--device", "cpu", "--output-dir", str(out)]
-            + ["--print-freq", "1000", *sizes()]
+            "pretrain_imagenet",
+            "--data-path",
+            data,
+            "--model",
+            model,
+            "--epochs",
+            epochs,
+            "-b",
+            BATCH,
+            "-j",
+            0,
+            "--lr",
+            LR_PER_256,
+            "--device",
+            "cpu",
+            "--output-dir",
+            out,
+            "--print-freq",
+            1000,
+            *sizes(),
         )
     return load_classifier(out / "model_deploy.pth")
 
@@ -154,8 +171,15 @@ def segmentor_rows(work_dir: Path, iters: int) -> list[tuple[str, str, float, fl
     data = work_dir / "synthetic_cityscapes"
     if not data.exists():
         run(
-            [sys.executable, "tools/make_synthetic_cityscapes.py", str(data)]
-            + ["--num-train", "60", "--num-val", "12", "--size", "256", "128"]
+            "make_synthetic_cityscapes",
+            data,
+            "--num-train",
+            60,
+            "--num-val",
+            12,
+            "--size",
+            256,
+            128,
         )
     roots = [
         f"{loader}.dataset.data_root={data}"
@@ -173,39 +197,33 @@ def segmentor_rows(work_dir: Path, iters: int) -> list[tuple[str, str, float, fl
         checkpoint = run_dir / f"iter_{iters}.pth"
         if not checkpoint.exists():
             run(
-                [
-                    sys.executable,
-                    "tools/train.py",
-                    config,
-                    "--work-dir",
-                    str(run_dir),
-                    "--overwrite-work-dir",
-                    "--cfg-options",
-                    *roots,
-                    *schedule,
-                ]
+                "train",
+                config,
+                "--work-dir",
+                run_dir,
+                "--overwrite-work-dir",
+                "--cfg-options",
+                *roots,
+                *schedule,
             )
         for flag, form in (("--no-per-channel", "per-tensor"), ("--per-channel", "per-channel")):
             out = run_dir / f"int8_{form}"
             report = out / f"{name}_int8.json"
             if not report.exists():
                 run(
-                    [
-                        sys.executable,
-                        "tools/quantize.py",
-                        config,
-                        str(checkpoint),
-                        str(out),
-                        flag,
-                        "--calib-images",
-                        "8",
-                        "--eval-images",
-                        "12",
-                        "--max-miou-drop",
-                        "100",
-                        "--cfg-options",
-                        *roots,
-                    ]
+                    "quantize",
+                    config,
+                    checkpoint,
+                    out,
+                    flag,
+                    "--calib-images",
+                    8,
+                    "--eval-images",
+                    12,
+                    "--max-miou-drop",
+                    100,
+                    "--cfg-options",
+                    *roots,
                 )
             evaluation = json.loads(report.read_text())["evaluation"]
             if form == "per-tensor":
