@@ -11,6 +11,7 @@ import contextlib
 import importlib.util
 import io
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -98,13 +99,33 @@ def quantize_args(model_files, out_dir: Path, *options: str) -> list[str]:
 def quantized(model_files, tmp_path_factory):
     """tools/quantize.py's output, two convs kept in float by name and the two most
     sensitive others by rank: (onnx, report, printed)."""
+    from repvgg_seg.quantize import pipeline
+
     out_dir = tmp_path_factory.mktemp("int8")
     args = quantize_args(model_files, out_dir, "--max-miou-drop", "100", "--keep-float", "2")
-    with contextlib.redirect_stdout(io.StringIO()) as printed:
-        assert load_tool("quantize").main([*args, "--keep-float-layers", *KEEP]) == 0
+    export = pipeline.export_onnx
+
+    def export_and_keep(model, path, example):  # for exported_once
+        export(model, path, example)
+        shutil.copy(path, out_dir.parent / "exported.onnx")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pipeline, "export_onnx", export_and_keep)
+        with contextlib.redirect_stdout(io.StringIO()) as printed:
+            assert load_tool("quantize").main([*args, "--keep-float-layers", *KEEP]) == 0
     stem = model_files[0].stem
     report = json.loads((out_dir / f"{stem}_int8.json").read_text())
     return out_dir / f"{stem}_int8.onnx", report, printed.getvalue()
+
+
+@pytest.fixture()
+def exported_once(quantized, monkeypatch):
+    """Later runs take the float ONNX export of the ``quantized`` run (the same model; the
+    export is the slowest step)."""
+    from repvgg_seg.quantize import pipeline
+
+    exported = quantized[0].parent.parent / "exported.onnx"
+    monkeypatch.setattr(pipeline, "export_onnx", lambda m, path, x: shutil.copy(exported, path))
 
 
 def test_calibration_reads_the_train_pipeline(model_files):
@@ -166,7 +187,7 @@ def test_onnx_segmentor_checks_the_file_and_the_config(model_files, quantized, t
     assert str(quantized[0]) in str(error.value) and str(model_files[0]) in str(error.value)
 
 
-def test_a_drop_above_the_limit_writes_nothing(model_files, tmp_path, capsys):
+def test_a_drop_above_the_limit_writes_nothing(model_files, exported_once, tmp_path, capsys):
     out_dir = tmp_path / "refused"
     args = quantize_args(model_files, out_dir, "--max-miou-drop", "0", "--no-per-channel")
     with pytest.raises(CheckFailedError, match="nothing written"):
