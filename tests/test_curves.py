@@ -56,6 +56,9 @@ def tiny_training(root: Path, iters: int = 2) -> Path:
             "default_hooks.logger.interval": 1,
             "param_scheduler": [],
             "log_level": "WARNING",
+            # mmengine keeps one Visualizer per name per process, with the save dir of the
+            # first Runner that made it: a fresh name logs into this run's own folder.
+            "visualizer.name": f"curves_{root.name}",
         }
     )
     Runner.from_cfg(cfg).train()
