@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -223,8 +222,3 @@ def float_convs(model: onnx.ModelProto) -> list[str]:
 def save_model(model: onnx.ModelProto, file) -> None:
     """Writes ``model`` as one protobuf to an open binary file."""
     file.write(model.SerializeToString())
-
-
-def scratch_folder(parent: Path) -> tempfile.TemporaryDirectory:
-    """A temporary folder inside ``parent`` for intermediate models."""
-    return tempfile.TemporaryDirectory(dir=parent, prefix=".quantize.")
