@@ -70,19 +70,24 @@ def work_dir(tmp_path_factory) -> Path:
     return tiny_training(tmp_path_factory.mktemp("curves"))
 
 
-@pytest.fixture(scope="module")
-def pretrain_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("pretrain")
+def tiny_image_folder(root: Path) -> Path:
+    """An ImageFolder of 2 colour classes x 4 images of 32x32, train and val."""
     rng = np.random.default_rng(0)
     for split in ("train", "val"):
         for label, colour in enumerate(((200, 30, 30), (30, 30, 200))):
-            folder = root / "data" / split / f"class{label}"
+            folder = root / split / f"class{label}"
             folder.mkdir(parents=True)
             for i in range(4):
                 pixels = np.clip(np.array(colour) + rng.normal(0, 20, (32, 32, 3)), 0, 255)
                 Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def pretrain_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("pretrain")
     config = PretrainConfig(
-        data_path=str(root / "data"),
+        data_path=str(tiny_image_folder(root / "data")),
         model="RepVGG-A0",
         epochs=2,
         batch_size=4,

@@ -1,10 +1,10 @@
 """Quiet by default: a normal CPU run of each tool prints no third-party noise.
 
-Every tool runs once, in this process as its ``__main__`` does (``run_tool``), on a tiny
-synthetic config. What it prints (stdout and stderr at the file-descriptor level), the
-warnings a normal run would show and the WARNING records of any logger are searched for
-``ERROR``, ``Warning``, ``USDT``, ``profiler`` and traceback lines. Import-time output is
-checked once in a subprocess.
+Every tool (but the data preparation scripts) runs once, in this process as its
+``__main__`` does (``run_tool``), on a tiny synthetic config. What it prints (stdout and
+stderr at the file-descriptor level), the warnings a normal run would show and the WARNING
+records of any logger are searched for ``ERROR``, ``Warning``, ``USDT``, ``profiler`` and
+traceback lines. Import-time output is checked once in a subprocess.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 from mmengine.logging import MMLogger
+from test_curves import tiny_image_folder
 
 from repvgg_seg.cli import KINETO_LOG_LEVEL, quiet_third_party, run_tool, take_verbose_flag
 from repvgg_seg.datasets import make_synthetic_cityscapes
@@ -159,6 +160,16 @@ def test_quantize_is_quiet(config, trained, tmp_path, capfd, caplog):
     argv = [str(config), str(trained["checkpoint"]), str(tmp_path / "int8")]
     options = ["--calib-images", "1", "--eval-images", "1", "--max-miou-drop", "100"]
     assert noise_lines(run_quietly("quantize", argv + options, capfd, caplog)) == []
+
+
+def test_pretrain_imagenet_is_quiet(tmp_path, capfd, caplog):
+    data = tiny_image_folder(tmp_path / "data")
+    argv = ["--data-path", str(data), "--model", "A0", "--epochs", "1", "-b", "4", "-j", "0"]
+    sizes = ["--train-crop-size", "32", "--val-resize-size", "36", "--val-crop-size", "32"]
+    out = ["--device", "cpu", "--output-dir", str(tmp_path / "out")]
+    text = run_quietly("pretrain_imagenet", argv + sizes + out, capfd, caplog)
+    assert (tmp_path / "out" / "model_deploy.pth").is_file()
+    assert noise_lines(text) == []
 
 
 def test_plot_logs_is_quiet(trained, tmp_path, capfd, caplog):
