@@ -165,7 +165,7 @@ def _load_pytorch(
     if mismatch is not None:
         raise CheckpointError(
             f"Checkpoint {checkpoint!r} does not fit the model of config {config!r} (strict "
-            f"load): {mismatch}. {_what_to_pass(cfg, contents, state, deployed)}"
+            f"load): {mismatch}. {_what_to_pass(cfg, contents, deployed)}"
         )
     model.load_state_dict(state, strict=True)
     if fuse:
@@ -212,7 +212,7 @@ def _set_backbone_deploy(cfg: Config, deployed: bool | None, checkpoint: str, co
         )
 
 
-def _what_to_pass(cfg: Config, contents: object, state: Mapping, deployed: bool | None) -> str:
+def _what_to_pass(cfg: Config, contents: object, deployed: bool | None) -> str:
     """The hint of a strict-load error: which config this checkpoint needs."""
     meta = contents.get("meta") if isinstance(contents, Mapping) else None
     from_deploy = isinstance(meta, Mapping) and "deployed_from" in meta
@@ -227,7 +227,7 @@ def _what_to_pass(cfg: Config, contents: object, state: Mapping, deployed: bool 
             f"This checkpoint was written by tools/deploy.py (from {meta['deployed_from']!r}); "
             "pass the *_deploy.py config written beside it."
         )
-    if deployed and not any(key.startswith("auxiliary_head.") for key in state):
+    if deployed:
         return (
             "A checkpoint written by tools/deploy.py loads with the *_deploy.py config "
             "written beside it; any other checkpoint with the config it was trained with."

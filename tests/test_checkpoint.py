@@ -149,7 +149,9 @@ def test_test_tool_refuses_another_variant(tmp_path, data_root, segmentor_state)
     state = {k: v for k, v in segmentor_state.items() if not k.startswith("backbone.")}
     state.update({f"backbone.{k}": v for k, v in RepVGG("A1").state_dict().items()})
     torch.save({"state_dict": state}, tmp_path / "a1.pth")
-    with pytest.raises(SystemExit, match=r"RepVGG-A1 weights.*RepVGG-A0.*arch='A1'.*synthetic"):
+    with pytest.raises(
+        CheckpointError, match=r"RepVGG-A1 weights.*RepVGG-A0.*arch='A1'.*synthetic"
+    ):
         run_test_tool(tmp_path, data_root, tmp_path / "a1.pth")
 
 
@@ -158,7 +160,7 @@ def test_test_tool_refuses_missing_keys_naming_both_files(tmp_path, data_root, s
     del state["decode_head.conv_seg.bias"]
     torch.save({"state_dict": state}, tmp_path / "cut.pth")
     with pytest.raises(
-        SystemExit, match=r"cut.pth' does not fit .*synthetic.py'.*missing \(1\): decode_head"
+        CheckpointError, match=r"cut.pth' does not fit .*synthetic.py'.*missing \(1\): decode_head"
     ):
         run_test_tool(tmp_path, data_root, tmp_path / "cut.pth")
 
@@ -175,7 +177,7 @@ def test_test_tool_refuses_a_deployed_segmentor_with_the_training_config(
     # tools/deploy.py also folds the heads' BNs and drops the auxiliary head.
     state = {k: v for k, v in state.items() if ".bn." not in k or k.startswith("backbone.")}
     torch.save({"state_dict": state}, tmp_path / "deployed.pth")
-    with pytest.raises(SystemExit, match=r"missing .*decode_head.*_deploy\.py config"):
+    with pytest.raises(CheckpointError, match=r"missing .*decode_head.*_deploy\.py config"):
         run_test_tool(tmp_path, data_root, tmp_path / "deployed.pth")
 
 
@@ -185,7 +187,7 @@ def test_test_tool_refuses_a_training_checkpoint_with_a_deploy_config(
     config = tmp_path / "deploy_cfg.py"
     config.write_text(f"_base_ = [{str(CONFIG)!r}]\nmodel = dict(backbone=dict(deploy=True))\n")
     torch.save({"state_dict": segmentor_state}, tmp_path / "train.pth")
-    with pytest.raises(SystemExit, match=r"train.pth' holds training-time .*deploy_cfg.py"):
+    with pytest.raises(CheckpointError, match=r"train.pth' holds training-time .*deploy_cfg.py"):
         run_test_tool(tmp_path, data_root, tmp_path / "train.pth", config)
 
 
@@ -194,10 +196,10 @@ def test_test_tool_names_an_empty_or_truncated_checkpoint(tmp_path, data_root, s
     whole = tmp_path / "whole.pth"
     torch.save({"state_dict": {"w": torch.zeros(100)}}, whole)
     (tmp_path / "bad.pth").write_bytes(whole.read_bytes()[:size])
-    with pytest.raises(SystemExit) as info:
+    with pytest.raises(CheckpointError) as info:
         run_test_tool(tmp_path, data_root, tmp_path / "bad.pth")
-    message = str(info.value.code)
-    assert message.startswith("ERROR: Checkpoint") and "bad.pth" in message
+    message = str(info.value)
+    assert message.startswith("Checkpoint") and "bad.pth" in message
     assert "\n" not in message
 
 
