@@ -1,10 +1,13 @@
-"""An exclusive lock on a folder for one run, and who holds it.
+"""A tool's output folder: whether it can be written, and an exclusive lock for one run.
 
-:class:`WorkDirLock` is an advisory ``flock`` on a lock file inside the folder (a training's
-work dir: ``.train.lock``; :class:`LockRole` names others), holding the owner's pid, host and
-start time. The kernel releases it when its process dies, however it dies, so a killed run's
-lock is taken over by the next run, which learns who held it; processes forked from the
-owner (DataLoader workers) do not hold it.
+:func:`check_out_dir` refuses, before any work, an output path that is a file, a folder that
+cannot be written, or a folder where one of the tool's files should go (deploy, quantize and
+infer call it). :class:`WorkDirLock` is an advisory ``flock`` on a lock file inside the folder
+(a training's work dir: ``.train.lock``; :class:`LockRole` names the others: infer's out dir,
+deploy's and quantize's output folder), holding the owner's pid, host and start time. The
+kernel releases it when its process dies, however it dies, so a killed run's lock is taken
+over by the next run, which learns who held it and may remove what it left; processes forked
+from the owner (DataLoader workers) do not hold it.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import fcntl
 import json
 import os
 import socket
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,6 +172,49 @@ class WorkDirLock:
 
 
 os.register_at_fork(after_in_child=WorkDirLock._forget_in_forked_child)
+
+
+def check_out_dir(
+    path: str | os.PathLike, subject: str, file_names: Iterable[str] = (), tool: str = ""
+) -> None:
+    """Refuses a folder a tool cannot write its results into; creates nothing.
+
+    The folder may be missing (the tool creates it): then its nearest existing parent must be
+    a folder that can be written.
+
+    Args:
+        path: The output folder.
+        subject: How messages name it (``Output folder``, ``--out-dir``).
+        file_names: The files the tool writes directly into the folder.
+        tool: The tool writing them, for messages.
+
+    Raises:
+        NotADirectoryError: The path, or a parent of it, is a file.
+        PermissionError: The nearest existing folder is not writable.
+        IsADirectoryError: A folder has the name of one of ``file_names``.
+    """
+    path = Path(path)
+    for folder in (path, *path.absolute().parents):
+        if not folder.exists():
+            continue
+        if not folder.is_dir():
+            raise NotADirectoryError(
+                f"{subject} {str(path)!r}: {str(folder)!r} is a file, not a folder; pass a "
+                "folder (it is created if missing)."
+            )
+        # Checked again, for real, when the run creates the folder and takes its lock.
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise PermissionError(
+                f"Cannot write into {subject} {str(path)!r} ({str(folder)!r} is not "
+                "writable); pass a folder you can write to."
+            )
+        break
+    for name in file_names:
+        if (path / name).is_dir():
+            raise IsADirectoryError(
+                f"{str(path / name)!r} is a folder, but {tool} writes a file of that name; "
+                "move the folder away or pass another output folder."
+            )
 
 
 def _dead_owner_note(owner: LockOwner) -> str:

@@ -23,6 +23,7 @@ PACKAGE = ROOT / "repvgg_seg"
 FORBIDDEN = {
     "repvgg_seg.checkpoint": ("repvgg_seg.",),
     "repvgg_seg.atomic_io": ("repvgg_seg.",),
+    "repvgg_seg.dir_lock": ("repvgg_seg.",),
     "repvgg_seg.equivalence": ("repvgg_seg.",),
     "repvgg_seg.models": (
         "repvgg_seg.weights",

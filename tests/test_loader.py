@@ -8,7 +8,6 @@ their one-line errors are what a user sees.
 from __future__ import annotations
 
 import copy
-import fcntl
 import os
 import re
 import subprocess
@@ -28,10 +27,11 @@ from repvgg_seg.datasets import make_synthetic_cityscapes
 from repvgg_seg.deploy import (
     BF16_RTOL,
     DeployOptions,
-    OutputBusyError,
+    OutputFolder,
     deploy_checkpoint,
     native_bf16,
 )
+from repvgg_seg.dir_lock import WorkDirBusyError, WorkDirLock
 from repvgg_seg.equivalence import compare_logits
 from repvgg_seg.inference import load_inference_model, predict_labels, read_image
 from repvgg_seg.loader import build_segmentor, load_segmentor
@@ -204,14 +204,10 @@ def test_deploy_removes_a_killed_runs_staging_folder_and_refuses_a_live_run(tiny
     assert killed.returncode == -9
     (leftover,) = [p for p in out.iterdir() if p.name.endswith(".staging")]
 
-    live = os.open(out, os.O_RDONLY)  # a live deploy holds this lock
-    try:
-        fcntl.flock(live, fcntl.LOCK_EX)
-        with pytest.raises(OutputBusyError, match="in use by another tools/deploy.py run"):
+    with WorkDirLock(out, OutputFolder(out, "tiny").lock.role):  # as a live deploy holds it
+        with pytest.raises(WorkDirBusyError, match="in use by another tools/deploy.py run"):
             deploy_checkpoint(tiny.config, tiny.checkpoint, out, DeployOptions(**QUICK))
         assert leftover.is_dir()  # a live run's staging folder is left alone
-    finally:
-        os.close(live)
 
     report = deploy_checkpoint(
         tiny.config, tiny.checkpoint, out, DeployOptions(check_real_image=False, **QUICK)

@@ -27,7 +27,6 @@ from repvgg_seg.deploy import (
     DatasetUnavailableError,
     DeployOptions,
     DeployReport,
-    OutputBusyError,
     deploy_checkpoint,
     native_bf16,
 )
@@ -159,8 +158,6 @@ def main(argv: list[str] | None = None) -> int:
             f"{error} Deploy checks the model on the dataset's first image; prepare the "
             "dataset or pass --skip-real-image."
         ) from error
-    except OutputBusyError as error:
-        raise UsageError(str(error)) from error
     print_report(report)
     if not report.passed:
         raise CheckFailedError(

@@ -20,7 +20,7 @@ by module name and re-creates them after building, so the deployed checkpoint lo
 from .fold import ConvBNPair, find_conv_bn_pairs, fold_conv_bn, prepare_folded_structure
 from .onnx_export import SegmentorLogits, ShapeGenericAdaptiveAvgPool2d, compare_onnx, export_onnx
 from .pipeline import BF16_RTOL, BF16_UNIT_ROUNDOFF, DeployOptions, DeployReport, deploy_checkpoint
-from .publish import OutputBusyError, OutputFolder
+from .publish import OutputFolder
 from .segmentor import (
     PRECISIONS,
     DeployedEncoderDecoder,
@@ -51,7 +51,6 @@ __all__ = [
     "BF16_UNIT_ROUNDOFF",
     "PRECISIONS",
     "DeployOptions",
-    "OutputBusyError",
     "OutputFolder",
     "native_bf16",
     "to_bfloat16",

@@ -164,7 +164,7 @@ def deploy_checkpoint(
         CheckpointError: The checkpoint cannot be read or does not fit the config.
         DatasetUnavailableError: ``check_real_image`` and the config's dataset is missing.
         NotADirectoryError, IsADirectoryError, PermissionError: ``out_dir`` is unusable.
-        OutputBusyError: Another deploy is writing into ``out_dir``.
+        WorkDirBusyError: Another deploy is writing into ``out_dir``.
     """
     options = options or DeployOptions()
     cfg = read_config(config)

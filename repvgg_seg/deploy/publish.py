@@ -4,11 +4,11 @@ A deploy stages its files in a hidden folder inside the output folder and rename
 place only when every check passed. :class:`OutputFolder` makes that safe:
 
 - it refuses, before any work, an output path that is a file, a folder it cannot write,
-  and a folder where a file it will write should go;
-- it holds an exclusive ``flock`` on the output folder while the run lasts. The kernel
-  releases it when the process dies, as with the training's work-dir lock
-  (:mod:`repvgg_seg.work_dir`), so a second live deploy into the folder is refused, and
-  staging folders whose run is dead (killed) are removed at the start of the next run;
+  and a folder where a file it will write should go (:func:`repvgg_seg.dir_lock.check_out_dir`);
+- it holds the folder's lock (:class:`repvgg_seg.dir_lock.WorkDirLock`, ``.<kind>.lock``)
+  while the run lasts. The kernel releases it when the process dies, so a second live run
+  of the tool into the folder is refused, and staging folders whose run is dead (killed)
+  are removed at the start of the next run;
 - :meth:`OutputFolder.publish` puts the staged files in place and removes the files of an
   earlier deploy of the same config that this run does not write (an old ``.onnx`` beside
   a new ``.pth``), stale files first and the config last. Each file carries the run's
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import fcntl
 import os
 import re
 import shutil
@@ -29,13 +28,11 @@ import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
+from ..dir_lock import LockRole, WorkDirLock, check_out_dir
+
 # The files a deploy of config <stem> writes, in the order they are published: the config,
 # which names the checkpoint, comes last.
 DEPLOY_SUFFIXES = (".pth", ".onnx", ".py")
-
-
-class OutputBusyError(RuntimeError):
-    """Another live deploy writes into the same output folder."""
 
 
 def new_deploy_id() -> str:
@@ -75,7 +72,8 @@ class OutputFolder:
         self.kind, self.suffixes, self.tool = kind, suffixes, tool
         self.staging: Path | None = None
         self.removed_leftovers: list[Path] = []
-        self._fd: int | None = None
+        role = LockRole(f".{kind}.lock", "Output folder", f"another {tool} run", "output folder")
+        self.lock = WorkDirLock(self.path, role)
 
     def check(self) -> None:
         """Refuses a path the tool cannot write its files into (nothing is created).
@@ -85,39 +83,17 @@ class OutputFolder:
             IsADirectoryError: A folder has the name of a file the tool writes.
             PermissionError: The folder (or the nearest existing parent) is not writable.
         """
-        existing = self.path
-        while not existing.exists() and existing != existing.parent:
-            existing = existing.parent
-        where = f"'{self.path}'" if existing == self.path else f"'{self.path}': '{existing}'"
-        if not existing.is_dir():
-            raise NotADirectoryError(
-                f"Output folder {where} is a file, not a folder; pass a folder path (it is "
-                "created if missing)."
-            )
-        if not os.access(existing, os.W_OK | os.X_OK):
-            raise PermissionError(
-                f"Output folder {where} is not writable; pass a folder you can write to."
-            )
-        for name in deployed_names(self.stem, self.kind, self.suffixes):
-            if (self.path / name).is_dir():
-                raise IsADirectoryError(
-                    f"'{self.path / name}' is a folder, but {self.tool} writes a file of that "
-                    "name; move the folder away or pass another output folder."
-                )
+        names = deployed_names(self.stem, self.kind, self.suffixes)
+        check_out_dir(self.path, "Output folder", names, self.tool)
 
     def __enter__(self) -> OutputFolder:
+        """Checks and locks the folder, removes dead runs' staging folders, makes this one's.
+
+        Raises:
+            WorkDirBusyError: Another live run of the tool writes into the folder.
+        """
         self.check()
-        self.path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise OutputBusyError(
-                f"Output folder '{self.path}' is in use by another {self.tool} run; wait "
-                "for it to end or pass another output folder."
-            ) from None
-        self._fd = fd
+        self.lock.acquire()
         try:
             self.removed_leftovers = self._remove_dead_staging()
             self.staging = Path(
@@ -134,9 +110,7 @@ class OutputFolder:
         if self.staging is not None:
             shutil.rmtree(self.staging, ignore_errors=True)
             self.staging = None
-        if self._fd is not None:
-            os.close(self._fd)  # releases the lock
-            self._fd = None
+        self.lock.release()
 
     def _remove_dead_staging(self) -> list[Path]:
         """Staging folders of killed runs: every one, since this run holds the lock."""
@@ -166,5 +140,9 @@ class OutputFolder:
         for path in staged:
             os.replace(path, self.path / path.name)
             published.append(self.path / path.name)
-        os.fsync(self._fd)  # the renames reach the disk together with the files
+        folder = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(folder)  # the renames reach the disk together with the files
+        finally:
+            os.close(folder)
         return published

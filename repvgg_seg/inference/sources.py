@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from ..dir_lock import check_out_dir
+
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm"}
 )
@@ -126,22 +128,7 @@ def find_sources(
 def _check_out_dir(out_dir: Path, inputs: Sequence[str | os.PathLike]) -> tuple[Path, ...]:
     """Refuses an ``out_dir`` that cannot hold results or is an input folder; returns its
     result folders (resolved)."""
-    for folder in (out_dir, *out_dir.parents):
-        if not folder.exists():
-            continue
-        if not folder.is_dir():
-            raise NotADirectoryError(
-                f"--out-dir {str(out_dir)!r}: {str(folder)!r} is a file, not a folder; pass "
-                "a folder (it is created if missing)."
-            )
-        # The nearest existing folder must let us create the rest (checked again, for
-        # real, when the run takes the folder: see run.claim_out_dir).
-        if not os.access(folder, os.W_OK | os.X_OK):
-            raise PermissionError(
-                f"Cannot write into --out-dir {str(out_dir)!r} ({str(folder)!r} is not "
-                "writable); pass a folder you can write to."
-            )
-        break
+    check_out_dir(out_dir, "--out-dir")
     roots = tuple(out_dir.resolve() / name for name in (OVERLAY_DIR, LABEL_DIR))
     for raw in inputs:
         folder = Path(raw).resolve()
