@@ -80,10 +80,10 @@ class RuntimeRunners:
         array = image.float().contiguous().numpy()
         if runtime.startswith("onnxruntime"):
             return onnxruntime_runner(self._onnx(module, runtime, image), array, self.threads)
-        return openvino_runner(
-            self._onnx(module, "onnxruntime", image), array, self.threads, runtime.endswith("int8"),
-            self._calibration(image),
-        )  # fmt: skip
+        # OpenVINO reads the float32 export; its INT8 is NNCF's, calibrated on the same inputs.
+        calibration = self._calibration(image) if runtime.endswith("int8") else None
+        float_path = self._onnx(module, "onnxruntime", image)
+        return openvino_runner(float_path, array, self.threads, calibration)
 
     def _calibration(self, image: torch.Tensor) -> list[np.ndarray]:
         generator = torch.Generator().manual_seed(0)
@@ -155,18 +155,19 @@ def onnxruntime_runner(path: Path, array: np.ndarray, threads: int) -> Callable[
 
 
 def openvino_runner(
-    path: Path, array: np.ndarray, threads: int, int8: bool, batches: list[np.ndarray]
+    path: Path, array: np.ndarray, threads: int, calibration: list[np.ndarray] | None
 ) -> Callable[[], object]:
-    """One OpenVINO (CPU) inference of ``array``; with ``int8``, quantized by NNCF first."""
+    """One OpenVINO (CPU) inference of ``array``; quantized by NNCF first when given
+    ``calibration`` inputs."""
     import openvino
 
     core = openvino.Core()
     model = core.read_model(str(path))
-    if int8:
+    if calibration is not None:
         import nncf
 
         nncf.set_log_level(logging.ERROR)
-        model = nncf.quantize(model, nncf.Dataset(batches), subset_size=len(batches))
+        model = nncf.quantize(model, nncf.Dataset(calibration), subset_size=len(calibration))
     compiled = core.compile_model(
         model,
         "CPU",
