@@ -10,7 +10,8 @@ so a user's error ends every tool the same way (argparse's own form):
 - one line ``<tool>: error: <message>`` on stderr, no traceback;
 - exit status 2 for bad input (a missing or unreadable file, a value that does not fit),
   1 for a check that failed (a fused model that differs, a quantized model below its bar),
-  130 for Ctrl-C.
+  130 for Ctrl-C, 143 for SIGTERM (``kill``), which unwinds like Ctrl-C so that the
+  run's cleanup (a deploy's staging folder, temporary files) happens.
 
 Library code raises :class:`UsageError` / :class:`CheckFailedError` (or the package's own
 error types listed in :data:`BAD_INPUT` and :data:`FAILED_CHECK`); tools never print
@@ -26,7 +27,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import sys
+import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -44,6 +47,7 @@ from .weights import ChecksumError
 EXIT_FAILED_CHECK = 1
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 128 + signal.SIGTERM
 
 
 class UsageError(Exception):
@@ -181,16 +185,45 @@ def run_tool(main: Callable[[], int | None]) -> NoReturn:
     dict) ends with status 0.
     """
     quiet = contextlib.nullcontext() if take_verbose_flag() else quiet_third_party()
+    terminated: list[int] = []
     try:
-        with quiet:
+        with quiet, sigterm_interrupts(terminated):
             status = main()
     except FAILED_CHECK as error:
         fail(one_line(error), EXIT_FAILED_CHECK)
     except BAD_INPUT as error:
         fail(one_line(error), EXIT_BAD_INPUT)
     except KeyboardInterrupt:
+        if terminated:
+            fail("terminated (SIGTERM)", EXIT_TERMINATED)
         fail("interrupted (Ctrl-C)", EXIT_INTERRUPTED)
     sys.exit(status if isinstance(status, int) else 0)
+
+
+@contextlib.contextmanager
+def sigterm_interrupts(received: list[int]) -> Iterator[None]:
+    """Inside, SIGTERM raises KeyboardInterrupt (and is appended to ``received``).
+
+    Python's default SIGTERM ends the process without unwinding: ``with`` blocks and
+    ``finally`` clauses, which remove a run's staging folder and temporary files, would not
+    run. A second SIGTERM (during that cleanup) ends the process as before. Only the main
+    thread can install handlers; elsewhere, or when SIGTERM is ignored, nothing changes.
+    """
+    previous = signal.getsignal(signal.SIGTERM)
+    if threading.current_thread() is not threading.main_thread() or previous != signal.SIG_DFL:
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, previous)
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def load_config(path: str | os.PathLike, cfg_options: dict | None = None) -> Config:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import os
 import re
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -214,6 +215,41 @@ def test_deploy_removes_a_killed_runs_staging_folder_and_refuses_a_live_run(tiny
     )
     assert report.removed_leftovers == [leftover]
     assert sorted(p.name for p in out.iterdir()) == ["tiny_deploy.pth", "tiny_deploy.py"]
+
+
+def test_sigterm_during_a_deploy_leaves_nothing_in_the_output_folder(tiny, tmp_path):
+    out = tmp_path / "out"
+    # tools/deploy.py itself, held inside its staging step until the test has seen the
+    # staging folder and sent SIGTERM (a `kill`), which must unwind like Ctrl-C.
+    script = (
+        "import runpy, sys, time\n"
+        "import repvgg_seg.deploy.pipeline as pipeline\n"
+        "def held():\n"
+        "    print('staging', flush=True)\n"
+        "    time.sleep(120)\n"
+        "pipeline.new_deploy_id = held\n"
+        f"sys.argv = ['tools/deploy.py', {str(tiny.config)!r}, {str(tiny.checkpoint)!r}, "
+        f"{str(out)!r}, '--skip-real-image', '--no-winograd']\n"
+        "runpy.run_path('tools/deploy.py', run_name='__main__')\n"
+    )
+    tool = subprocess.Popen(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    try:
+        assert tool.stdout.readline() == "staging\n"
+        assert [p for p in out.iterdir() if p.name.endswith(".staging")]
+        tool.send_signal(signal.SIGTERM)
+        _, err = tool.communicate(timeout=60)
+    finally:
+        tool.kill()
+    assert tool.returncode == 143, err
+    assert err.strip().splitlines() == ["tools/deploy.py: error: terminated (SIGTERM)"]
+    assert list(out.iterdir()) == []  # no staging folder, no lock file
 
 
 def test_deploy_refuses_unusable_output_folders_in_one_line(tiny, tmp_path, capsys):
