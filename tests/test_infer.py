@@ -229,6 +229,7 @@ def test_video_in_annotated_video_out(checkpoints, tmp_path, capsys):
         decoded.append(frame[1])
     capture.release()
     assert [frame.shape for frame in decoded] == [(40, 56, 3)] * 5
+    assert not list(out.rglob(".*"))  # the video's scratch folder is gone
     labels = sorted((out / "labels" / "drive").iterdir())
     assert [p.name for p in labels] == [f"{i:06d}.png" for i in range(5)]
     assert all(np.asarray(Image.open(p)).shape == (40, 56) for p in labels)
@@ -404,15 +405,20 @@ def test_killed_runs_leftovers_are_removed_and_a_live_run_is_not_disturbed(
     leftover = out / "overlays" / "nested" / ".street.png.k2j4_x9a.part"
     leftover.parent.mkdir(parents=True)
     leftover.write_bytes(b"\0" * 100)
+    scratch = out / "overlays" / ".clip.mp4.q7_3kz0e.scratch"  # a video being encoded
+    (scratch / "video.mp4").parent.mkdir()
+    (scratch / "video.mp4").write_bytes(b"\0" * 100)
     argv = infer_argv(checkpoints, image_folder, out=out)
     with WorkDirLock(out, INFER_LOCK):
         status, err = tool_exit("infer", argv, capsys)
         assert status == 2 and "is in use by another tools/infer.py run" in one_error_line(
             err, "infer"
         )
-        assert leftover.exists()
+        assert leftover.exists() and scratch.exists()
     assert load_tool().main(argv + ["--overwrite"]) == 0
-    assert f"removed {leftover}" in capsys.readouterr().err and not leftover.exists()
+    err = capsys.readouterr().err
+    assert f"removed {leftover}" in err and not leftover.exists()
+    assert f"removed {scratch}" in err and not scratch.exists()
 
 
 def test_images_per_second_counts_only_segmented_images():

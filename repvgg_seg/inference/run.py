@@ -11,6 +11,7 @@ import contextlib
 import errno
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -32,6 +33,10 @@ from .overlay import Palette, draw_overlay
 from .sources import LABEL_DIR, OVERLAY_DIR, Source, UnreadableInputError, check_pixels, read_image
 
 VIDEO_CODEC = "mp4v"  # MPEG-4 Part 2: encodable by every opencv-python build, played widely
+# The hidden folder a video is encoded in, beside its overlay: ".<overlay name>.<8 random
+# [a-z0-9_] of mkdtemp>.scratch" (a killed run's is removed by the next one).
+VIDEO_SCRATCH_SUFFIX = ".scratch"
+_VIDEO_SCRATCH = re.compile(r"^\..+\.[a-z0-9_]{8}" + re.escape(VIDEO_SCRATCH_SUFFIX) + "$")
 
 
 @dataclass
@@ -106,8 +111,8 @@ _NO_FLOCK = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)
 
 @contextlib.contextmanager
 def claim_out_dir(out_dir: str | os.PathLike) -> Iterator[list[Path]]:
-    """Holds ``out_dir`` for one run (created if missing); yields the temporary files of
-    killed runs that it removed from the result folders.
+    """Holds ``out_dir`` for one run (created if missing); yields the temporary files and
+    video scratch folders of killed runs that it removed from the result folders.
 
     Raises:
         WorkDirBusyError: Another live run writes into ``out_dir``.
@@ -126,8 +131,12 @@ def claim_out_dir(out_dir: str | os.PathLike) -> Iterator[list[Path]]:
     try:
         removed = []
         for name in (OVERLAY_DIR, LABEL_DIR):
-            for folder, _, _ in os.walk(Path(out_dir) / name):
+            for folder, subfolders, _ in os.walk(Path(out_dir) / name):
                 removed += remove_stale_temporaries(folder)
+                for scratch in [sub for sub in subfolders if _VIDEO_SCRATCH.match(sub)]:
+                    subfolders.remove(scratch)
+                    shutil.rmtree(Path(folder) / scratch, ignore_errors=True)
+                    removed.append(Path(folder) / scratch)
         yield removed
     finally:
         lock.release()
@@ -252,7 +261,14 @@ class _Renderer:
         fps = fps if math.isfinite(fps) and fps > 0 else 25.0
         frames = 0
         writer = None
-        with tempfile.TemporaryDirectory(prefix="repvgg_seg_video.") as scratch:
+        # Encoded beside the overlay (not in the system's temp folder, which a killed run
+        # would leave it in): the file system of the result, cleaned by the next run.
+        source.overlay.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(
+            suffix=VIDEO_SCRATCH_SUFFIX,
+            prefix=f".{source.overlay.name}.",
+            dir=source.overlay.parent,
+        ) as scratch:
             partial = Path(scratch) / f"video{source.overlay.suffix}"
             try:
                 for batch in _frame_batches(capture, batch_size):
