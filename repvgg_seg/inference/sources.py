@@ -90,7 +90,7 @@ def find_sources(
             would write the same result; a result would replace an input.
     """
     out_dir = Path(os.path.abspath(out_dir))
-    result_roots = _check_out_dir(out_dir, inputs)
+    result_roots = _check_out_dir_and_inputs(out_dir, inputs)
     found: dict[Path, tuple[Path, Path]] = {}  # resolved file -> (file, the folder it is under)
     for raw in inputs:
         path = Path(os.path.abspath(raw))
@@ -125,7 +125,9 @@ def find_sources(
     return sources
 
 
-def _check_out_dir(out_dir: Path, inputs: Sequence[str | os.PathLike]) -> tuple[Path, ...]:
+def _check_out_dir_and_inputs(
+    out_dir: Path, inputs: Sequence[str | os.PathLike]
+) -> tuple[Path, ...]:
     """Refuses an ``out_dir`` that cannot hold results or is an input folder; returns its
     result folders (resolved)."""
     check_out_dir(out_dir, "--out-dir")
