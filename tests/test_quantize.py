@@ -203,6 +203,7 @@ def test_a_drop_above_the_limit_writes_nothing(model_files, exported_once, tmp_p
         (lambda a: [a[0], str(Path(a[1]).with_name("other.pth")), *a[2:]], "does not fit"),
         (lambda a: [*a, "--keep-float-layers", "backbone.nope"], "backbone.nope: no such conv"),
         (lambda a: [*a, "--calib-images", "0"], "--calib-images must be at least 1"),
+        (lambda a: [a[0], a[1], a[0], *a[3:]], "is a file, not a folder"),
         (
             lambda a: [*a, "--cfg-options", "val_dataloader.dataset.data_root=/nonexistent"],
             "/nonexistent",
@@ -213,6 +214,7 @@ def test_a_drop_above_the_limit_writes_nothing(model_files, exported_once, tmp_p
         "checkpoint of another model",
         "unknown layer",
         "empty calibration set",
+        "out dir is a file",
         "missing val set",
     ],
 )

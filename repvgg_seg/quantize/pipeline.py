@@ -153,16 +153,19 @@ def quantize_checkpoint(
         DatasetUnavailableError: The training or val set is missing or empty.
         FusionMismatchError: The deployed model does not reproduce the trained one.
         ValueError: A ``--keep-float-layers`` name is not a conv of the model.
+        NotADirectoryError, IsADirectoryError, PermissionError: ``out_dir`` is unusable.
+        WorkDirBusyError: Another tools/quantize.py run writes into ``out_dir``.
     """
     steps = _Steps(progress)
     stem = Path(config_name(cfg)).stem
-    # Missing datasets end the run before any long step.
+    folder = OutputFolder(out_dir, stem, "int8", (".onnx", ".json"), "tools/quantize.py")
+    folder.check()  # an unusable out_dir, like missing datasets, ends the run before any long step
     calibration_set, val_set = calibration_dataset(cfg), evaluation_dataset(cfg)
     deployed = _deploy(load_segmentor(cfg, checkpoint), next(evaluation_samples(val_set, 1)))
     _check_layer_names(options.keep_float_layers, deployed)
     steps.done("deploy")
 
-    with OutputFolder(out_dir, stem, "int8", (".onnx", ".json"), "tools/quantize.py") as folder:
+    with folder:
         staging = folder.staging
         report = QuantizeReport(staging / f"{stem}_int8.onnx", staging / f"{stem}_int8.json")
         report.options = options
