@@ -206,16 +206,22 @@ def sigterm_interrupts(received: list[int]) -> Iterator[None]:
 
     Python's default SIGTERM ends the process without unwinding: ``with`` blocks and
     ``finally`` clauses, which remove a run's staging folder and temporary files, would not
-    run. A second SIGTERM (during that cleanup) ends the process as before. Only the main
-    thread can install handlers; elsewhere, or when SIGTERM is ignored, nothing changes.
+    run. A second SIGTERM (during that cleanup) ends the process as before, and so does one
+    sent to a forked child. Only the main thread can install handlers; elsewhere, or when
+    SIGTERM is ignored or handled already, nothing changes.
     """
     previous = signal.getsignal(signal.SIGTERM)
     if threading.current_thread() is not threading.main_thread() or previous != signal.SIG_DFL:
         yield
         return
 
+    owner = os.getpid()
+
     def interrupt(signum: int, frame: object) -> None:
         signal.signal(signal.SIGTERM, previous)
+        if os.getpid() != owner:  # a forked child (a DataLoader worker) ends as it did
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
         received.append(signum)
         raise KeyboardInterrupt
 
