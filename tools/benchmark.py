@@ -39,26 +39,24 @@ from repvgg_seg.atomic_io import write_atomically
 from repvgg_seg.benchmark import (
     RUNTIMES,
     TREATMENTS,
-    BackboneOnly,
+    VARIANTS,
     BenchmarkSettings,
     Case,
     CpuPeakSampler,
     RuntimeRunners,
     cuda_settings,
-    deployed_copy,
     describe_machine,
     format_table,
     matmul_tflops,
     plain_repvgg,
     results_as_dicts,
     run_benchmark,
+    segmentor_cases,
+    with_treatments,
 )
 from repvgg_seg.cli import UsageError, format_options, load_config, run_tool
-from repvgg_seg.deploy import SegmentorLogits
 from repvgg_seg.deploy.autotune import AUTOTUNER, WINOGRAD_MODES
 from repvgg_seg.loader import build_segmentor
-
-VARIANTS = ("train", "deploy", "winograd")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -164,39 +162,8 @@ def split_list(text: str | None, allowed: tuple[str, ...], option: str) -> list[
     return values
 
 
-def with_treatments(cases: list[Case], treatments: list[str]) -> list[Case]:
-    """Each torch case once per treatment (names suffixed), or as given when none are listed."""
-    if not treatments:
-        return cases
-    return [
-        Case(f"{case.name} [{treatment}]", case.module, treatment)
-        for case in cases
-        for treatment in treatments
-    ]
-
-
-def config_cases(config: str, args: argparse.Namespace) -> list[Case]:
-    """The cases of one config: its --variants under torch, its deployed model per runtime."""
-    variants = split_list(args.variants, VARIANTS, "--variants")
-    runtimes = split_list(args.runtimes, tuple(RUNTIMES), "--runtimes")
-    wrap = BackboneOnly if args.part == "backbone" else SegmentorLogits
-    trained = build_segmentor(load_config(config))
-    stem, cases = Path(config).stem, []
-    deployed = deployed_copy(trained) if set(runtimes) - {"torch"} or "deploy" in variants else None
-    if "torch" in runtimes:
-        if "train" in variants:
-            cases.append(Case(f"{stem} (train)", wrap(trained)))
-        if "deploy" in variants:
-            cases.append(Case(f"{stem} (deploy)", wrap(deployed)))
-        if "winograd" in variants and args.winograd != "off":
-            model = deployed_copy(trained, winograd=args.winograd)
-            cases.append(Case(f"{stem} (deploy, winograd {args.winograd})", wrap(model)))
-    for runtime in (r for r in runtimes if r != "torch"):
-        cases.append(Case(f"{stem} (deploy) [{runtime}]", wrap(deployed), runtime=runtime))
-    return cases
-
-
 def build_cases(args: argparse.Namespace) -> list[Case]:
+    """Every config's cases (:func:`segmentor_cases`), the plain networks, the treatments."""
     treatments = split_list(args.treatments, TREATMENTS, "--treatments")
     runtimes = split_list(args.runtimes, tuple(RUNTIMES), "--runtimes")
     if set(runtimes) - {"torch"} and (args.part == "backbone" or args.device != "cpu"):
@@ -204,7 +171,12 @@ def build_cases(args: argparse.Namespace) -> list[Case]:
             f"--runtimes {args.runtimes}: runtimes other than torch time the whole deployed "
             "segmentor on CPU; drop --part backbone / --device, or use --runtimes torch."
         )
-    cases = [case for config in args.configs for case in config_cases(config, args)]
+    variants = split_list(args.variants, VARIANTS, "--variants")
+    cases = []
+    for config in args.configs:
+        trained = build_segmentor(load_config(config))
+        name = Path(config).stem
+        cases += segmentor_cases(name, trained, variants, runtimes, args.winograd, args.part)
     for spec in args.plain_repvgg:
         arch, _, mode = spec.partition(":")
         cases.append(

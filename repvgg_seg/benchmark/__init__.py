@@ -9,6 +9,7 @@ in bfloat16, ONNX Runtime or OpenVINO, in float32 or INT8 (its *runtime*, :mod:`
 :mod:`.tables` formats the results and :mod:`.machine` describes the host.
 """
 
+from .cases import VARIANTS, segmentor_cases, with_treatments
 from .counting import count_macs
 from .cuda import capture_graph, cuda_settings
 from .machine import SIMD_FLAGS, cpu_info, describe_machine
@@ -26,6 +27,7 @@ __all__ = [
     "RUNTIMES",
     "SIMD_FLAGS",
     "TREATMENTS",
+    "VARIANTS",
     "BackboneOnly",
     "BenchmarkSettings",
     "Case",
@@ -49,6 +51,8 @@ __all__ = [
     "prepare_module",
     "results_as_dicts",
     "run_benchmark",
+    "segmentor_cases",
     "time_once",
     "treatment_of",
+    "with_treatments",
 ]
