@@ -116,7 +116,7 @@ def test_deployed_segmentor_is_exact_and_has_no_bn_left(trained_and_deployed):
 
 def test_deploy_config_loads_deployed_checkpoint_strictly(trained_and_deployed):
     model_cfg, _, deployed, pairs = trained_and_deployed
-    deploy_cfg = make_deploy_config(Config({"model": model_cfg}), pairs)
+    deploy_cfg = make_deploy_config(Config({"model": model_cfg}), pairs, winograd="on")
     assert deploy_cfg.model.type == "DeployedEncoderDecoder"
     assert deploy_cfg.model.auxiliary_head is None
     rebuilt = build(deploy_cfg.model.to_dict())
@@ -224,7 +224,8 @@ def test_deploy_tool_changes_no_pixel_and_keeps_miou(small_trained_model, tmp_pa
     config, checkpoint = small_trained_model
     out_dir = tmp_path / "deploy"
     # A low channel threshold so that this small model's convs run by Winograd too.
-    args = [str(config), str(checkpoint), str(out_dir), "--winograd-min-channels", "16", "--onnx"]
+    args = [str(config), str(checkpoint), str(out_dir), "--winograd", "on"]
+    args += ["--winograd-min-channels", "16", "--onnx"]
     assert load_tool("deploy").main(args) == 0
     printed = capsys.readouterr().out
     # The random-input and the dataset-image checks, and ONNX Runtime on three inputs,

@@ -96,7 +96,12 @@ def checkpoints(tmp_path_factory):
         config,
         trained,
         root / "deploy",
-        DeployOptions(random_size=(48, 96), check_real_image=False, winograd_min_channels=16),
+        DeployOptions(
+            random_size=(48, 96),
+            check_real_image=False,
+            winograd="on",
+            winograd_min_channels=16,
+        ),
     )
     assert report.checkpoint.is_file() and report.winograd_convs >= 20
     return {
