@@ -51,7 +51,13 @@ BATCH = 32
 LR_PER_256 = 0.2  # 0.025 at batch 32
 # One thread per process: on a shared 2-core machine a second one mostly waits on the first.
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
-CLASSIFIERS = ("RepVGG-A0", "QARepVGG-A0")
+# (--model, extra arguments): each model with its default preset, and QARepVGG-A0 with
+# RepVGG's (simple) too, so the block and the recipe can be told apart.
+CLASSIFIERS = {
+    "RepVGG-A0": ("RepVGG-A0",),
+    "QARepVGG-A0": ("QARepVGG-A0",),
+    "QARepVGG-A0 (recipe simple)": ("QARepVGG-A0", "--recipe", "simple"),
+}
 SEGMENTORS = ("pspnet_repvgg_a0_synthetic", "pspnet_qarepvgg_a0_synthetic")
 logger = logging.getLogger("quantization_study")
 
@@ -85,15 +91,15 @@ def sizes() -> list[str]:
     ]
 
 
-def pretrain(data: Path, model: str, out: Path, epochs: int) -> nn.Module:
-    """``tools/pretrain_imagenet.py`` for ``model``; returns its deployed classifier."""
+def pretrain(data: Path, model: tuple[str, ...], out: Path, epochs: int) -> nn.Module:
+    """``tools/pretrain_imagenet.py --model MODEL...``; returns its deployed classifier."""
     if not (out / "model_deploy.pth").exists():
         run(
             "pretrain_imagenet",
             "--data-path",
             data,
             "--model",
-            model,
+            *model,
             "--epochs",
             epochs,
             "-b",
@@ -151,7 +157,10 @@ def image_arrays(data: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 def classifier_rows(work_dir: Path, epochs: int) -> list[tuple[str, str, float, float]]:
     data = write_digits(work_dir / "digits")
-    models = {name: pretrain(data, name, work_dir / name, epochs) for name in CLASSIFIERS}
+    models = {
+        name: pretrain(data, model, work_dir / name.replace(" (recipe ", "_").rstrip(")"), epochs)
+        for name, model in CLASSIFIERS.items()
+    }
     models["ResNet-18"] = train_resnet18(data, epochs)
     train_images, _ = image_arrays(data, "train")
     rng = np.random.default_rng(0)
