@@ -1,6 +1,6 @@
 """The package's layering: no import cycle, one checkpoint reader, one layer plan.
 
-Layers, lowest first (README "Architecture"): checkpoint / atomic_io / reparam ->
+Layers, lowest first (docs/architecture.md): checkpoint / atomic_io / reparam ->
 models (arch -> blocks -> backbone) -> weights -> loader -> deploy / inference / benchmark /
 pretrain -> cli -> tools. A module may import from its own layer and the ones below it,
 never from one above, not even inside a function (a lazy import would only hide the cycle).
