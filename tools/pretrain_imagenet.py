@@ -35,12 +35,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     add = parser.add_argument
     add("--data-path", required=True, help="ImageFolder root with train/ and val/")
-    add("--model", default="A0", help=f"RepVGG variant: {', '.join(ARCHS)} (or RepVGG-B2)")
+    add(
+        "--model",
+        default="A0",
+        help=f"variant: {', '.join(ARCHS)} (or RepVGG-B2); QARepVGG blocks: QARepVGG-B2",
+    )
     add(
         "--recipe",
         choices=list(RECIPES),
-        help="paper preset (default: the paper's for --model: heavy for B3, B3g2, B3g4; "
-        "simple for the others, B2 included)",
+        help="paper preset (default: the paper's for --model: qarepvgg for QARepVGG-*; heavy "
+        "for B3, B3g2, B3g4; simple for the others, B2 included)",
     )
     add("-b", "--batch-size", type=int, default=32, help="images per process per step")
     add("--epochs", type=int, help=RECIPE_DEFAULT)
@@ -78,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     config = PretrainConfig(**vars(args))
     resolved = config.resolved()
-    source = "--recipe" if args.recipe else f"the paper's preset for RepVGG-{resolved.model}"
+    source = "--recipe" if args.recipe else f"the paper's preset for {resolved.model_label}"
     logging.getLogger("pretrain_imagenet").info(
         "Recipe: %s (%s): %d epochs, label smoothing %g, mixup alpha %g, AutoAugment %s.",
         resolved.recipe,
