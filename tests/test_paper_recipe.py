@@ -431,7 +431,7 @@ def test_pretrain_tool_prints_the_chosen_recipe(tmp_path, caplog):
         (["--model", "B3"], "Recipe: heavy (the paper's preset for RepVGG-B3): 200 epochs"),
         (["--model", "B3", "--recipe", "simple"], "Recipe: simple (--recipe): 120 epochs"),
     ):
-        with pytest.raises(SystemExit):  # the data path does not exist
+        with pytest.raises(FileNotFoundError, match="--data-path"):  # run_tool: exit 2
             tool.main(["--data-path", str(tmp_path / "missing"), *args])
         assert expected in caplog.text
 
