@@ -10,12 +10,14 @@
 #   deploy      tools/deploy.py --device cuda (verified on the GPU, files written after checks)
 #   pretrain    tools/pretrain_imagenet.py --amp --device cuda (4 epochs, 10-class 32x32 folder,
 #               ends with the fused-vs-unfused check)
+#   pretrain_qa the same with --model QARepVGG-A0 (the quantization-friendly block)
 #   bench_fp16  Table 8 models, batch 16, 713x713, fp16 channels-last, eager and CUDA graph
 #   bench_compile  deployed models under torch.compile (with and without CUDA graph)
 #   profile     the kernels of PSPNet-R50-D8, trained vs conv+BN folded (fp16 channels-last)
 #   bench_fp32  the same models in fp32 with TF32 off (the paper's precision)
 # Logs go to OUT_DIR/<step>.log, benchmark tables also to OUT_DIR/<step>.json, and one line
-# per step (exit status, seconds) to OUT_DIR/summary.txt. The exit status is non-zero if a
+# per step (exit status, seconds) to OUT_DIR/summary.txt. BENCH=0 stops after the
+# correctness steps (about 2 minutes). The exit status is non-zero if a
 # correctness step failed. PYTHON overrides the interpreter (default python3); CONFIGS the
 # folder of the benchmarked configs (default configs).
 set -uo pipefail
@@ -87,6 +89,10 @@ EOF
 check pretrain 60 $py tools/pretrain_imagenet.py --data-path "$work/folder" --model A0 \
   --epochs 4 -b 32 -j 2 --amp --device cuda --train-crop-size 32 --val-resize-size 32 \
   --val-crop-size 32 --output-dir "$work/pretrain"
+check pretrain_qa 60 $py tools/pretrain_imagenet.py --data-path "$work/folder" \
+  --model QARepVGG-A0 --epochs 4 -b 32 -j 2 --amp --device cuda --train-crop-size 32 \
+  --val-resize-size 32 --val-crop-size 32 --output-dir "$work/pretrain_qa"
+[[ ${BENCH:-1} == 0 ]] && exit "$failed"
 
 models="$configs/pspnet_r50.py $configs/pspnet_repvgg_b1g2_fast.py"
 models="$models $configs/pspnet_r101.py $configs/pspnet_repvgg_b2_fast.py"
