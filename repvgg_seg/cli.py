@@ -112,6 +112,9 @@ NOISY_WARNINGS: tuple[tuple[str, type[Warning], str], ...] = (
     (r"``build_loss`` would be deprecated", UserWarning, r"mmseg\."),  # mmseg's own heads
     (r"Default ``avg_non_ignore`` is False", UserWarning, r"mmseg\."),  # its CE loss default
     (r"The draw is False", UserWarning, r"mmseg\."),  # visualization hook without --show-dir
+    # mmseg's resize() with align_corners=True (the paper-recipe configs) on sizes that are
+    # not n*x+1: the result is still the configured interpolation.
+    (r"When align_corners=True, the output would more aligned", UserWarning, r"mmseg\."),
     # --amp: GradScaler skips the optimizer step of a batch with inf/nan gradients (its first
     # scale search), and the LR scheduler our pretraining engine steps per batch then warns.
     (r"Detected call of `lr_scheduler.step\(\)` before", UserWarning, r"repvgg_seg\.pretrain\."),
