@@ -581,6 +581,15 @@ def test_train_config_mistakes_are_one_line(tmp_path, data_root, case, expected,
     assert status == 2 and re.search(expected, one_error_line(err, "train"))
 
 
+@pytest.mark.skipif(
+    importlib.util.find_spec("tensorboard") is not None, reason="tensorboard is installed"
+)
+def test_train_with_a_logging_backend_not_installed_is_one_line(tmp_path, data_root, capsys):
+    option = "visualizer.vis_backends.0.type=TensorboardVisBackend"
+    status, err = train_exit(tmp_path / "w", data_root, option, capsys=capsys)
+    assert status == 2 and "pip install" in one_error_line(err, "train"), err
+
+
 class _NotFound(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         self.send_error(404)

@@ -105,10 +105,17 @@ def build_runner(cfg: Config, config_path: str) -> Runner:
 
     Raises:
         UsageError: A constructor refused an argument (a typo in a key, e.g.
-            ``--cfg-options model.backbone.archh=A0``).
+            ``--cfg-options model.backbone.archh=A0``), or a logging backend the config names
+            needs a package that is not installed.
     """
     try:
         return RUNNERS.build(cfg) if "runner_type" in cfg else Runner.from_cfg(cfg)
+    except ImportError as error:
+        # mmengine's optional logging backends (TensorBoard, W&B, MLflow, ...) say which
+        # package to install; any other import error is a bug and keeps its traceback.
+        if "pip install" not in str(error):
+            raise
+        raise UsageError(f"Config '{config_path}': {error}") from error
     except (TypeError, KeyError) as error:
         found = _BAD_KEY.search(str(error.args[0]) if error.args else "")
         if found is None:
