@@ -223,6 +223,12 @@ def state_dict_of(checkpoint: object, source: str | os.PathLike) -> Mapping[str,
     return tensors
 
 
+def meta_of(checkpoint: object) -> Mapping[str, Any]:
+    """The ``meta`` entry of a loaded checkpoint (mmengine's), or an empty mapping."""
+    meta = checkpoint.get("meta") if isinstance(checkpoint, Mapping) else None
+    return meta if isinstance(meta, Mapping) else {}
+
+
 def describe_key_mismatch(
     expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], limit: int = 8
 ) -> str | None:

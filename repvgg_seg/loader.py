@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Mapping
 
 import torch
 from mmengine.config import Config
@@ -40,6 +39,7 @@ from .checkpoint import (
     CheckpointError,
     describe_key_mismatch,
     is_deployed_state_dict,
+    meta_of,
     read_checkpoint,
     state_dict_of,
 )
@@ -173,8 +173,8 @@ def _load_pytorch(
     # Plain BN on one device: SyncBN in eval mode is the same computation.
     model = revert_sync_batchnorm(model)
     model.cfg = cfg
-    meta = contents.get("meta") if isinstance(contents, Mapping) else None
-    if isinstance(meta, Mapping) and meta.get("dataset_meta"):
+    meta = meta_of(contents)
+    if meta.get("dataset_meta"):
         model.dataset_meta = meta["dataset_meta"]
     return model.to(device).eval()
 
@@ -186,8 +186,7 @@ def is_deploy_config(cfg: Config) -> bool:
 
 def _check_one_deploy_run(cfg: Config, contents: object, checkpoint: str, config: str) -> None:
     """Refuses a deploy config and checkpoint written by two tools/deploy.py runs."""
-    meta = contents.get("meta") if isinstance(contents, Mapping) else None
-    ids = (cfg.get("deploy_id"), meta.get("deploy_id") if isinstance(meta, Mapping) else None)
+    ids = (cfg.get("deploy_id"), meta_of(contents).get("deploy_id"))
     if None not in ids and ids[0] != ids[1]:
         raise CheckpointError(
             f"Config {config!r} and checkpoint {checkpoint!r} were written by different "
@@ -214,8 +213,8 @@ def _set_backbone_deploy(cfg: Config, deployed: bool | None, checkpoint: str, co
 
 def _what_to_pass(cfg: Config, contents: object, deployed: bool | None) -> str:
     """The hint of a strict-load error: which config this checkpoint needs."""
-    meta = contents.get("meta") if isinstance(contents, Mapping) else None
-    from_deploy = isinstance(meta, Mapping) and "deployed_from" in meta
+    meta = meta_of(contents)
+    from_deploy = "deployed_from" in meta
     if is_deploy_config(cfg) and not from_deploy:
         return (
             "This is a *_deploy.py config, which loads only the checkpoint tools/deploy.py "

@@ -13,7 +13,7 @@ from mmengine.config import Config
 from mmseg.models.segmentors import EncoderDecoder
 
 from ..atomic_io import save_atomically
-from ..checkpoint import read_checkpoint
+from ..checkpoint import meta_of, read_checkpoint
 from ..equivalence import Agreement
 from ..loader import config_name, load_segmentor, read_config
 from .onnx_export import compare_onnx, export_onnx
@@ -196,9 +196,8 @@ def deploy_checkpoint(
             # The fusion itself is checked in float32; the bf16 model against bf16 precision.
             fusion = _fusion_checks(reference, deployed.to(device), random_input, batch)
             to_bfloat16(deployed.cpu())
-        meta = contents.get("meta", {}) if isinstance(contents, dict) else {}
         meta = {
-            "dataset_meta": meta.get("dataset_meta"),
+            "dataset_meta": meta_of(contents).get("dataset_meta"),
             "deployed_from": str(checkpoint),
             "deploy_id": deploy_id,
             "folded_conv_bn": len(pairs),
