@@ -76,6 +76,12 @@ def read_config(config: str | os.PathLike | Config) -> Config:
     return Config.fromfile(os.fspath(config))
 
 
+def input_size_of(cfg: Config) -> tuple[int, int]:
+    """``(H, W)`` the config's model is trained at: its data preprocessor's crop size, or
+    Cityscapes' 512x1024 crop when the config names none (random check and export inputs)."""
+    return tuple(cfg.model.get("data_preprocessor", {}).get("size") or (512, 1024))
+
+
 def build_segmentor(config: str | os.PathLike | Config) -> BaseSegmentor:
     """Builds a config's segmentor in eval mode without pretrained weights (load them next)."""
     cfg = read_config(config)

@@ -15,7 +15,7 @@ from mmseg.models.segmentors import EncoderDecoder
 from ..atomic_io import save_atomically
 from ..checkpoint import meta_of, read_checkpoint
 from ..equivalence import Agreement
-from ..loader import config_name, load_segmentor, read_config
+from ..loader import config_name, input_size_of, load_segmentor, read_config
 from .onnx_export import compare_onnx, export_onnx
 from .publish import OutputFolder, new_deploy_id
 from .segmentor import PRECISIONS, deploy_segmentor, make_deploy_config, to_bfloat16
@@ -175,9 +175,7 @@ def deploy_checkpoint(
     reference = load_segmentor(cfg, checkpoint, contents=contents)
     deployed = copy.deepcopy(reference)
     pairs = deploy_segmentor(deployed, torch.randn(1, 3, 64, 64), options.fuse_conv_bn)
-    random_size = options.random_size or tuple(
-        cfg.model.get("data_preprocessor", {}).get("size") or (512, 1024)
-    )
+    random_size = options.random_size or input_size_of(cfg)
     # Fails here, before any file is written, when the dataset is missing.
     batch = first_dataset_batch(cfg) if options.check_real_image else None
     random_input = torch.randn(1, 3, *random_size, generator=torch.Generator().manual_seed(0))

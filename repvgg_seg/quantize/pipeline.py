@@ -22,7 +22,7 @@ from torch import nn
 from ..atomic_io import write_atomically
 from ..deploy import OutputFolder, compare_on_batch, deploy_segmentor, export_onnx
 from ..host import cpu_info
-from ..loader import config_name, load_segmentor
+from ..loader import config_name, input_size_of, load_segmentor
 from ..onnx_segmentor import build_onnx_segmentor
 from .calibration import (
     calibration_dataset,
@@ -169,8 +169,7 @@ def quantize_checkpoint(
         staging = folder.staging
         report = QuantizeReport(staging / f"{stem}_int8.onnx", staging / f"{stem}_int8.json")
         report.options = options
-        crop = tuple(cfg.model.get("data_preprocessor", {}).get("size") or (512, 1024))
-        export_onnx(deployed, staging / "float.onnx", torch.randn(1, 3, *crop))
+        export_onnx(deployed, staging / "float.onnx", torch.randn(1, 3, *input_size_of(cfg)))
         prepared_path = staging / "float_prepared.onnx"
         prepared = prepare_float_model(staging / "float.onnx", prepared_path)
         report.convs = len(conv_names(prepared))
