@@ -264,6 +264,15 @@ def load_config(path: str | os.PathLike, cfg_options: dict | None = None) -> Con
     return cfg
 
 
+def set_work_dir(cfg: Config, config_path: str | os.PathLike, work_dir: str | None) -> None:
+    """mmseg's rule: ``--work-dir``, else the config's ``work_dir``, else
+    ``work_dirs/<config name>``."""
+    if work_dir:
+        cfg.work_dir = work_dir
+    elif cfg.get("work_dir") is None:
+        cfg.work_dir = os.path.join("work_dirs", Path(config_path).stem)
+
+
 def format_options(options: Sequence[str]) -> str:
     """``a, b or c`` for a message listing the accepted values."""
     options = list(options)

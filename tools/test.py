@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import os.path as osp
 from pathlib import Path
 
 from mmengine.config import Config, DictAction
@@ -26,7 +25,7 @@ from mmengine.runner import Runner
 from mmseg.registry import MODELS
 from torch import nn
 
-from repvgg_seg.cli import UsageError, load_config, run_tool
+from repvgg_seg.cli import UsageError, load_config, run_tool, set_work_dir
 from repvgg_seg.deploy import DatasetUnavailableError, compare_on_batch, first_dataset_batch
 from repvgg_seg.loader import load_segmentor
 from repvgg_seg.reparam import reparameterize_model
@@ -73,10 +72,7 @@ def check_output_dirs(args: argparse.Namespace) -> None:
 def apply_test_options(cfg: Config, args: argparse.Namespace) -> Config:
     """The config with the command line's work dir, outputs and test mode applied."""
     cfg.launcher = args.launcher
-    if args.work_dir:
-        cfg.work_dir = args.work_dir
-    elif cfg.get("work_dir") is None:
-        cfg.work_dir = osp.join("work_dirs", osp.splitext(osp.basename(args.config))[0])
+    set_work_dir(cfg, args.config, args.work_dir)
     cfg.load_from = None  # the model comes loaded (strictly) from repvgg_seg.loader
     if args.show or args.show_dir:
         hook = cfg.default_hooks.visualization

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import os.path as osp
 import re
 
 import torch
@@ -24,7 +23,7 @@ from mmengine.config import Config, DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-from repvgg_seg.cli import UsageError, load_config, run_tool
+from repvgg_seg.cli import UsageError, load_config, run_tool, set_work_dir
 from repvgg_seg.runtime import claim_work_dir, configure_for_cpu, init_distributed
 from repvgg_seg.work_dir import START_OVER_FLAG
 
@@ -83,10 +82,7 @@ def build_config(args: argparse.Namespace) -> Config:
     """
     cfg = load_config(args.config, args.cfg_options)
     cfg.launcher = args.launcher
-    if args.work_dir:
-        cfg.work_dir = args.work_dir
-    elif cfg.get("work_dir") is None:
-        cfg.work_dir = osp.join("work_dirs", osp.splitext(osp.basename(args.config))[0])
+    set_work_dir(cfg, args.config, args.work_dir)
     if args.amp:
         if not torch.cuda.is_available():
             raise UsageError("--amp needs a CUDA GPU (mmengine's AmpOptimWrapper); none found.")
