@@ -42,20 +42,13 @@ from .checkpoint import CheckpointError
 from .datasets import CityscapesDataError
 from .dir_lock import WorkDirBusyError
 from .equivalence import FusionMismatchError
+from .errors import CheckFailedError, UsageError
 from .weights import ChecksumError
 
 EXIT_FAILED_CHECK = 1
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 128 + signal.SIGTERM
-
-
-class UsageError(Exception):
-    """Bad input from the user: the message names the file or value and what to do instead."""
-
-
-class CheckFailedError(Exception):
-    """A check the run exists to make failed (the message says which and by how much)."""
 
 
 # Exception types whose message is written for a user: one line, exit 2 / exit 1.
