@@ -7,11 +7,11 @@ runner in mmseg's / mmengine's registries, so an mmseg config only needs
 mmengine checkpoints hold, so ``--resume`` works with torch's ``weights_only`` loading.
 """
 
-from . import datasets, models, runtime, weights
+from . import datasets, models, runner, weights
 from .models import RepVGG, RepVGGBlock, RepVGGClassifier
 from .reparam import reparameterize_model
 
-runtime.allow_mmengine_checkpoint_types()
+runner.allow_mmengine_checkpoint_types()
 
 __version__ = "0.1.0"
 
@@ -22,6 +22,6 @@ __all__ = [
     "datasets",
     "models",
     "reparameterize_model",
-    "runtime",
+    "runner",
     "weights",
 ]

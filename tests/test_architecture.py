@@ -22,6 +22,7 @@ PACKAGE = ROOT / "repvgg_seg"
 # module (or package) prefix -> packages it must never import.
 FORBIDDEN = {
     "repvgg_seg.checkpoint": ("repvgg_seg.",),
+    "repvgg_seg.errors": ("repvgg_seg.",),
     "repvgg_seg.atomic_io": ("repvgg_seg.",),
     "repvgg_seg.dir_lock": ("repvgg_seg.",),
     "repvgg_seg.equivalence": ("repvgg_seg.",),
@@ -30,7 +31,7 @@ FORBIDDEN = {
         "repvgg_seg.deploy",
         "repvgg_seg.pretrain",
         "repvgg_seg.benchmark",
-        "repvgg_seg.runtime",
+        "repvgg_seg.runner",
     ),
     "repvgg_seg.weights": (
         "repvgg_seg.deploy",
@@ -43,7 +44,7 @@ FORBIDDEN = {
         "repvgg_seg.inference",
         "repvgg_seg.benchmark",
         "repvgg_seg.pretrain",
-        "repvgg_seg.runtime",
+        "repvgg_seg.runner",
     ),
 }
 # The top floor: only tools/ import it.

@@ -37,7 +37,7 @@ from torch import nn
 from repvgg_seg.checkpoint import CheckpointError, UnsafeCheckpointError, read_checkpoint
 from repvgg_seg.cli import one_line
 from repvgg_seg.datasets import CityscapesDataError, make_synthetic_cityscapes
-from repvgg_seg.runtime import AtomicCheckpointRunner, NothingToTrainError
+from repvgg_seg.runner import AtomicCheckpointRunner, NothingToTrainError
 from repvgg_seg.work_dir import (
     LOCK_NAME,
     WorkDirBusyError,
@@ -240,7 +240,7 @@ def test_best_checkpoint_is_written_before_the_old_one_is_removed(tmp_path, monk
 
 
 def test_runner_writes_checkpoints_through_atomic_io(tmp_path, monkeypatch):
-    import repvgg_seg.runtime as runtime
+    import repvgg_seg.runner.checkpoint_hook as runtime
 
     written = []
     real = runtime.write_atomically

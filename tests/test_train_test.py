@@ -25,7 +25,7 @@ from mmseg.registry import MODELS
 from repvgg_seg.atomic_io import TEMPORARY_SUFFIX
 from repvgg_seg.datasets import make_synthetic_cityscapes
 from repvgg_seg.reparam import reparameterize_model
-from repvgg_seg.runtime import allow_mmengine_checkpoint_types
+from repvgg_seg.runner import allow_mmengine_checkpoint_types
 
 from helpers import randomize_bn
 

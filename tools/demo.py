@@ -25,7 +25,7 @@ from repvgg_seg.curves import plot_runs, read_run
 from repvgg_seg.datasets import make_synthetic_cityscapes
 from repvgg_seg.equivalence import compare_logits, strict_float32
 from repvgg_seg.reparam import reparameterize_model
-from repvgg_seg.runtime import claim_work_dir
+from repvgg_seg.runner import claim_work_dir
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIG = osp.join(ROOT, "configs", "pspnet_repvgg_a0_synthetic.py")

@@ -29,7 +29,7 @@ from repvgg_seg.cli import UsageError, load_config, run_tool, set_work_dir
 from repvgg_seg.deploy import DatasetUnavailableError, compare_on_batch, first_dataset_batch
 from repvgg_seg.loader import load_segmentor
 from repvgg_seg.reparam import reparameterize_model
-from repvgg_seg.runtime import configure_for_cpu, init_cpu_distributed
+from repvgg_seg.runner import configure_for_cpu, init_cpu_distributed
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

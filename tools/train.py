@@ -24,7 +24,7 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 from repvgg_seg.cli import UsageError, load_config, run_tool, set_work_dir
-from repvgg_seg.runtime import claim_work_dir, configure_for_cpu, init_distributed
+from repvgg_seg.runner import claim_work_dir, configure_for_cpu, init_distributed
 from repvgg_seg.work_dir import START_OVER_FLAG
 
 # A config key that no constructor takes (a typo): "RepVGG.__init__() got an unexpected

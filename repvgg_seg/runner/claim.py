@@ -1,0 +1,102 @@
+"""Claiming a training's work dir before the runner is built: its lock and how the run begins.
+
+A refused claim changes nothing in the work dir (mmengine's runner writes its config and log
+there as it is built, so the claim comes first). Rank 0 takes the lock and decides; every
+rank gets the same decision or error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+
+from mmengine.dist import broadcast_object_list, is_distributed, is_main_process
+
+from ..work_dir import TrainingStart, WorkDirBusyError, WorkDirLock, plan_training_start
+
+logger = logging.getLogger(__name__)
+
+# The real paths of the work dirs this process's claim_work_dir calls hold (on every rank).
+_CLAIMED: set[str] = set()
+
+
+@contextlib.contextmanager
+def claim_work_dir(
+    work_dir: str,
+    resume: bool,
+    resume_from: str | None,
+    start_over: bool,
+    log: logging.Logger = logger,
+) -> Iterator[TrainingStart]:
+    """Holds a training's work dir for the duration: its lock, and the decision how the run
+    begins (:func:`~repvgg_seg.work_dir.plan_training_start`).
+
+    Rank 0 takes the lock and decides; every rank gets the same decision or error, so call
+    it on every rank, after the process group is up (:func:`init_distributed`). A refused
+    claim changes nothing in the work dir. :class:`AtomicCheckpointRunner` trains inside a
+    claim without taking its own. ``log`` gets the warnings (a lock taken over, files
+    removed to start over).
+
+    Raises:
+        WorkDirBusyError: Another live training holds the work dir.
+        EarlierRunError: The work dir holds an earlier run's checkpoints, and neither
+            ``resume`` nor ``start_over`` is set.
+        CheckpointError: ``resume`` without a file, and no checkpoint of the work dir can
+            be resumed.
+    """
+    lock = None
+    outcome: TrainingStart | BaseException
+    if is_main_process():
+        lock = WorkDirLock(work_dir)
+        try:
+            outcome = _plan_under_lock(lock, resume, resume_from, start_over, log)
+        except (WorkDirBusyError, ValueError) as error:  # EarlierRunError, CheckpointError
+            outcome = error
+        except BaseException:
+            lock.release()
+            raise
+        if isinstance(outcome, BaseException):
+            lock.release()
+    if is_distributed():
+        shared = [outcome if is_main_process() else None]
+        broadcast_object_list(shared, src=0)
+        outcome = shared[0]
+    if isinstance(outcome, BaseException):
+        raise outcome
+    key = os.path.realpath(work_dir)
+    _CLAIMED.add(key)
+    try:
+        yield outcome
+    finally:
+        _CLAIMED.discard(key)
+        if lock is not None:
+            lock.release()
+
+
+def _plan_under_lock(
+    lock: WorkDirLock, resume: bool, resume_from: str | None, start_over: bool, log
+) -> TrainingStart:
+    try:
+        stale = lock.acquire()
+    except OSError as failure:  # a file system without flock
+        log.warning(
+            f"Cannot lock work dir '{lock.work_dir}' ({failure}); a second training started "
+            "in it would not be refused."
+        )
+    else:
+        if stale is not None:
+            log.warning(
+                f"Took over the lock of work dir '{lock.work_dir}' from a run that ended "
+                f"without releasing it ({stale})."
+            )
+    start = plan_training_start(lock.work_dir, resume, resume_from, start_over)
+    for path in start.removed:
+        log.warning(f"Removed {path} of the earlier run (starting over).")
+    return start
+
+
+def is_claimed(work_dir: str) -> bool:
+    """Whether this process holds ``work_dir`` through :func:`claim_work_dir`."""
+    return os.path.realpath(work_dir) in _CLAIMED
