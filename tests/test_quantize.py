@@ -28,7 +28,7 @@ from repvgg_seg.cli import CheckFailedError, run_tool  # noqa: E402
 from repvgg_seg.deploy import DatasetUnavailableError  # noqa: E402
 from repvgg_seg.loader import build_segmentor, load_segmentor  # noqa: E402
 from repvgg_seg.onnx_segmentor import OnnxModelError, build_onnx_segmentor  # noqa: E402
-from repvgg_seg.quantize import calibration_inputs, float_convs  # noqa: E402
+from repvgg_seg.quantize import calibration_inputs  # noqa: E402
 from repvgg_seg.quantize.calibration import calibration_dataset  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -157,6 +157,14 @@ def test_quantized_model_and_report(quantized):
     assert report["quantization"]["convs"] == 28
     assert report["host"]["cpu"] and report["versions"]["onnxruntime"]
     assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]
+
+
+def float_convs(model: onnx.ModelProto) -> list[str]:
+    """The Conv nodes of a QDQ model whose weights are not dequantized INT8 (left in float)."""
+    dequantized = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    return [
+        n.name for n in model.graph.node if n.op_type == "Conv" and n.input[1] not in dequantized
+    ]
 
 
 def test_named_and_most_sensitive_convs_stay_float(quantized):

@@ -164,15 +164,6 @@ class RepVGG(BaseModule):
         return tuple(self.arch.channels[i] for i in self.out_indices)
 
     @property
-    def output_strides(self) -> tuple[int, ...]:
-        """Total stride of each output, in ``out_indices`` order."""
-        totals, total = [], 1
-        for stride in self.strides:
-            total *= stride
-            totals.append(total)
-        return tuple(totals[i] for i in self.out_indices)
-
-    @property
     def model_name(self) -> str:
         """``'RepVGG-A0'`` or ``'QARepVGG-A0'``, for messages."""
         return f"{self.block_type}-{self.arch_name}"

@@ -9,7 +9,7 @@ with mmseg's IoUMetric; its files are published only when the mIoU drop is withi
 
 from .calibration import calibration_inputs
 from .evaluation import Evaluation, compare_segmentors
-from .onnx_quant import CALIBRATION_METHODS, float_convs
+from .onnx_quant import CALIBRATION_METHODS
 from .pipeline import QuantizeOptions, QuantizeReport, quantize_checkpoint
 from .sensitivity import LayerSensitivity, rank_convs
 
@@ -21,7 +21,6 @@ __all__ = [
     "QuantizeReport",
     "calibration_inputs",
     "compare_segmentors",
-    "float_convs",
     "quantize_checkpoint",
     "rank_convs",
 ]

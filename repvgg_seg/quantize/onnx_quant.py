@@ -211,14 +211,6 @@ def quantize_model(
     return quantizer.model.model
 
 
-def float_convs(model: onnx.ModelProto) -> list[str]:
-    """The Conv nodes of a QDQ model whose weights are not dequantized INT8 (left in float)."""
-    dequantized = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
-    return [
-        n.name for n in model.graph.node if n.op_type == "Conv" and n.input[1] not in dequantized
-    ]
-
-
 def save_model(model: onnx.ModelProto, file) -> None:
     """Writes ``model`` as one protobuf to an open binary file."""
     file.write(model.SerializeToString())
