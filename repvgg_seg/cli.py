@@ -259,11 +259,15 @@ def load_config(path: str | os.PathLike, cfg_options: dict | None = None) -> Con
 
 def set_work_dir(cfg: Config, config_path: str | os.PathLike, work_dir: str | None) -> None:
     """mmseg's rule: ``--work-dir``, else the config's ``work_dir``, else
-    ``work_dirs/<config name>``."""
+    ``work_dirs/<config name>``, where a config under a ``configs/`` folder is named by its
+    path there: ``configs/mmseg_style/pspnet_r50.py`` -> ``work_dirs/mmseg_style/pspnet_r50``,
+    so that the two config families' same-named files never share a work dir."""
     if work_dir:
         cfg.work_dir = work_dir
     elif cfg.get("work_dir") is None:
-        cfg.work_dir = os.path.join("work_dirs", Path(config_path).stem)
+        parts = Path(config_path).resolve().with_suffix("").parts
+        below = len(parts) - parts[::-1].index("configs") if "configs" in parts else -1
+        cfg.work_dir = os.path.join("work_dirs", *parts[below:])
 
 
 def format_options(options: Sequence[str]) -> str:
