@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import importlib.util
 import json
 import math
 import statistics
@@ -12,29 +11,36 @@ from pathlib import Path
 
 import pytest
 import torch
+from mmengine.config import Config
 from torch import nn
 
 import repvgg_seg  # noqa: F401  (registers the RepVGG backbone)
 from repvgg_seg.benchmark import (
+    BenchmarkRequest,
     BenchmarkSettings,
     Case,
     CpuPeakSampler,
     RuntimeRunners,
+    build_cases,
+    check_report_paths,
     count_macs,
     cpu_info,
-    cpu_peaks,
     deployed_copy,
     describe_machine,
     format_table,
     make_forward,
+    parse_choices,
     plain_repvgg,
     prepare_module,
     run_benchmark,
+    settings_for_device,
 )
-from repvgg_seg.cli import UsageError
 from repvgg_seg.deploy import SegmentorLogits
+from repvgg_seg.errors import UsageError
 from repvgg_seg.loader import build_segmentor
 from repvgg_seg.models import RepVGG
+
+from helpers import load_tool, one_error_line, tool_exit
 
 ROOT = Path(__file__).resolve().parents[1]
 SYNTHETIC = ROOT / "configs" / "pspnet_repvgg_a0_synthetic.py"
@@ -85,11 +91,7 @@ def test_benchmark_reports_consistent_numbers():
 
 
 def test_benchmark_cli_writes_csv_and_json(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location(
-        "tools_benchmark", ROOT / "tools" / "benchmark.py"
-    )
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool("benchmark")
     tool.main(
         [
             str(SYNTHETIC),
@@ -114,14 +116,12 @@ def test_benchmark_cli_writes_csv_and_json(tmp_path, capsys):
     for row, result in zip(rows, saved["results"]):
         assert float(row["median_ms"]) == pytest.approx(result["median_ms"])
         assert row["name"] in printed
+    # A later run may replace what this one wrote (and nothing else: see below).
+    check_report_paths(tmp_path / "speed.csv", tmp_path / "speed.json")
 
 
 def test_winograd_layer_benchmark_cli(capsys):
-    spec = importlib.util.spec_from_file_location(
-        "tools_benchmark_winograd", ROOT / "tools" / "benchmark_winograd.py"
-    )
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool("benchmark_winograd")
     tool.main(["16,24,12,20", "16,16,9,13,2,2", "--rounds", "2", "--warmup", "0"])
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 16,")]
     assert [row.split("|")[1].strip() for row in rows] == ["16,24,12,20,1,1", "16,16,9,13,2,2"]
@@ -134,42 +134,40 @@ def test_winograd_layer_benchmark_cli(capsys):
         tool.main(["16,15,8,8,2"])
 
 
-def load_benchmark_tool():
-    spec = importlib.util.spec_from_file_location(
-        "tools_benchmark", ROOT / "tools" / "benchmark.py"
-    )
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    return tool
-
-
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a CPU-only host")
 def test_cuda_settings_are_refused_without_a_gpu():
-    with pytest.raises(ValueError, match="sees no CUDA GPU here; run with --device cpu"):
+    with pytest.raises(UsageError, match="sees no CUDA GPU here; run with --device cpu"):
         BenchmarkSettings(device="cuda")
-    tool = load_benchmark_tool()
-    with pytest.raises(ValueError, match="no CUDA GPU"):
-        tool.settings_from(tool.parse_args([str(SYNTHETIC), "--device", "cuda"]))
+    with pytest.raises(UsageError, match="no CUDA GPU"):
+        settings_for_device("cuda")
 
 
-def test_cli_picks_cuda_defaults_and_cpu_path():
-    tool = load_benchmark_tool()
-    cpu = tool.settings_from(tool.parse_args([str(SYNTHETIC), "--bf16"]))
+def test_request_picks_cpu_defaults_and_builds_its_cases():
+    cpu = settings_for_device("cpu", precision="bf16")
     assert (cpu.batch, cpu.device, cpu.precision, cpu.autocast, cpu.tf32) == (
         1, "cpu", "bf16", False, None
     )  # fmt: skip
     assert not cpu.is_cuda and cpu.dtype == torch.bfloat16
     with pytest.raises(UsageError, match="--tf32 applies to CUDA"):
-        tool.settings_from(tool.parse_args([str(SYNTHETIC), "--tf32", "on"]))
+        settings_for_device("cpu", tf32=True)
+    with pytest.raises(UsageError, match="batch must be at least 1, got 0"):
+        settings_for_device("cpu", batch=0)  # not silently the default
     with pytest.raises(UsageError, match="unknown \\['graphs'\\]"):
-        tool.build_cases(tool.parse_args([str(SYNTHETIC), "--treatments", "eager,graphs"]))
-    args = tool.parse_args(
-        [str(SYNTHETIC), "--variants", "deploy", "--treatments", "eager,compile"]
-    )
-    cases = tool.build_cases(args)
+        parse_choices("eager,graphs", ("eager", "graph"), "--treatments")
+    configs = {"synthetic": Config.fromfile(SYNTHETIC)}
+    with pytest.raises(UsageError, match="unknown \\['graphs'\\]"):
+        BenchmarkRequest(cpu, configs, treatments=("graphs",))
+    with pytest.raises(UsageError, match="runtimes other than torch"):
+        BenchmarkRequest(cpu, configs, runtimes=("onnxruntime",), part="backbone")
+    with pytest.raises(UsageError, match="unknown dilation mode 'fastest'"):
+        BenchmarkRequest(cpu, plain_repvgg=("A0:fastest",))
+    with pytest.raises(UsageError, match="Nothing to benchmark"):
+        BenchmarkRequest(cpu)
+    request = BenchmarkRequest(cpu, configs, variants=("deploy",), treatments=("eager", "compile"))
+    cases = build_cases(request)
     assert [(c.name, c.treatment) for c in cases] == [
-        ("pspnet_repvgg_a0_synthetic (deploy) [eager]", "eager"),
-        ("pspnet_repvgg_a0_synthetic (deploy) [compile]", "compile"),
+        ("synthetic (deploy) [eager]", "eager"),
+        ("synthetic (deploy) [compile]", "compile"),
     ]
     assert cases[0].module is cases[1].module  # one model, two treatments
 
@@ -208,7 +206,7 @@ def test_machine_header_is_read_from_proc_cpuinfo(tmp_path):
 
 
 def test_cpu_peaks_and_each_rows_share_of_its_precisions_peak():
-    peaks = cpu_peaks(matmul_size=64, conv_channels=8, conv_size=8, repeats=1)
+    peaks = CpuPeakSampler(matmul_size=64, conv_channels=8, conv_size=8, repeats=1).sample()
     rates = peaks.by_precision()
     assert set(rates) == {"fp32", "bf16", "int8"} and min(rates.values()) > 0
     assert rates["fp32"] == pytest.approx(2 * max(peaks.fp32_matmul, peaks.fp32_conv) / 1000)
@@ -264,7 +262,7 @@ def test_runtimes_time_the_deployed_model_and_int8_is_quantized():
 
 
 def test_cli_times_runtimes_with_a_peak_header_and_prints_no_profiler_noise(capfd):
-    tool = load_benchmark_tool()
+    tool = load_tool("benchmark")
     tool.main(
         [
             str(SYNTHETIC), "--size", "32", "32", "--rounds", "1", "--warmup", "0",
@@ -278,8 +276,38 @@ def test_cli_times_runtimes_with_a_peak_header_and_prints_no_profiler_noise(capf
         assert name in out
     for noise in ("USDT", "profiler_start", "gpuGetDeviceCount", "ERROR"):
         assert noise not in out + err
-    with pytest.raises(UsageError, match="runtimes other than torch"):
-        tool.build_cases(tool.parse_args([str(SYNTHETIC), "--runtimes", "onnxruntime",
-                                          "--part", "backbone"]))  # fmt: skip
-    with pytest.raises(UsageError, match="unknown \\['tensorrt'\\]"):
-        tool.build_cases(tool.parse_args([str(SYNTHETIC), "--runtimes", "tensorrt"]))
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--threads", "-2"], "--threads must be at least 1, got -2"),
+        (["--threads", "0"], "--threads must be at least 1, got 0"),
+        (["-b", "0"], "batch must be at least 1, got 0"),
+        (["--runtimes", "tensorrt"], "--runtimes: unknown ['tensorrt']"),
+        (["--plain-repvgg", "A0:fastest"], "unknown dilation mode 'fastest'"),
+    ],
+)
+def test_cli_refuses_bad_values_in_one_line(options, message, capsys):
+    status, err = tool_exit("benchmark", [str(SYNTHETIC), *options], capsys)
+    assert status == 2 and message in one_error_line(err, "benchmark")
+
+
+def test_cli_checks_csv_and_json_paths_before_measuring(tmp_path, capsys):
+    not_ours = tmp_path / "notes.csv"
+    not_ours.write_text("my own notes\n")
+    (tmp_path / "a_file").write_text("")
+    cases = {
+        "--csv": (tmp_path, "is a folder"),
+        "--json": (tmp_path / "a_file" / "speed.json", "is a file, not a folder"),
+        "--csv ": (not_ours, "is not a benchmark .csv this tool wrote"),
+    }
+    for option, (path, message) in cases.items():
+        argv = [str(SYNTHETIC), "--size", "32", "32", option.strip(), str(path)]
+        status, err = tool_exit("benchmark", argv, capsys)
+        assert status == 2 and message in one_error_line(err, "benchmark")
+        assert capsys.readouterr().out == ""  # refused before anything was measured
+    assert not_ours.read_text() == "my own notes\n"
+    same = str(tmp_path / "speed")
+    status, err = tool_exit("benchmark", [str(SYNTHETIC), "--csv", same, "--json", same], capsys)
+    assert status == 2 and "pass two file names" in one_error_line(err, "benchmark")

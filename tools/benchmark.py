@@ -26,37 +26,24 @@ the dense matmul in the run's precision) and each row states its share of its pr
 from __future__ import annotations
 
 import argparse
-import csv
-import io
-import json
 import logging
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from repvgg_seg.atomic_io import write_atomically
 from repvgg_seg.benchmark import (
     RUNTIMES,
     TREATMENTS,
     VARIANTS,
-    BenchmarkSettings,
-    Case,
-    CpuPeakSampler,
-    RuntimeRunners,
-    cuda_settings,
-    describe_machine,
-    format_table,
-    matmul_tflops,
-    plain_repvgg,
-    results_as_dicts,
-    run_benchmark,
-    segmentor_cases,
-    with_treatments,
+    BenchmarkRequest,
+    check_report_paths,
+    parse_choices,
+    run_request,
+    settings_for_device,
+    write_report_files,
 )
-from repvgg_seg.cli import UsageError, format_options, load_config, run_tool
-from repvgg_seg.deploy.autotune import AUTOTUNER, WINOGRAD_MODES
-from repvgg_seg.loader import build_segmentor
+from repvgg_seg.cli import UsageError, load_config, run_tool
+from repvgg_seg.deploy.autotune import WINOGRAD_MODES
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -153,56 +140,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def split_list(text: str | None, allowed: tuple[str, ...], option: str) -> list[str]:
-    """A comma-separated option's values, each checked against ``allowed``."""
-    values = [v.strip() for v in (text or "").split(",") if v.strip()]
-    unknown = sorted(set(values) - set(allowed))
-    if unknown:
-        raise UsageError(f"{option}: unknown {unknown}; use any of {format_options(allowed)}.")
-    return values
-
-
-def build_cases(args: argparse.Namespace) -> list[Case]:
-    """Every config's cases (:func:`segmentor_cases`), the plain networks, the treatments."""
-    treatments = split_list(args.treatments, TREATMENTS, "--treatments")
-    runtimes = split_list(args.runtimes, tuple(RUNTIMES), "--runtimes")
-    if set(runtimes) - {"torch"} and (args.part == "backbone" or args.device != "cpu"):
-        raise UsageError(
-            f"--runtimes {args.runtimes}: runtimes other than torch time the whole deployed "
-            "segmentor on CPU; drop --part backbone / --device, or use --runtimes torch."
-        )
-    variants = split_list(args.variants, VARIANTS, "--variants")
-    cases = []
-    for config in args.configs:
-        trained = build_segmentor(load_config(config))
-        name = Path(config).stem
-        cases += segmentor_cases(name, trained, variants, runtimes, args.winograd, args.part)
-    for spec in args.plain_repvgg:
-        arch, _, mode = spec.partition(":")
-        cases.append(
-            Case(f"plain RepVGG-{arch}-{mode or 'fast'}", plain_repvgg(arch, mode or "fast"))
-        )
-    if not cases:
-        raise UsageError("Nothing to benchmark: give configs and/or --plain-repvgg.")
-    torch_cases = with_treatments([c for c in cases if c.runtime == "torch"], treatments)
-    return torch_cases + [c for c in cases if c.runtime != "torch"]
-
-
-def settings_from(args: argparse.Namespace) -> BenchmarkSettings:
-    """The benchmark settings the command line asks for (CUDA defaults: batch 16, TF32 off)."""
-    on_cuda = torch.device(args.device).type == "cuda"
-    tf32 = {"on": True, "off": False, None: False if on_cuda else None}[args.tf32]
-    if tf32 is not None and not on_cuda:
-        raise UsageError("--tf32 applies to CUDA devices only; add --device cuda.")
-    if args.calib_inputs < 1 or args.peak_size < 16:
-        raise UsageError(
-            f"--calib-inputs must be >= 1 and --peak-size >= 16, got {args.calib_inputs} and "
-            f"{args.peak_size}."
-        )
-    return BenchmarkSettings(
+def request_from(args: argparse.Namespace) -> BenchmarkRequest:
+    """The benchmark the command line asks for (configs loaded, every value checked)."""
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads must be at least 1, got {args.threads}.")
+    settings = settings_for_device(
+        args.device,
+        batch=args.batch,
+        tf32={"on": True, "off": False, None: None}[args.tf32],
         height=args.size[0],
         width=args.size[1],
-        batch=args.batch or (16 if on_cuda else 1),
         warmup=args.warmup,
         rounds=args.rounds,
         channels_last=args.channels_last,
@@ -210,88 +157,34 @@ def settings_from(args: argparse.Namespace) -> BenchmarkSettings:
         autocast=args.autocast,
         compile=args.compile,
         compile_mode=args.compile_mode,
-        device=args.device,
-        tf32=tf32,
     )
-
-
-def describe_run(args: argparse.Namespace, settings: BenchmarkSettings) -> str:
-    """The header line: what was timed, how, and on what."""
-    precision = settings.precision
-    if precision != "fp32":
-        precision += " autocast" if settings.autocast else " weights and input"
-    layout = "channels_last" if settings.channels_last else "NCHW"
-    return (
-        f"{args.part}, input {settings.batch}x3x{settings.height}x{settings.width}, {precision}, "
-        f"{layout}, {settings.rounds} rounds on {settings.device}\n{describe_machine(settings)}"
+    return BenchmarkRequest(
+        settings=settings,
+        configs={Path(path).stem: load_config(path) for path in args.configs},
+        variants=parse_choices(args.variants, VARIANTS, "--variants"),
+        runtimes=parse_choices(args.runtimes, tuple(RUNTIMES), "--runtimes"),
+        treatments=parse_choices(args.treatments, TREATMENTS, "--treatments"),
+        winograd=args.winograd,
+        part=args.part,
+        plain_repvgg=tuple(args.plain_repvgg),
+        calibration_inputs=args.calib_inputs,
+        peak_size=args.peak_size,
     )
-
-
-def winograd_summary() -> str | None:
-    """How many conv shapes ``auto`` Winograd found faster (None when nothing was tuned)."""
-    decisions = AUTOTUNER.decisions.values()
-    if not decisions:
-        return None
-    faster = sum(winograd < direct for direct, winograd in decisions)
-    return (
-        f"Winograd auto: faster than the direct conv for {faster} of {len(decisions)} conv shapes"
-    )
-
-
-def write_outputs(args: argparse.Namespace, summary: dict) -> None:
-    """The table as CSV and the whole run as JSON, where asked for (written atomically)."""
-    rows = summary["results"]
-    if args.csv:
-        text = io.StringIO(newline="")
-        writer = csv.DictWriter(text, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-        args.csv.parent.mkdir(parents=True, exist_ok=True)
-        write_atomically(args.csv, lambda file: file.write(text.getvalue().encode()))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        data = json.dumps(summary, indent=2).encode()
-        write_atomically(args.json, lambda file: file.write(data))
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    request = request_from(args)
+    check_report_paths(args.csv, args.json)  # before the run: minutes of it are not lost
     # Progress of this package's steps; third-party INFO (the ONNX exporter's graph passes)
     # stays off the console.
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     logging.getLogger("repvgg_seg").setLevel(logging.INFO)
     if args.threads:
         torch.set_num_threads(args.threads)
-    settings = settings_from(args)
-    cases = build_cases(args)
-    matmul_rate, sampler = None, None
-    if settings.is_cuda:
-        with cuda_settings(settings):
-            matmul_rate = matmul_tflops(settings)
-    else:
-        sampler = CpuPeakSampler(args.peak_size, conv_size=max(8, args.peak_size // 32))
-    with RuntimeRunners(calibration_inputs=args.calib_inputs) as runners:
-        results = run_benchmark(cases, settings, matmul_rate, runners=runners, peak_sampler=sampler)
-    peaks = sampler and sampler.peaks()
-    print(describe_run(args, settings))
-    if matmul_rate is not None:
-        print(
-            f"dense {settings.precision} matmul (8192^3, measured now): {matmul_rate:.0f} TFLOP/s"
-        )
-    for line in (peaks and peaks.describe(), winograd_summary()):
-        if line:
-            print(line)
-    print(format_table(results))
-    write_outputs(
-        args,
-        {
-            "settings": vars(settings),
-            "machine": describe_machine(settings),
-            "matmul_tflops": matmul_rate,
-            "cpu_peaks_gmacs": peaks and asdict(peaks),
-            "results": results_as_dicts(results),
-        },
-    )
+    report = run_request(request)
+    print(report.text())
+    write_report_files(report.results, report.record, args.csv, args.json)
 
 
 if __name__ == "__main__":

@@ -17,14 +17,14 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from repvgg_seg.benchmark import (
-    BenchmarkSettings,
     cuda_settings,
     deployed_copy,
     describe_machine,
     make_forward,
     prepare_module,
+    settings_for_device,
 )
-from repvgg_seg.cli import UsageError, load_config, run_tool
+from repvgg_seg.cli import load_config, run_tool
 from repvgg_seg.deploy import SegmentorLogits
 from repvgg_seg.loader import build_segmentor
 
@@ -50,19 +50,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    on_cuda = torch.device(args.device).type == "cuda"
-    try:
-        settings = BenchmarkSettings(
-            height=args.size[0],
-            width=args.size[1],
-            batch=args.batch or (16 if on_cuda else 1),
-            channels_last=args.channels_last,
-            precision="fp16" if args.fp16 else "fp32",
-            device=args.device,
-            tf32=False if on_cuda else None,
-        )
-    except ValueError as error:
-        raise UsageError(str(error)) from error
+    settings = settings_for_device(
+        args.device,
+        batch=args.batch,
+        height=args.size[0],
+        width=args.size[1],
+        channels_last=args.channels_last,
+        precision="fp16" if args.fp16 else "fp32",
+    )
+    on_cuda = settings.is_cuda
     cfg = load_config(args.config)
     print(describe_machine(settings))
     trained = build_segmentor(cfg)

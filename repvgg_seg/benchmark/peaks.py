@@ -138,11 +138,3 @@ class CpuPeakSampler:
         return CpuPeaks(
             **{name: statistics.median(getattr(s, name) for s in self.samples) for name in fields}
         )
-
-
-def cpu_peaks(
-    matmul_size: int = 2048, conv_channels: int = 256, conv_size: int = 64, repeats: int = 5
-) -> CpuPeaks:
-    """One measurement of :class:`CpuPeaks` with the thread count torch has now
-    (:class:`CpuPeakSampler`'s arguments)."""
-    return CpuPeakSampler(matmul_size, conv_channels, conv_size, repeats).sample()

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..errors import UsageError
+
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 TREATMENTS = ("eager", "graph", "compile", "compile+graph")
 
@@ -60,18 +62,18 @@ class BenchmarkSettings:
     def __post_init__(self) -> None:
         for name in ("height", "width", "batch", "rounds", "channels"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
+                raise UsageError(f"{name} must be at least 1, got {getattr(self, name)}.")
         if self.warmup < 0:
-            raise ValueError(f"warmup must be >= 0, got {self.warmup}.")
+            raise UsageError(f"warmup must be >= 0, got {self.warmup}.")
         if self.precision not in PRECISIONS:
-            raise ValueError(
+            raise UsageError(
                 f"precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}."
             )
         device = torch.device(self.device)
         if device.type not in ("cpu", "cuda"):
-            raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}.")
+            raise UsageError(f"device must be 'cpu' or 'cuda', got {self.device!r}.")
         if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(
+            raise UsageError(
                 f"device {self.device!r} asked for, but torch {torch.__version__} sees no CUDA "
                 "GPU here; run with --device cpu."
             )
@@ -104,11 +106,11 @@ class Case:
 
     def __post_init__(self) -> None:
         if self.treatment is not None and self.treatment not in TREATMENTS:
-            raise ValueError(
+            raise UsageError(
                 f"{self.name}: treatment must be one of {TREATMENTS}, got {self.treatment!r}."
             )
         if self.runtime not in RUNTIMES:
-            raise ValueError(
+            raise UsageError(
                 f"{self.name}: runtime must be one of {tuple(RUNTIMES)}, got {self.runtime!r}."
             )
 
