@@ -50,7 +50,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("config", help="the checkpoint's config (*_deploy.py for a deployed one)")
     parser.add_argument("checkpoint", help="training-time, fused or deployed checkpoint")
     parser.add_argument("inputs", nargs="+", help="image files, folders or video files")
-    parser.add_argument("--out-dir", required=True, type=Path, help="where results are written")
+    parser.add_argument(
+        "--out",
+        "--out-dir",  # the old spelling, still accepted
+        dest="out_dir",
+        required=True,
+        type=Path,
+        help="folder the results are written to (as tools/test.py --out)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     parser.add_argument(
         "--batch-size", type=int, default=1, help="images of one size per forward pass"
