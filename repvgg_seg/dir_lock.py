@@ -1,13 +1,13 @@
-"""A tool's output folder: whether it can be written, and an exclusive lock for one run.
+"""The one-run lock of a tool's output folder (used by :mod:`repvgg_seg.output_dir` only).
 
-:func:`check_out_dir` refuses, before any work, an output path that is a file, a folder that
-cannot be written, or a folder where one of the tool's files should go (deploy, quantize and
-infer call it). :class:`WorkDirLock` is an advisory ``flock`` on a lock file inside the folder
-(a training's work dir: ``.train.lock``; :class:`LockRole` names the others: infer's out dir,
-deploy's and quantize's output folder), holding the owner's pid, host and start time. The
-kernel releases it when its process dies, however it dies, so a killed run's lock is taken
-over by the next run, which learns who held it and may remove what it left; processes forked
-from the owner (DataLoader workers) do not hold it.
+:class:`WorkDirLock` is an advisory ``flock`` on a lock file inside the folder (a training's
+work dir: ``.train.lock``; :class:`LockRole` names the others: infer's out dir, deploy's and
+quantize's output folder), holding the owner's pid, host, start time and the marker its
+temporary files carry. The kernel releases it when its process dies, however it dies, so a
+killed run's lock is taken over by the next run, which learns who held it and removes what
+carries its marker; processes forked from the owner (DataLoader workers) do not hold it.
+Claiming a folder (the checks, the lock, the record of what a run wrote, what it may replace
+or remove) is :mod:`repvgg_seg.output_dir`'s.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ import datetime
 import fcntl
 import json
 import os
+import re
+import secrets
 import socket
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,12 +39,19 @@ class LockRole:
         subject: How the refusal names the directory (``Work dir``, ``--out-dir``).
         holder: Who else uses it (``another training``).
         option: The option that picks another directory.
+        tag: Names the tool in the folder's record of written files (default: the lock
+            file's name, ``.train.lock`` -> ``train``).
     """
 
     file_name: str
     subject: str
     holder: str
     option: str
+    tag: str = ""
+
+    @property
+    def writer(self) -> str:
+        return self.tag or self.file_name.strip(".").removesuffix(".lock")
 
 
 TRAINING = LockRole(LOCK_NAME, "Work dir", "another training", "--work-dir")
@@ -56,6 +64,7 @@ class LockOwner:
     pid: int | None
     host: str
     started: str
+    marker: str = ""
 
     def __str__(self) -> str:
         pid = "unknown" if self.pid is None else self.pid
@@ -67,11 +76,16 @@ class LockOwner:
             fields = json.loads(text)
         except ValueError:
             fields = {}
-        pid = fields.get("pid") if isinstance(fields, dict) else None
+        if not isinstance(fields, dict):
+            fields = {}
+        pid = fields.get("pid")
+        marker = fields.get("marker")
         return cls(
             pid if isinstance(pid, int) else None,
-            str(fields.get("host", "")) if isinstance(fields, dict) else "",
-            str(fields.get("started", "")) if isinstance(fields, dict) else "",
+            str(fields.get("host", "")),
+            str(fields.get("started", "")),
+            # Only a marker of the form this module writes: it selects files to delete.
+            marker if isinstance(marker, str) and re.fullmatch(r"[0-9a-f]{8}", marker) else "",
         )
 
 
@@ -81,6 +95,11 @@ class WorkDirLock:
     Args:
         work_dir: The directory to lock (created if missing).
         role: What the lock guards (a training's work dir by default).
+
+    Attributes:
+        marker: 8 random hex digits recorded with the owner: the temporary files and
+            staging folders this run makes carry it, so that the run that takes over a dead
+            owner's lock removes those and nothing else.
     """
 
     # The locks this process holds, by the real path of their work dir.
@@ -90,6 +109,7 @@ class WorkDirLock:
         self.work_dir = Path(work_dir)
         self.role = role
         self.path = self.work_dir / role.file_name
+        self.marker = secrets.token_hex(4)
         self._fd: int | None = None
 
     @classmethod
@@ -144,6 +164,7 @@ class WorkDirLock:
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "started": datetime.datetime.now().isoformat(timespec="seconds"),
+            "marker": self.marker,
         }
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(record).encode(), 0)
@@ -172,49 +193,6 @@ class WorkDirLock:
 
 
 os.register_at_fork(after_in_child=WorkDirLock._forget_in_forked_child)
-
-
-def check_out_dir(
-    path: str | os.PathLike, subject: str, file_names: Iterable[str] = (), tool: str = ""
-) -> None:
-    """Refuses a folder a tool cannot write its results into; creates nothing.
-
-    The folder may be missing (the tool creates it): then its nearest existing parent must be
-    a folder that can be written.
-
-    Args:
-        path: The output folder.
-        subject: How messages name it (``Output folder``, ``--out-dir``).
-        file_names: The files the tool writes directly into the folder.
-        tool: The tool writing them, for messages.
-
-    Raises:
-        NotADirectoryError: The path, or a parent of it, is a file.
-        PermissionError: The nearest existing folder is not writable.
-        IsADirectoryError: A folder has the name of one of ``file_names``.
-    """
-    path = Path(path)
-    for folder in (path, *path.absolute().parents):
-        if not folder.exists():
-            continue
-        if not folder.is_dir():
-            raise NotADirectoryError(
-                f"{subject} {str(path)!r}: {str(folder)!r} is a file, not a folder; pass a "
-                "folder (it is created if missing)."
-            )
-        # Checked again, for real, when the run creates the folder and takes its lock.
-        if not os.access(folder, os.W_OK | os.X_OK):
-            raise PermissionError(
-                f"Cannot write into {subject} {str(path)!r} ({str(folder)!r} is not "
-                "writable); pass a folder you can write to."
-            )
-        break
-    for name in file_names:
-        if (path / name).is_dir():
-            raise IsADirectoryError(
-                f"{str(path / name)!r} is a folder, but {tool} writes a file of that name; "
-                "move the folder away or pass another output folder."
-            )
 
 
 def _dead_owner_note(owner: LockOwner) -> str:

@@ -5,27 +5,29 @@
 - :func:`plan_training_start`: how a run begins in a work dir that may hold an earlier run's
   checkpoints (resume one, refuse, or start over explicitly), decided before anything in the
   work dir changes.
-- :func:`remove_leftovers`: the temporary files of checkpoints whose writing was killed.
+- :func:`remove_leftovers`: the temporary files of checkpoints whose writing was killed (the
+  claim removes those carrying a dead run's marker, :mod:`repvgg_seg.output_dir`).
 - :func:`checkpoint_to_resume`: ``last_checkpoint`` when it names a readable file, else the
   newest readable ``iter_<n>.pth``; a complete checkpoint that cannot be resumed is an error.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .atomic_io import remove_stale_temporaries
 from .checkpoint import CheckpointError, UnsafeCheckpointError, read_checkpoint
 from .dir_lock import LOCK_NAME, LockOwner, LockRole, WorkDirBusyError, WorkDirLock
+from .output_dir import NotWrittenByToolError, WrittenRecord, held_claim
 
 __all__ = [
     "LOCK_NAME",
     "EarlierRunError",
     "LockOwner",
+    "NotWrittenByToolError",
     "LockRole",
     "ResumeChoice",
     "TrainingStart",
@@ -36,6 +38,7 @@ __all__ = [
     "iteration_checkpoints",
     "plan_training_start",
     "remove_leftovers",
+    "written_only_by",
 ]
 
 # The name mmengine's CheckpointHook gives iteration checkpoints (filename_tmpl 'iter_{}.pth').
@@ -46,8 +49,6 @@ RUN_CHECKPOINT = re.compile(r"^(iter_\d+|epoch_\d+|best_.+)\.pth$")
 LAST_CHECKPOINT = "last_checkpoint"
 # The flag of tools/train.py that starts over (named in messages).
 START_OVER_FLAG = "--overwrite-work-dir"
-# Before repvgg_seg.atomic_io, the runner wrote checkpoints to ".<name>.partial" first.
-_OLD_TEMPORARY = re.compile(r"^\..+\.pth\.partial$")
 
 
 class EarlierRunError(ValueError):
@@ -56,21 +57,16 @@ class EarlierRunError(ValueError):
 
 
 def remove_leftovers(directory: str | os.PathLike) -> list[Path]:
-    """Removes the temporary checkpoint files that killed runs left in ``directory``.
+    """The temporary files and staging folders of a killed run that this process's claim of
+    ``directory`` removed when it took over the dead run's lock (each reported once).
 
-    Call it only while holding the directory's :class:`WorkDirLock`.
-
-    Returns:
-        The files removed.
+    They are recognised by the marker the dead run recorded in its lock, never by their
+    name (:func:`repvgg_seg.output_dir.remove_marked`).
     """
-    removed = remove_stale_temporaries(directory)
-    directory = Path(directory)
-    if directory.is_dir():
-        for path in directory.iterdir():
-            if _OLD_TEMPORARY.match(path.name) and path.is_file():
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
-                    removed.append(path)
+    claim = held_claim(directory)
+    if claim is None:
+        return []
+    removed, claim.removed_leftovers = claim.removed_leftovers, []
     return removed
 
 
@@ -179,7 +175,8 @@ class TrainingStart:
 
 
 def earlier_run_files(work_dir: str | os.PathLike) -> list[Path]:
-    """The checkpoints (and ``last_checkpoint``) an earlier training left in ``work_dir``."""
+    """The files named like an earlier training's checkpoints (and ``last_checkpoint``) in
+    ``work_dir``, whoever wrote them."""
     work_dir = Path(work_dir)
     if not work_dir.is_dir():
         return []
@@ -190,21 +187,52 @@ def earlier_run_files(work_dir: str | os.PathLike) -> list[Path]:
     )
 
 
+def written_only_by(work_dir: str | os.PathLike, writer: str) -> bool:
+    """Whether every earlier-run file of ``work_dir`` was written by ``writer`` (a tool's
+    tag in the folder's record, e.g. ``demo``)."""
+    record = WrittenRecord(work_dir)
+    return all(record.writer_of(path) == writer for path in earlier_run_files(work_dir))
+
+
+def _trainings(path: Path, record: WrittenRecord) -> bool:
+    """Whether a training wrote ``path``: it is in the work dir's record, or it is mmengine's
+    ``last_checkpoint`` (written in place, never recorded) naming a recorded checkpoint."""
+    if record.writer_of(path) is not None:
+        return True
+    if path.name != LAST_CHECKPOINT or not path.is_file():
+        return False
+    with open(path, "rb") as pointer:
+        named = pointer.read(4096).decode(errors="replace").strip()
+    # Empty: emptied by a crash while mmengine rewrote it in place.
+    return not named or record.known_name(path.parent / os.path.basename(named))
+
+
 def plan_training_start(
-    work_dir: str | os.PathLike, resume: bool, resume_from: str | None, start_over: bool
+    work_dir: str | os.PathLike,
+    resume: bool,
+    resume_from: str | None,
+    start_over: bool,
+    outputs: Iterable[str] = (),
+    record: WrittenRecord | None = None,
 ) -> TrainingStart:
-    """Decides how a training begins in ``work_dir``; call it while holding its lock.
+    """Decides how a training begins in ``work_dir``; call it while holding its claim.
 
     Nothing in the work dir changes unless ``start_over`` is set and the work dir holds an
-    earlier run's checkpoints (they are then removed, so that the runs never mix).
+    earlier run's checkpoints (they are then removed, so that the runs never mix). Only
+    files a tool wrote (the folder's :class:`~repvgg_seg.output_dir.WrittenRecord`) count as
+    an earlier run's; a file of the user's that this run would replace or delete is refused.
 
     Args:
         work_dir: The training's work dir.
         resume: ``--resume`` was given.
         resume_from: Its checkpoint file, or None for the work dir's latest.
         start_over: Remove an earlier run's checkpoints and train from the start.
+        outputs: Names of other files the run writes into the work dir (mmengine's config
+            dump ``<config name>.py``, the demo's ``curves.png``).
 
     Raises:
+        NotWrittenByToolError: A file this run would replace or delete (an output's name,
+            or, without ``resume``, a checkpoint's) was not written by a tool.
         EarlierRunError: The work dir holds checkpoints, and neither ``resume`` nor
             ``start_over`` is set.
         CheckpointError: ``resume_from`` cannot be read; or ``resume`` without a file, and
@@ -212,25 +240,43 @@ def plan_training_start(
     """
     if resume and start_over:
         raise ValueError(f"--resume and {START_OVER_FLAG} exclude each other; pass one.")
-    earlier = earlier_run_files(work_dir)
+    work_dir = Path(work_dir)
+    record = record if record is not None else WrittenRecord(work_dir)
+    candidates = earlier_run_files(work_dir)
+    in_the_way = [work_dir / name for name in outputs] + ([] if resume else candidates)
+    foreign = [p for p in in_the_way if os.path.lexists(p) and not _trainings(p, record)]
+    if foreign:
+        more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
+        raise NotWrittenByToolError(
+            f"Work dir '{work_dir}' holds {foreign[0].name}{more}, which no training wrote "
+            f"(it is not in {record.path.name}); this run would replace or delete it. Move it "
+            "out of the work dir, or pass another --work-dir."
+        )
     if resume:
+        for path in candidates:
+            if record.writer_of(path) is None and record.known_name(path):
+                # A checkpoint a training wrote under this name, changed since (cut short by
+                # a copy, say): the resumed run may write it again.
+                record.add(path, "train", path)
         if resume_from is None:
             checkpoint_to_resume(work_dir)  # raises when the work dir cannot be resumed
         elif "://" not in resume_from:
             read_checkpoint(resume_from)  # its error names the file, before the run starts
         return TrainingStart(resume=True)
-    if earlier and not start_over:
+    if candidates and not start_over:
         newest = iteration_checkpoints(work_dir)
-        shown = (newest[0] if newest else earlier[0]).name
+        shown = (newest[0] if newest else candidates[0]).name
         raise EarlierRunError(
-            f"Work dir '{work_dir}' holds checkpoints of an earlier run ({len(earlier)} files, "
-            f"e.g. {shown}); this run would write over them and mix the two. Pass --resume to "
-            f"continue that run, another --work-dir for a new one, or {START_OVER_FLAG} to "
-            "delete them and start over."
+            f"Work dir '{work_dir}' holds checkpoints of an earlier run ({len(candidates)} "
+            f"files, e.g. {shown}); this run would write over them and mix the two. Pass "
+            f"--resume to continue that run, another --work-dir for a new one, or "
+            f"{START_OVER_FLAG} to delete them and start over."
         )
     removed = []
-    for path in earlier:
-        with contextlib.suppress(FileNotFoundError):
+    for path in candidates:
+        try:
             path.unlink()
-            removed.append(path)
+        except FileNotFoundError:
+            continue
+        removed.append(path)
     return TrainingStart(resume=False, removed=tuple(removed))

@@ -258,14 +258,15 @@ def test_stale_lock_and_temporary_files_are_cleaned_at_start(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     dead_pid = dead.pid
-    (tmp_path / LOCK_NAME).write_text(json.dumps({"pid": dead_pid, "host": "h", "started": "t"}))
-    leftovers = [tmp_path / ".iter_2.pth.abc_1234.part", tmp_path / ".iter_4.pth.partial"]
-    for path in leftovers:
+    record = {"pid": dead_pid, "host": "h", "started": "t", "marker": "0badc0de"}
+    (tmp_path / LOCK_NAME).write_text(json.dumps(record))
+    leftovers = [tmp_path / ".iter_2.pth.0badc0de.abc_1234.part"]
+    # Shaped like temporaries, but without the dead run's marker: not ours to delete.
+    keep = [tmp_path / ".notes.part", tmp_path / ".iter_3.pth.abc_1234.part"]
+    for path in leftovers + keep:
         path.write_bytes(b"\0" * 1000)
-    keep = tmp_path / ".notes.part"  # not a name of ours
-    keep.write_text("x")
     tiny_runner(tmp_path, scores=[1.0]).train()
-    assert not any(path.exists() for path in leftovers) and keep.exists()
+    assert not any(path.exists() for path in leftovers) and all(p.exists() for p in keep)
     log = log_text(tmp_path)
     assert f"ended without releasing it (pid {dead_pid} on host h" in log
     assert all(f"Removed {path}" in log for path in leftovers)
@@ -350,7 +351,10 @@ def test_resume_with_empty_last_checkpoint_and_leftovers(tmp_path, data_root, ca
     (work_dir / "last_checkpoint").write_text("")
     iter_2 = work_dir / "iter_2.pth"
     iter_2.write_bytes(iter_2.read_bytes()[:1000])
-    leftovers = [work_dir / ".iter_3.pth.k2j4_x9a.part", work_dir / ".iter_3.pth.partial"]
+    # The killed run's lock names its marker; its temporary files carry it.
+    record = {"pid": 2**22 + 1, "host": "h", "started": "t", "marker": "0badc0de"}
+    (work_dir / LOCK_NAME).write_text(json.dumps(record))
+    leftovers = [work_dir / ".iter_3.pth.0badc0de.k2j4_x9a.part"]
     for path in leftovers:
         path.write_bytes(b"\0" * 100)
     capfd.readouterr()
@@ -483,29 +487,6 @@ def test_resume_refuses_a_work_dir_whose_checkpoints_are_all_broken(tmp_path, da
     message = resume_refused(work_dir, data_root, capsys)
     assert f"no checkpoint of work dir '{work_dir}' can be read" in message
     assert "iter_4.pth" in message and "--overwrite-work-dir" in message
-
-
-def test_new_run_over_an_earlier_one_is_refused_unless_asked(tmp_path, data_root, capsys):
-    work_dir = tmp_path / "work"
-    work_dir.mkdir()
-    save_iterations(work_dir, 2, 5)
-    (work_dir / "best_mIoU_iter_5.pth").write_bytes(b"best")
-    (work_dir / "last_checkpoint").write_text(str(work_dir / "iter_5.pth"))
-    before = snapshot(work_dir)
-    status, err = train_exit(work_dir, data_root, "train_cfg.max_iters=1", capsys=capsys)
-    assert status == 2
-    message = one_error_line(err, "train")
-    assert f"Work dir '{work_dir}' holds checkpoints of an earlier run (4 files" in message
-    for option in ("--resume", "--work-dir", "--overwrite-work-dir"):
-        assert option in message
-    assert snapshot(work_dir) == before
-
-    options = ("train_cfg.max_iters=1", "default_hooks.checkpoint.interval=1")
-    train_in_process(work_dir, data_root, *options, flags=["--overwrite-work-dir"])
-    # The earlier run's files are gone, not mixed in with this run's.
-    assert not {"iter_2.pth", "iter_5.pth", "best_mIoU_iter_5.pth"} & set(os.listdir(work_dir))
-    assert read_checkpoint(work_dir / "iter_1.pth")["meta"]["iter"] == 1
-    assert (work_dir / "last_checkpoint").read_text().endswith("iter_1.pth")
 
 
 def test_run_refused_as_busy_changes_nothing_in_the_work_dir(tmp_path, data_root, capsys):

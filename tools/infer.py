@@ -13,7 +13,9 @@ near-tie pixels between checkpoint forms; ``--strict-float32`` turns TF32 off.
 
 Results never replace an input, are distinct for all inputs, and are never searched as
 inputs; ``--overwrite`` replaces only results. An image above ``--max-pixels`` is skipped
-before it is decoded (the bound on one image's memory). Exit status: 0 when every input was
+before it is decoded (the bound on one image's memory), and so is one more than 100 times as
+long as wide or a floating-point one; links in the input folders that lead nowhere are
+skipped with one line saying so. Exit status: 0 when every input was
 segmented, 1 when some could not be read or a video gave fewer frames than it declares (they
 are listed), 2 when nothing was run (bad arguments, existing results), 130 on Ctrl-C (after
 saying what was finished).
@@ -127,7 +129,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     palette = Palette.from_dataset(args.palette)
     device = resolve_device(args.device)
-    sources = find_sources(args.inputs, args.out_dir, args.save_labels)
+    broken_links: list[Path] = []
+    sources = find_sources(args.inputs, args.out_dir, args.save_labels, broken_links)
+    if broken_links:
+        print(
+            f"skipped {len(broken_links)} symbolic link(s) in the input folders that lead "
+            f"nowhere (a missing target or a loop), e.g. {str(broken_links[0])!r}",
+            file=sys.stderr,
+        )
     existing = existing_outputs(sources)
     if existing and not args.overwrite:
         raise UsageError(
@@ -141,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.palette!r} has {len(palette.classes)}; pass a --palette with "
             f"{num_classes_of(model)} classes."
         )
-    with claim_out_dir(args.out_dir) as leftovers:
+    with claim_out_dir(args.out_dir, overwrite=args.overwrite) as leftovers:
         for path in leftovers:
             print(f"removed {path}, left by a run that was killed", file=sys.stderr)
         with strict_float32() if args.strict_float32 else contextlib.nullcontext():

@@ -1,34 +1,39 @@
 """Where a deploy writes: one run per output folder, and a consistent set of files in it.
 
 A deploy stages its files in a hidden folder inside the output folder and renames them into
-place only when every check passed. :class:`OutputFolder` makes that safe:
+place only when every check passed. :class:`OutputFolder` makes that safe, through the
+folder's claim (:class:`repvgg_seg.output_dir.OutputDir`, the one owner of output folders):
 
-- it refuses, before any work, an output path that is a file, a folder it cannot write,
-  and a folder where a file it will write should go (:func:`repvgg_seg.dir_lock.check_out_dir`);
-- it holds the folder's lock (:class:`repvgg_seg.dir_lock.WorkDirLock`, ``.<kind>.lock``)
-  while the run lasts. The kernel releases it when the process dies, so a second live run
-  of the tool into the folder is refused, and staging folders whose run is dead (killed)
-  are removed at the start of the next run;
-- :meth:`OutputFolder.publish` puts the staged files in place and removes the files of an
-  earlier deploy of the same config that this run does not write (an old ``.onnx`` beside
-  a new ``.pth``), stale files first and the config last. Each file carries the run's
-  ``deploy_id`` (checkpoint meta, config, ONNX metadata); a set mixed by a run killed while
-  renaming is refused by :mod:`repvgg_seg.loader` and replaced by the next deploy.
+- it refuses, before any work, an output path that is a file, a folder it cannot write, a
+  folder where a file it will write should go (:func:`repvgg_seg.output_dir.check_out_dir`),
+  and a file of its names that no tool wrote (a user's ``<stem>_int8.json``);
+- it holds the folder's lock (``.<kind>.lock``) while the run lasts. The kernel releases it
+  when the process dies, so a second live run of the tool into the folder is refused, and
+  the staging folder of a killed run (its name carries the marker recorded in that run's
+  lock) is removed at the start of the next run; a hidden folder without that marker is
+  never touched;
+- :meth:`OutputFolder.publish` puts the staged files in place, records them as the tool's,
+  and removes the files of an earlier deploy of the same config that this run does not
+  write (an old ``.onnx`` beside a new ``.pth``), stale files first and the config last;
+  :attr:`OutputFolder.removed_earlier` lists them for the tool's one line. Each file carries
+  the run's ``deploy_id`` (checkpoint meta, config, ONNX metadata); a set mixed by a run
+  killed while renaming is refused by :mod:`repvgg_seg.loader` and replaced by the next
+  deploy.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import os
-import re
 import shutil
 import tempfile
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
-from ..dir_lock import LockRole, WorkDirLock, check_out_dir
+from ..atomic_io import temporary_prefix
+from ..dir_lock import LockRole
+from ..output_dir import OutputDir, check_out_dir
 
 # The files a deploy of config <stem> writes, in the order they are published: the config,
 # which names the checkpoint, comes last.
@@ -72,19 +77,22 @@ class OutputFolder:
         self.kind, self.suffixes, self.tool = kind, suffixes, tool
         self.staging: Path | None = None
         self.removed_leftovers: list[Path] = []
+        self.removed_earlier: list[Path] = []
         role = LockRole(f".{kind}.lock", "Output folder", f"another {tool} run", "output folder")
-        self.lock = WorkDirLock(self.path, role)
+        self.claim = OutputDir(self.path, role)
+        self.lock = self.claim.lock
 
     def check(self) -> None:
         """Refuses a path the tool cannot write its files into (nothing is created).
 
         Raises:
-            NotADirectoryError: The path (or a parent) is a file.
-            IsADirectoryError: A folder has the name of a file the tool writes.
-            PermissionError: The folder (or the nearest existing parent) is not writable.
+            UsageError: The path (or a parent) is a file; a folder has the name of a file
+                the tool writes; the folder (or the nearest existing parent) is not writable.
+            NotWrittenByToolError: A file of the tool's names exists that no tool wrote.
         """
         names = deployed_names(self.stem, self.kind, self.suffixes)
         check_out_dir(self.path, "Output folder", names, self.tool)
+        self.claim.refuse_foreign([self.path / name for name in names])
 
     def __enter__(self) -> OutputFolder:
         """Checks and locks the folder, removes dead runs' staging folders, makes this one's.
@@ -93,12 +101,15 @@ class OutputFolder:
             WorkDirBusyError: Another live run of the tool writes into the folder.
         """
         self.check()
-        self.lock.acquire()
+        self.removed_leftovers = self.claim.acquire()
         try:
-            self.removed_leftovers = self._remove_dead_staging()
+            self.check()  # again under the lock: the files may have changed meanwhile
+            name = Path(f"{self.stem}_{self.kind}")
             self.staging = Path(
                 tempfile.mkdtemp(
-                    dir=self.path, prefix=f".{self.stem}_{self.kind}.", suffix=".staging"
+                    dir=self.path,
+                    prefix=temporary_prefix(name, self.claim.marker),
+                    suffix=".staging",
                 )
             )
         except BaseException:
@@ -110,34 +121,30 @@ class OutputFolder:
         if self.staging is not None:
             shutil.rmtree(self.staging, ignore_errors=True)
             self.staging = None
-        self.lock.release()
-
-    def _remove_dead_staging(self) -> list[Path]:
-        """Staging folders of killed runs: every one, since this run holds the lock."""
-        removed, staging = [], re.compile(rf"^\..+_{self.kind}\..+\.staging$")
-        for path in self.path.iterdir():
-            if staging.match(path.name) and path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path, ignore_errors=True)
-                removed.append(path)
-        return removed
+        self.claim.release()
 
     def publish(self, staged: Iterable[Path]) -> list[Path]:
         """Moves the staged files into the folder as this deploy's complete set.
 
         Files of an earlier deploy of the same config that are not among ``staged`` are
-        removed first, then the staged files are renamed in :data:`DEPLOY_SUFFIXES` order.
+        removed first (only files a tool wrote; :attr:`removed_earlier` lists them), then the
+        staged files are recorded as the tool's and renamed in :data:`DEPLOY_SUFFIXES` order.
 
         Returns:
             The published paths.
+
+        Raises:
+            NotWrittenByToolError: A file of the tool's names appeared meanwhile that no
+                tool wrote (nothing is published).
         """
         staged = sorted(staged, key=lambda path: self.suffixes.index(path.suffix))
         names = {path.name for path in staged}
-        for name in deployed_names(self.stem, self.kind, self.suffixes):
-            if name not in names:
-                with contextlib.suppress(FileNotFoundError):
-                    (self.path / name).unlink()
+        every = [self.path / name for name in deployed_names(self.stem, self.kind, self.suffixes)]
+        self.claim.refuse_foreign(every)
+        self.removed_earlier = self.claim.remove(p for p in every if p.name not in names)
         published = []
         for path in staged:
+            self.claim.wrote(self.path / path.name, path)
             os.replace(path, self.path / path.name)
             published.append(self.path / path.name)
         folder = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)

@@ -1,8 +1,9 @@
 """Segmenting images and videos: batching, writing the results, progress and a summary.
 
 :func:`claim_out_dir` holds the output folder for one run (a second run into it is refused)
-and removes the temporary files of killed runs; :func:`segment_sources` then writes every
-result atomically, so an interrupted run leaves complete results or none.
+through :class:`repvgg_seg.output_dir.OutputDir`, which removes what a killed run marked as
+its temporaries; :func:`segment_sources` then writes every result atomically, so an
+interrupted run leaves complete results or none.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import contextlib
 import errno
 import math
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -26,17 +26,19 @@ import numpy as np
 from mmseg.models.segmentors import EncoderDecoder
 from PIL import Image
 
-from ..atomic_io import remove_stale_temporaries, write_atomically
-from ..dir_lock import LockRole, WorkDirLock
+from ..atomic_io import guard_of, temporary_prefix, write_atomically
+from ..dir_lock import LockRole
+from ..errors import UsageError
+from ..output_dir import OutputDir
 from .model import predict_labels
 from .overlay import Palette, draw_overlay
-from .sources import LABEL_DIR, OVERLAY_DIR, Source, UnreadableInputError, check_pixels, read_image
+from .sources import Source, UnreadableInputError, check_pixels, read_image
 
 VIDEO_CODEC = "mp4v"  # MPEG-4 Part 2: encodable by every opencv-python build, played widely
-# The hidden folder a video is encoded in, beside its overlay: ".<overlay name>.<8 random
-# [a-z0-9_] of mkdtemp>.scratch" (a killed run's is removed by the next one).
+# The hidden folder a video is encoded in, beside its overlay: ".<overlay name>.<the run's
+# marker>.<8 random [a-z0-9_] of mkdtemp>.scratch" (a killed run's is removed by the next
+# one, by its marker: repvgg_seg.output_dir.remove_marked).
 VIDEO_SCRATCH_SUFFIX = ".scratch"
-_VIDEO_SCRATCH = re.compile(r"^\..+\.[a-z0-9_]{8}" + re.escape(VIDEO_SCRATCH_SUFFIX) + "$")
 
 
 @dataclass
@@ -110,36 +112,31 @@ _NO_FLOCK = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)
 
 
 @contextlib.contextmanager
-def claim_out_dir(out_dir: str | os.PathLike) -> Iterator[list[Path]]:
+def claim_out_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> Iterator[list[Path]]:
     """Holds ``out_dir`` for one run (created if missing); yields the temporary files and
-    video scratch folders of killed runs that it removed from the result folders.
+    video scratch folders of a killed run that it removed (those carrying the marker that
+    run recorded in its lock). Results replace only files a tool wrote, or any with
+    ``overwrite``.
 
     Raises:
         WorkDirBusyError: Another live run writes into ``out_dir``.
-        PermissionError: ``out_dir`` cannot be created or written to.
+        UsageError: ``out_dir`` cannot be created or written to.
     """
-    lock = WorkDirLock(out_dir, INFER_LOCK)
+    claim = OutputDir(out_dir, INFER_LOCK, overwrite=overwrite)
+    removed: list[Path] = []
     try:
-        lock.acquire()
+        removed = claim.acquire()
     except OSError as error:
         if error.errno not in _NO_FLOCK:
-            raise PermissionError(
+            raise UsageError(
                 f"Cannot write into --out-dir {os.fspath(out_dir)!r} "
                 f"({error.strerror or error}); pass a folder you can write to."
             ) from error
         # A file system without flock: runs into one out dir are not kept apart.
     try:
-        removed = []
-        for name in (OVERLAY_DIR, LABEL_DIR):
-            for folder, subfolders, _ in os.walk(Path(out_dir) / name):
-                removed += remove_stale_temporaries(folder)
-                for scratch in [sub for sub in subfolders if _VIDEO_SCRATCH.match(sub)]:
-                    subfolders.remove(scratch)
-                    shutil.rmtree(Path(folder) / scratch, ignore_errors=True)
-                    removed.append(Path(folder) / scratch)
         yield removed
     finally:
-        lock.release()
+        claim.release()
 
 
 def segment_sources(
@@ -264,9 +261,10 @@ class _Renderer:
         # Encoded beside the overlay (not in the system's temp folder, which a killed run
         # would leave it in): the file system of the result, cleaned by the next run.
         source.overlay.parent.mkdir(parents=True, exist_ok=True)
+        guard = guard_of(source.overlay)
         with tempfile.TemporaryDirectory(
             suffix=VIDEO_SCRATCH_SUFFIX,
-            prefix=f".{source.overlay.name}.",
+            prefix=temporary_prefix(source.overlay, guard.marker if guard else ""),
             dir=source.overlay.parent,
         ) as scratch:
             partial = Path(scratch) / f"video{source.overlay.suffix}"

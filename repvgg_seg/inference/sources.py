@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from ..dir_lock import check_out_dir
+from ..errors import UsageError
+from ..output_dir import check_out_dir
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm"}
@@ -41,10 +42,16 @@ VIDEO_SUFFIX = ".mp4"
 # The default pixel budget of one image (6000 x 6000, a 36 MP photo): with the logits of 19
 # classes resized to the image's size, about 4 GB (docs/guarantees.md has the measurement).
 DEFAULT_MAX_PIXELS = 36_000_000
+# The widest (or tallest) shape segmented. mmseg's keep-ratio Resize to a scale whose long
+# side is L turns the short side of an image longer than 2L:1 into 0 pixels, and OpenCV
+# aborts (measured with the synthetic config, L = 256: 512x1 runs, 513x1 fails); 100:1
+# passes every photo and panorama, and the configs here have L >= 256.
+MAX_ASPECT_RATIO = 100
 
 
-class UnreadableInputError(ValueError):
-    """An image or video could not be decoded; the message names the file."""
+class UnreadableInputError(UsageError):
+    """An image or video could not be decoded, or is of a size or kind that is not
+    segmented; the message names the file."""
 
 
 @dataclass(frozen=True)
@@ -73,37 +80,46 @@ class Source:
 
 
 def find_sources(
-    inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, save_labels: bool
+    inputs: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    save_labels: bool,
+    broken_links: list[Path] | None = None,
 ) -> list[Source]:
     """Lists the images and videos of ``inputs`` with their output paths.
 
     A file named directly is used whatever its extension (a video if it has a video
     extension, else an image); folders contribute their image and video files, recursively,
     skipping hidden files and folders and the result folders of ``out_dir``. A file reached
-    twice is used once.
+    twice is used once. Symbolic links with an image or video name inside the folders that
+    lead nowhere (a missing target, a loop) are skipped and appended to ``broken_links``
+    (for the caller to say so); one named directly is refused.
 
     Raises:
-        FileNotFoundError: An input does not exist.
+        FileNotFoundError: An input does not exist, or is a link that leads nowhere.
         NotADirectoryError: ``out_dir``, or a folder a result goes into, is a file.
         IsADirectoryError: A result file's path is a folder.
-        ValueError: Nothing to segment was found; ``out_dir`` is an input folder; two inputs
+        UsageError: Nothing to segment was found; ``out_dir`` is an input folder; two inputs
             would write the same result; a result would replace an input.
     """
     out_dir = Path(os.path.abspath(out_dir))
+    _check_inputs_exist(inputs)
     result_roots = _check_out_dir_and_inputs(out_dir, inputs)
     found: dict[Path, tuple[Path, Path]] = {}  # resolved file -> (file, the folder it is under)
     for raw in inputs:
         path = Path(os.path.abspath(raw))
         if path.is_dir():
-            files = [(file, path) for file in _media_files(path, result_roots)]
+            files = [(file, path) for file in _media_files(path, result_roots, broken_links)]
         elif path.is_file():
             files = [(path, path.parent)]
         else:
-            raise FileNotFoundError(f"Input {str(raw)!r} does not exist (no such file or folder).")
+            raise UsageError(
+                f"Input {str(raw)!r} is neither a file nor a folder (a device, pipe or "
+                "socket); pass image or video files, or folders of them."
+            )
         for file, anchor in files:
             found.setdefault(file.resolve(), (file, anchor))
     if not found:
-        raise ValueError(
+        raise UsageError(
             f"No images or videos found in {', '.join(map(repr, map(str, inputs)))} (looked "
             f"for {', '.join(sorted(IMAGE_EXTENSIONS | VIDEO_EXTENSIONS))})."
         )
@@ -125,6 +141,21 @@ def find_sources(
     return sources
 
 
+def _check_inputs_exist(inputs: Sequence[str | os.PathLike]) -> None:
+    """Refuses inputs that do not exist, naming a link that leads nowhere as such (resolving
+    a link loop raises RuntimeError: it is found here first)."""
+    for raw in inputs:
+        if os.path.exists(raw):  # follows links; False for a loop or a missing target
+            continue
+        if os.path.islink(raw):
+            raise FileNotFoundError(
+                f"Input {str(raw)!r} is a symbolic link that leads nowhere (its target "
+                f"{os.readlink(raw)!r} is missing, or the links form a loop); pass the file "
+                "itself."
+            )
+        raise FileNotFoundError(f"Input {str(raw)!r} does not exist (no such file or folder).")
+
+
 def _check_out_dir_and_inputs(
     out_dir: Path, inputs: Sequence[str | os.PathLike]
 ) -> tuple[Path, ...]:
@@ -137,13 +168,13 @@ def _check_out_dir_and_inputs(
         if not folder.is_dir():
             continue
         if folder == out_dir.resolve():
-            raise ValueError(
+            raise UsageError(
                 f"--out-dir {str(out_dir)!r} is the input folder {str(raw)!r}: its results "
                 "would be mixed with the inputs. Pass another --out-dir (a new folder inside "
                 "the input folder is fine: results are never taken as inputs)."
             )
         if any(folder == root or root in folder.parents for root in roots):
-            raise ValueError(
+            raise UsageError(
                 f"Input folder {str(raw)!r} is inside the results of --out-dir "
                 f"{str(out_dir)!r}; results are not segmented again. Pass the images "
                 "themselves, or another --out-dir."
@@ -151,13 +182,21 @@ def _check_out_dir_and_inputs(
     return roots
 
 
-def _media_files(folder: Path, result_roots: tuple[Path, ...]) -> list[Path]:
+def _media_files(
+    folder: Path, result_roots: tuple[Path, ...], broken_links: list[Path] | None
+) -> list[Path]:
     files = []
     for file in sorted(folder.rglob("*")):
         rel = file.relative_to(folder)
         if any(part.startswith(".") for part in rel.parts):
             continue
-        if file.suffix.lower() in IMAGE_EXTENSIONS | VIDEO_EXTENSIONS and file.is_file():
+        if file.suffix.lower() not in IMAGE_EXTENSIONS | VIDEO_EXTENSIONS:
+            continue
+        if file.is_symlink() and not file.exists():  # exists() follows the link
+            if broken_links is not None:
+                broken_links.append(file)
+            continue
+        if file.is_file():
             resolved = file.resolve()
             if not any(root in resolved.parents for root in result_roots):
                 files.append(file)
@@ -185,7 +224,7 @@ def _check_results(sources: list[Source], out_dir: Path) -> None:
         real = source.path.resolve()
         for place in (real, *real.parents):
             if place in by_real_path:
-                raise ValueError(
+                raise UsageError(
                     f"Input {str(source.path)!r} would be replaced by the result "
                     f"{str(by_real_path[place])!r}; results never replace inputs. Pass "
                     "another --out-dir."
@@ -194,8 +233,8 @@ def _check_results(sources: list[Source], out_dir: Path) -> None:
         _check_place(result, is_folder, out_dir)
 
 
-def _collision(first: Source, second: Source, result: Path) -> ValueError:
-    return ValueError(
+def _collision(first: Source, second: Source, result: Path) -> UsageError:
+    return UsageError(
         f"Inputs {str(first.path)!r} and {str(second.path)!r} would both write "
         f"{str(result)!r}; rename one of them or segment them in two runs."
     )
@@ -231,12 +270,19 @@ def existing_outputs(sources: Iterable[Source]) -> list[Path]:
 
 
 def check_pixels(path: str | os.PathLike, width: int, height: int, max_pixels: int | None) -> None:
-    """Refuses an image (or video frame) of more than ``max_pixels`` pixels.
+    """Refuses an image (or video frame) of more than ``max_pixels`` pixels, or more than
+    :data:`MAX_ASPECT_RATIO` times as wide as high (or high as wide).
 
     Raises:
         UnreadableInputError: It is larger (the message names the file, its size and the
-            ``--max-pixels`` that would admit it).
+            ``--max-pixels`` that would admit it), or of such a shape.
     """
+    if max(width, height) > MAX_ASPECT_RATIO * max(1, min(width, height)):
+        raise UnreadableInputError(
+            f"{os.fspath(path)}: {width}x{height} pixels is more than {MAX_ASPECT_RATIO} "
+            "times as long as it is wide: the test pipeline's resize would leave its short "
+            "side 0 pixels; crop it into parts of a usual shape."
+        )
     if max_pixels is not None and width * height > max_pixels:
         raise UnreadableInputError(
             f"{os.fspath(path)}: {width}x{height} pixels ({width * height / 1e6:.1f} MP) is "
@@ -252,7 +298,9 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = None) -> np.nda
     The EXIF orientation is applied (a portrait photo stored sideways comes out upright);
     grayscale becomes three equal channels (16-bit grayscale is scaled to 8 bits); palette,
     CMYK and other modes are converted to RGB; an alpha channel is dropped (the colours are
-    segmented as stored). Only the first frame of a multi-frame file is read.
+    segmented as stored). Only the first frame of a multi-frame file is read. A
+    floating-point image (a 32-bit float TIFF) is refused: its file does not say which values
+    are black and white (0-1? 0-255?), and Pillow's conversion would clip it to near black.
 
     Args:
         path: The image file.
@@ -260,12 +308,17 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = None) -> np.nda
             more pixels (None: no limit but Pillow's own, about 179 million).
 
     Raises:
-        UnreadableInputError: The file is not an image Pillow can decode, is truncated, or
-            has more than ``max_pixels`` pixels.
+        UnreadableInputError: The file is not an image Pillow can decode, is truncated, is
+            floating-point, or has more than ``max_pixels`` pixels or an extreme shape.
     """
     try:
         with Image.open(path) as image:
             check_pixels(path, image.width, image.height, max_pixels)
+            if image.mode == "F":
+                raise UnreadableInputError(
+                    f"{os.fspath(path)}: a 32-bit floating-point image, whose value range "
+                    "(0-1, 0-255, ...) the file does not say; convert it to 8-bit RGB first."
+                )
             image = ImageOps.exif_transpose(image)
             if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
                 gray = np.asarray(image, dtype=np.float64) / 257.0  # 65535 -> 255

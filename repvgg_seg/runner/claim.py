@@ -1,8 +1,10 @@
 """Claiming a training's work dir before the runner is built: its lock and how the run begins.
 
-A refused claim changes nothing in the work dir (mmengine's runner writes its config and log
-there as it is built, so the claim comes first). Rank 0 takes the lock and decides; every
-rank gets the same decision or error.
+The claim is :class:`repvgg_seg.output_dir.OutputDir`'s (the one owner of output folders):
+the lock, the record of the files trainings wrote, and the removal of a killed run's marked
+leftovers. A refused claim changes nothing in the work dir (mmengine's runner writes its
+config and log there as it is built, so the claim comes first). Rank 0 takes the lock and
+decides; every rank gets the same decision or error.
 """
 
 from __future__ import annotations
@@ -10,11 +12,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
+from mmengine.config import Config
 from mmengine.dist import broadcast_object_list, is_distributed, is_main_process
 
-from ..work_dir import TrainingStart, WorkDirBusyError, WorkDirLock, plan_training_start
+from ..dir_lock import TRAINING, LockRole
+from ..output_dir import OutputDir, describe_removed, held_claim
+from ..work_dir import TrainingStart, WorkDirBusyError, plan_training_start
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +34,8 @@ def claim_work_dir(
     resume_from: str | None,
     start_over: bool,
     log: logging.Logger = logger,
+    outputs: Iterable[str] = (),
+    role: LockRole = TRAINING,
 ) -> Iterator[TrainingStart]:
     """Holds a training's work dir for the duration: its lock, and the decision how the run
     begins (:func:`~repvgg_seg.work_dir.plan_training_start`).
@@ -43,15 +50,16 @@ def claim_work_dir(
         WorkDirBusyError: Another live training holds the work dir.
         EarlierRunError: The work dir holds an earlier run's checkpoints, and neither
             ``resume`` nor ``start_over`` is set.
+        NotWrittenByToolError: A file the run would replace or delete is not a tool's.
         CheckpointError: ``resume`` without a file, and no checkpoint of the work dir can
             be resumed.
     """
     lock = None
     outcome: TrainingStart | BaseException
     if is_main_process():
-        lock = WorkDirLock(work_dir)
+        lock = OutputDir(work_dir, role)
         try:
-            outcome = _plan_under_lock(lock, resume, resume_from, start_over, log)
+            outcome = _plan_under_lock(lock, resume, resume_from, start_over, log, outputs)
         except (WorkDirBusyError, ValueError) as error:  # EarlierRunError, CheckpointError
             outcome = error
         except BaseException:
@@ -76,25 +84,47 @@ def claim_work_dir(
 
 
 def _plan_under_lock(
-    lock: WorkDirLock, resume: bool, resume_from: str | None, start_over: bool, log
+    claim: OutputDir,
+    resume: bool,
+    resume_from: str | None,
+    start_over: bool,
+    log,
+    outputs: Iterable[str],
 ) -> TrainingStart:
     try:
-        stale = lock.acquire()
+        claim.acquire()
     except OSError as failure:  # a file system without flock
         log.warning(
-            f"Cannot lock work dir '{lock.work_dir}' ({failure}); a second training started "
+            f"Cannot lock work dir '{claim.path}' ({failure}); a second training started "
             "in it would not be refused."
         )
     else:
-        if stale is not None:
+        if claim.stale_owner is not None:
             log.warning(
-                f"Took over the lock of work dir '{lock.work_dir}' from a run that ended "
-                f"without releasing it ({stale})."
+                f"Took over the lock of work dir '{claim.path}' from a run that ended "
+                f"without releasing it ({claim.stale_owner})."
             )
-    start = plan_training_start(lock.work_dir, resume, resume_from, start_over)
-    for path in start.removed:
-        log.warning(f"Removed {path} of the earlier run (starting over).")
+    start = plan_training_start(
+        claim.path, resume, resume_from, start_over, outputs, record=claim.record
+    )
+    if start.removed:
+        log.warning(describe_removed(start.removed, "files of the earlier run (starting over)"))
     return start
+
+
+def config_dump_name(cfg: Config) -> str | None:
+    """The file mmengine's runner dumps the config to in the work dir (``Runner.dump_config``),
+    or None when it gets a new time-stamped name."""
+    return os.path.basename(cfg.filename) if cfg.filename else None
+
+
+def record_config_dump(cfg: Config) -> None:
+    """Records the config dump of a runner built inside :func:`claim_work_dir` as the
+    training's file (mmengine writes it, not :mod:`repvgg_seg.atomic_io`)."""
+    claim = held_claim(cfg.work_dir)
+    name = config_dump_name(cfg)
+    if claim is not None and name is not None:
+        claim.record_written([os.path.join(cfg.work_dir, name)])
 
 
 def is_claimed(work_dir: str) -> bool:

@@ -1,0 +1,311 @@
+"""Claiming a tool's output folder, and the one rule for what a run may replace or remove.
+
+The rule (docs/guarantees.md, "Outputs"): a tool replaces or removes only files it wrote; a
+file of the user's in the way is refused, naming it, before any work (infer's
+``--overwrite`` is the one explicit exception); an output that is one of the run's inputs is
+refused; leftovers of a killed run are recognised by a marker the tool wrote, not by their
+name; what a run removes it says in one line.
+
+- :func:`check_out_dir`: can the folder be written at all (before any work).
+- :class:`OutputDir`: one run's claim of the folder, used by every tool that writes into a
+  folder (training's work dir, infer's ``--out-dir``, test's ``--out``/``--show-dir``,
+  deploy's and quantize's output folder): the lock (:class:`~repvgg_seg.dir_lock.WorkDirLock`,
+  whose owner record holds the run's marker), the folder's :class:`WrittenRecord`, and the
+  :class:`~repvgg_seg.atomic_io.WriteGuard` that every write of
+  :func:`~repvgg_seg.atomic_io.write_atomically` into the folder consults.
+- :func:`refuse_input_as_output`: an output path that is, holds or lies in one of the inputs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+
+from .atomic_io import guard_folder, marked_temporary
+from .dir_lock import LockOwner, LockRole, WorkDirLock
+from .errors import UsageError
+
+# The folder's record of the files repvgg_seg tools wrote into it: one JSON object a line,
+# {"writer", "path" (relative), "ino", "size", "mtime"}. A file is the tool's while its
+# inode, size and modification time are the recorded ones, whatever its name.
+RECORD_NAME = ".repvgg_seg-written"
+# mkdtemp's folders of a run: ".<name>.<marker>.<8 random>.staging|scratch".
+_MARKED_FOLDER = r"\..+\.{marker}\.[a-z0-9_]{{8}}\.(staging|scratch)"
+
+
+# The claims this process holds, by the real path of their folder.
+_HELD: dict[str, OutputDir] = {}
+
+
+def held_claim(folder: str | os.PathLike) -> OutputDir | None:
+    """The :class:`OutputDir` this process holds on ``folder``, or None."""
+    return _HELD.get(os.path.realpath(folder))
+
+
+class NotWrittenByToolError(UsageError):
+    """A file the tool would replace or remove was not written by it (a user's file)."""
+
+
+def check_out_dir(
+    path: str | os.PathLike, subject: str, file_names: Iterable[str] = (), tool: str = ""
+) -> None:
+    """Refuses a folder a tool cannot write its results into; creates nothing.
+
+    The folder may be missing (the tool creates it): then its nearest existing parent must be
+    a folder that can be written.
+
+    Args:
+        path: The output folder.
+        subject: How messages name it (``Output folder``, ``--out-dir``).
+        file_names: The files the tool writes directly into the folder.
+        tool: The tool writing them, for messages.
+
+    Raises:
+        UsageError: The path, or a parent of it, is a file; the nearest existing folder is
+            not writable; a folder has the name of one of ``file_names``.
+    """
+    path = Path(path)
+    for folder in (path, *path.absolute().parents):
+        if not folder.exists():
+            continue
+        if not folder.is_dir():
+            raise UsageError(
+                f"{subject} {str(path)!r}: {str(folder)!r} is a file, not a folder; pass a "
+                "folder (it is created if missing)."
+            )
+        # Checked again, for real, when the run creates the folder and takes its lock.
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise UsageError(
+                f"Cannot write into {subject} {str(path)!r} ({str(folder)!r} is not "
+                "writable); pass a folder you can write to."
+            )
+        break
+    for name in file_names:
+        if (path / name).is_dir():
+            raise UsageError(
+                f"{str(path / name)!r} is a folder, but {tool} writes a file of that name; "
+                "move the folder away or pass another output folder."
+            )
+
+
+def refuse_input_as_output(
+    output: str | os.PathLike, inputs: Iterable[str | os.PathLike], option: str
+) -> None:
+    """Refuses an output (file or folder) that is one of the inputs, lies inside an input
+    folder, or holds an input.
+
+    Raises:
+        UsageError: Naming the output, the input and ``option``.
+    """
+    out = Path(os.path.realpath(output))
+    for raw in inputs:
+        source = Path(os.path.realpath(raw))
+        if out == source or source in out.parents or out in source.parents:
+            raise UsageError(
+                f"{option} {os.fspath(output)!r} would write into the run's input "
+                f"{os.fspath(raw)!r}: outputs never replace inputs. Pass another {option}."
+            )
+
+
+def describe_removed(paths: Iterable[Path], why: str) -> str:
+    """The one line that says what a run removed."""
+    paths = list(paths)
+    return f"removed {len(paths)} {why}: {', '.join(str(path) for path in paths)}"
+
+
+class WrittenRecord:
+    """The files repvgg_seg tools wrote into ``folder`` (:data:`RECORD_NAME`)."""
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.folder = Path(folder)
+        self.path = self.folder / RECORD_NAME
+        self._entries: dict[str, dict] = {}
+        try:
+            lines = self.path.read_text(errors="replace").splitlines()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            lines = []
+        for line in lines:
+            try:
+                entry = json.loads(line)
+                self._entries[str(entry["path"])] = entry
+            except (ValueError, KeyError, TypeError):
+                continue  # a line cut short by a crash: that file is not known as ours
+
+    def _key(self, path: Path) -> str:
+        return os.path.relpath(os.path.abspath(path), os.path.abspath(self.folder))
+
+    def writer_of(self, path: str | os.PathLike) -> str | None:
+        """The tool that wrote ``path`` (as it is now), or None: not a file a tool wrote."""
+        entry = self._entries.get(self._key(Path(path)))
+        try:
+            stat = os.lstat(path)
+        except OSError:
+            return None
+        if entry is None or (entry.get("ino"), entry.get("size"), entry.get("mtime")) != (
+            stat.st_ino,
+            stat.st_size,
+            stat.st_mtime_ns,
+        ):
+            return None
+        return str(entry.get("writer", ""))
+
+    def known_name(self, path: str | os.PathLike) -> bool:
+        """Whether a tool once wrote a file named ``path`` (it may have changed since)."""
+        return self._key(Path(path)) in self._entries
+
+    def add(self, path: str | os.PathLike, writer: str, written: str | os.PathLike) -> None:
+        """Records ``path`` as written by ``writer``; ``written`` is the file as it is now
+        (``path`` itself, or the temporary file about to be renamed to it)."""
+        stat = os.lstat(written)
+        entry = {
+            "writer": writer,
+            "path": self._key(Path(path)),
+            "ino": stat.st_ino,
+            "size": stat.st_size,
+            "mtime": stat.st_mtime_ns,
+        }
+        # Appended before the rename: a crash in between leaves an entry for an inode that
+        # is only a (marked) temporary file, never a user's file taken for ours.
+        with open(self.path, "a", encoding="utf-8") as record:
+            record.write(json.dumps(entry) + "\n")
+        self._entries[entry["path"]] = entry
+
+
+class OutputDir:
+    """One run's claim of an output folder: lock, record, guard; a context manager.
+
+    While held, every :func:`~repvgg_seg.atomic_io.write_atomically` into the folder (at any
+    depth) is recorded, and refused where it would replace a file the tool did not write
+    (unless ``overwrite``).
+
+    Args:
+        path: The folder (created if missing).
+        role: Its lock file and how messages name it; ``role.writer`` names the tool in the
+            record.
+        overwrite: Files the tool did not write may be replaced (infer's ``--overwrite``).
+    """
+
+    def __init__(self, path: str | os.PathLike, role: LockRole, overwrite: bool = False) -> None:
+        self.path = Path(path)
+        self.role = role
+        self.overwrite = overwrite
+        self.lock = WorkDirLock(self.path, role)
+        self.marker = self.lock.marker
+        self.record = WrittenRecord(self.path)
+        self.stale_owner: LockOwner | None = None
+        self.removed_leftovers: list[Path] = []
+
+    def acquire(self) -> list[Path]:
+        """Locks the folder, removes what a killed run marked as its leftovers, guards writes.
+
+        Returns:
+            The leftovers removed (temporary files and staging folders of the dead run
+            whose lock this run took over).
+
+        Raises:
+            WorkDirBusyError: Another live run holds the folder.
+            OSError: The folder cannot be created or locked (no ``flock``: see callers).
+        """
+        self.stale_owner = self.lock.acquire()
+        self.record = WrittenRecord(self.path)
+        guard_folder(self.path, self)
+        _HELD[os.path.realpath(self.path)] = self
+        if self.stale_owner is not None and self.stale_owner.marker:
+            self.removed_leftovers = remove_marked(self.path, self.stale_owner.marker)
+        return self.removed_leftovers
+
+    def release(self) -> None:
+        if _HELD.get(os.path.realpath(self.path)) is self:
+            del _HELD[os.path.realpath(self.path)]
+            guard_folder(self.path, None)
+        self.lock.release()
+
+    def __enter__(self) -> OutputDir:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()
+
+    # -- the rule -------------------------------------------------------------------------
+
+    def is_ours(self, path: str | os.PathLike, writers: Iterable[str] | None = None) -> bool:
+        """Whether a tool (one of ``writers``, if given) wrote ``path`` as it is now."""
+        writer = self.record.writer_of(path)
+        return writer is not None and (writers is None or writer in set(writers))
+
+    def foreign(self, paths: Iterable[str | os.PathLike]) -> list[Path]:
+        """The existing ones of ``paths`` that no tool wrote."""
+        return [Path(p) for p in paths if os.path.lexists(p) and not self.is_ours(p)]
+
+    def refuse_foreign(self, paths: Iterable[str | os.PathLike], action: str = "replace") -> None:
+        """Raises :class:`NotWrittenByToolError` naming the first of ``paths`` that exists and
+        that no tool wrote (nothing when ``overwrite``)."""
+        foreign = [] if self.overwrite else self.foreign(paths)
+        if foreign:
+            more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
+            raise NotWrittenByToolError(
+                f"{str(foreign[0])!r}{more} was not written by a repvgg_seg tool (it is not in "
+                f"{str(self.record.path)!r}), and this run would {action} it. Move it out of "
+                f"{self.role.subject.lower()} {str(self.path)!r}, or pass another "
+                f"{self.role.option}."
+            )
+
+    def record_written(self, paths: Iterable[str | os.PathLike]) -> None:
+        """Records files this run wrote without :func:`write_atomically` (a config dump)."""
+        for path in paths:
+            if os.path.isfile(path):
+                self.record.add(path, self.role.writer, path)
+
+    def remove(self, paths: Iterable[str | os.PathLike]) -> list[Path]:
+        """Removes those of ``paths`` that a tool wrote; refuses (removing nothing) when one
+        was not.
+
+        Returns:
+            The files removed.
+        """
+        paths = [Path(p) for p in paths if os.path.lexists(p)]
+        self.refuse_foreign(paths, "delete")
+        removed = []
+        for path in paths:
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            removed.append(path)
+        return removed
+
+    # -- atomic_io.WriteGuard -------------------------------------------------------------
+
+    def admit(self, path: Path) -> None:
+        self.refuse_foreign([path])
+
+    def wrote(self, path: Path, temporary: Path) -> None:
+        self.record.add(path, self.role.writer, temporary)
+
+
+def remove_marked(folder: str | os.PathLike, marker: str) -> list[Path]:
+    """Removes the temporary files and staging/scratch folders carrying ``marker`` under
+    ``folder`` (symbolic links are not followed)."""
+    removed = []
+    staging = re.compile(_MARKED_FOLDER.format(marker=re.escape(marker)))
+    for top, folders, files in os.walk(folder):
+        for name in [name for name in folders if staging.fullmatch(name)]:
+            folders.remove(name)
+            path = Path(top) / name
+            if not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+        for name in files:
+            path = Path(top) / name
+            if marked_temporary(name, marker) and not path.is_symlink():
+                try:
+                    path.unlink()
+                except FileNotFoundError:
+                    continue
+                removed.append(path)
+    return removed

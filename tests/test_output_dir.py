@@ -1,0 +1,190 @@
+"""The output rule (issue 25, cases 1b, 5, 6): a tool replaces or removes only what it wrote.
+
+:class:`repvgg_seg.output_dir.OutputDir` is the one claim of an output folder; these tests
+drive it, :func:`repvgg_seg.atomic_io.write_atomically` inside it, and deploy's
+:class:`~repvgg_seg.deploy.publish.OutputFolder` built on it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from repvgg_seg.atomic_io import write_atomically
+from repvgg_seg.deploy.publish import OutputFolder
+from repvgg_seg.dir_lock import TRAINING, LockRole
+from repvgg_seg.errors import UsageError
+from repvgg_seg.output_dir import (
+    RECORD_NAME,
+    NotWrittenByToolError,
+    OutputDir,
+    refuse_input_as_output,
+)
+
+ROLE = LockRole(".test.lock", "Output folder", "another test run", "--out")
+
+
+def dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def leave_dead_lock(folder: Path, role: LockRole, marker: str) -> None:
+    """The lock file a run killed with -9 leaves: its owner record, no flock held."""
+    folder.mkdir(parents=True, exist_ok=True)
+    record = {"pid": dead_pid(), "host": "h", "started": "t", "marker": marker}
+    (folder / role.file_name).write_text(json.dumps(record))
+
+
+def put(path: Path, data: bytes) -> Path:
+    return write_atomically(path, lambda file: file.write(data))
+
+
+def test_a_claimed_folder_never_replaces_a_file_the_tool_did_not_write(tmp_path):
+    users = tmp_path / "notes.txt"
+    users.write_text("mine")
+    with OutputDir(tmp_path, ROLE) as claim:
+        with pytest.raises(NotWrittenByToolError, match=r"notes.txt.*not written by a repvgg"):
+            put(users, b"tool")
+        assert users.read_text() == "mine"
+        ours = put(tmp_path / "sub" / "result.png", b"1")
+        put(ours, b"2")  # the tool's own file: replaced
+        assert claim.is_ours(ours) and not claim.is_ours(users)
+    assert ours.read_bytes() == b"2"
+    # The record outlives the run: a later run knows the file as the tool's ...
+    with OutputDir(tmp_path, ROLE) as later:
+        assert later.is_ours(ours)
+    # ... until someone else puts another file under that name.
+    ours.unlink()
+    ours.write_bytes(b"2")
+    with OutputDir(tmp_path, ROLE) as later:
+        assert not later.is_ours(ours)
+        with pytest.raises(NotWrittenByToolError):
+            later.remove([ours])
+    assert ours.exists() and not (tmp_path / ROLE.file_name).exists()
+
+
+def test_overwrite_replaces_a_users_file_but_never_deletes_it(tmp_path):
+    users = tmp_path / "a.png"
+    users.write_text("mine")
+    with OutputDir(tmp_path, ROLE, overwrite=True):
+        put(users, b"tool")
+    assert users.read_bytes() == b"tool"
+
+
+def test_leftovers_are_recognised_by_the_dead_runs_marker_not_by_name(tmp_path):
+    # Case 1b: a user's hidden file shaped like the atomic writer's temporaries survives.
+    users = [tmp_path / ".name.x1y2z3w4.part", tmp_path / ".iter_2.pth.ab12cd34.k1ll3d_x.part"]
+    users_staging = tmp_path / ".model_int8.ab12cd34.k1ll3d_x.staging"
+    marker = "0badc0de"
+    dead = [
+        tmp_path / f".iter_2.pth.{marker}.k1ll3d_x.part",
+        tmp_path / "overlays" / "clip" / f".f.png.{marker}.abcdefgh.part",
+    ]
+    dead_folder = tmp_path / f".model_int8.{marker}.qwertyui.staging"
+    for path in users + dead:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+    for folder in (users_staging, dead_folder):
+        folder.mkdir()
+        (folder / "float.onnx").write_bytes(b"x")
+    leave_dead_lock(tmp_path, TRAINING, marker)
+    with OutputDir(tmp_path, TRAINING) as claim:
+        removed = claim.removed_leftovers
+    assert sorted(removed) == sorted([*dead, dead_folder])
+    assert all(path.exists() for path in [*users, users_staging])
+    assert not any(path.exists() for path in [*dead, dead_folder])
+
+
+def test_a_temporary_file_carries_the_marker_of_its_run(tmp_path, monkeypatch):
+    seen = []
+    real_replace = os.replace
+
+    def spy(source, target):
+        seen.append(Path(source).name)
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", spy)
+    with OutputDir(tmp_path, ROLE) as claim:
+        put(tmp_path / "x.png", b"1")
+        lock_record = json.loads((tmp_path / ROLE.file_name).read_text())
+    assert lock_record["marker"] == claim.marker
+    assert seen[0].startswith(f".x.png.{claim.marker}.") and seen[0].endswith(".part")
+
+
+@pytest.mark.parametrize("output", ["data", "data/val", "."])
+def test_an_output_that_is_in_or_holds_an_input_is_refused(tmp_path, output):
+    (tmp_path / "data" / "val").mkdir(parents=True)
+    with pytest.raises(UsageError, match=r"--out .* would write into the run's input"):
+        refuse_input_as_output(tmp_path / output, [tmp_path / "data"], "--out")
+    refuse_input_as_output(tmp_path / "results", [tmp_path / "data"], "--out")
+
+
+# --- deploy's and quantize's output folder (cases 5 and 6) ----------------------------------
+
+
+def publish(folder: Path, stem: str, files: dict[str, bytes], **kwargs) -> OutputFolder:
+    with OutputFolder(folder, stem, **kwargs) as out:
+        staged = []
+        for name, data in files.items():
+            staged.append(put(out.staging / name, data))
+        out.publish(staged)
+    return out
+
+
+def test_quantize_refuses_a_users_file_of_its_name_before_any_work(tmp_path):
+    users = tmp_path / "model_int8.json"
+    users.write_text('{"mine": 1}')
+    before = sorted(p.name for p in tmp_path.iterdir())
+    out = OutputFolder(tmp_path, "model", "int8", (".onnx", ".json"), "tools/quantize.py")
+    with pytest.raises(NotWrittenByToolError, match=r"model_int8.json.*Move it out"):
+        out.check()
+    with pytest.raises(NotWrittenByToolError):
+        out.__enter__()
+    assert (
+        users.read_text() == '{"mine": 1}' and sorted(p.name for p in tmp_path.iterdir()) == before
+    )
+
+
+def test_a_users_hidden_folder_named_like_staging_survives_a_deploy(tmp_path):
+    users = tmp_path / ".model_int8.mine.staging"
+    users.mkdir()
+    (users / "keep.txt").write_text("x")
+    out = publish(
+        tmp_path,
+        "model",
+        {"model_int8.onnx": b"o", "model_int8.json": b"{}"},
+        kind="int8",
+        suffixes=(".onnx", ".json"),
+    )
+    assert (users / "keep.txt").exists() and out.removed_leftovers == []
+    assert (tmp_path / "model_int8.onnx").read_bytes() == b"o"
+
+
+def test_a_deploy_says_which_earlier_files_it_removed(tmp_path):
+    first = publish(
+        tmp_path, "m", {"m_deploy.pth": b"1", "m_deploy.onnx": b"1", "m_deploy.py": b"1"}
+    )
+    assert first.removed_earlier == []
+    second = publish(tmp_path, "m", {"m_deploy.pth": b"2", "m_deploy.py": b"2"})
+    assert second.removed_earlier == [tmp_path / "m_deploy.onnx"]
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == [
+        "m_deploy.pth",
+        "m_deploy.py",
+    ]
+    assert (tmp_path / RECORD_NAME).is_file()
+
+
+def test_a_deploy_never_removes_a_users_file_of_its_names(tmp_path):
+    publish(tmp_path, "m", {"m_deploy.pth": b"1", "m_deploy.py": b"1"})
+    (tmp_path / "m_deploy.onnx").write_bytes(b"the user's own export")
+    with pytest.raises(NotWrittenByToolError, match="m_deploy.onnx"):
+        publish(tmp_path, "m", {"m_deploy.pth": b"2", "m_deploy.py": b"2"})
+    assert (tmp_path / "m_deploy.onnx").read_bytes() == b"the user's own export"
+    assert (tmp_path / "m_deploy.pth").read_bytes() == b"1"
