@@ -2,11 +2,40 @@
 
 from __future__ import annotations
 
+import argparse
+import io
+import os
+import re
+import signal
+import sys
+import warnings
 from pathlib import Path
+from unittest import mock
 
+import numpy as np
+import pytest
 from mmengine.config import Config
+from mmengine.logging import MMLogger
+from mmengine.utils import ProgressBar
 
-from repvgg_seg.cli import set_work_dir
+from repvgg_seg.checkpoint import CheckpointError
+from repvgg_seg.cli import (
+    BUG_ADVICE,
+    EXIT_BUG,
+    KINETO_LOG_LEVEL,
+    CheckFailedError,
+    DictAction,
+    NotWritableError,
+    UsageError,
+    load_config,
+    one_line,
+    quiet_third_party,
+    run_tool,
+    set_work_dir,
+    take_verbose_flag,
+)
+
+from helpers import load_tool, one_error_line, tool_exit
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,3 +60,200 @@ def test_same_named_configs_of_the_two_families_get_distinct_work_dirs(tmp_path)
     assert cfg.work_dir == "runs/a"
     set_work_dir(cfg, ROOT / "configs/mmseg_style/pspnet_r50.py", "runs/b")
     assert cfg.work_dir == "runs/b"
+
+
+# How a run ends (run_tool): refusals are one line, anything else is a bug with its traceback.
+
+
+def end_of(main, capsys, argv: list[str] | None = None) -> tuple[int, str]:
+    """``run_tool(main)`` as ``tools/x.py``: (exit status, stderr)."""
+    capsys.readouterr()
+    argv0 = mock.patch.object(sys, "argv", ["tools/x.py", *(argv or [])])
+    with argv0, pytest.raises(SystemExit) as ended:
+        run_tool(main)
+    return ended.value.code, capsys.readouterr().err
+
+
+def raising(error: BaseException):
+    def main() -> None:
+        raise error
+
+    return main
+
+
+@pytest.mark.parametrize(
+    "error, status, message",
+    [
+        (UsageError("--calib-images must be at least 1, got 0."), 2, "--calib-images must"),
+        (CheckFailedError("fused logits differ"), 1, "fused logits differ"),
+        (FileNotFoundError(2, "No such file or directory", "a.pth"), 2, "a.pth: No such file"),
+        (PermissionError(13, "Permission denied", "/out"), 2, "/out: Permission denied"),
+        (NotWritableError("Cannot write into --out-dir '/out'"), 2, "Cannot write into"),
+        (CheckpointError("'a.pth' is truncated"), 2, "'a.pth' is truncated"),
+        (ConnectionError("the download of URL stopped"), 1, "the download of URL stopped"),
+    ],
+)
+def test_refusals_are_one_line(error, status, message, capsys):
+    code, err = end_of(raising(error), capsys)
+    assert code == status
+    assert one_error_line(err, "x").startswith(message)
+    # --verbose: the same line, after the refusal's traceback.
+    code, err = end_of(raising(error), capsys, ["--verbose"])
+    assert code == status and "Traceback" in err and err.endswith(f"error: {one_line(error)}\n")
+
+
+@pytest.mark.parametrize("error", [RuntimeError("an internal invariant"), KeyError("k")])
+def test_other_exceptions_are_bugs_with_their_traceback(error, capsys):
+    code, err = end_of(raising(error), capsys)
+    assert code == EXIT_BUG == 3
+    lines = err.splitlines()
+    assert lines[0] == "Traceback (most recent call last):" and "in main" in err
+    assert lines[-1].startswith(
+        f"tools/x.py: error: this is a bug in repvgg_seg ({type(error).__name__}"
+    )
+    assert lines[-1].endswith(f"{BUG_ADVICE}.")
+
+
+@pytest.mark.parametrize(
+    "signum, line", [(None, "interrupted (Ctrl-C)"), (signal.SIGTERM, "terminated (SIGTERM)")]
+)
+def test_interrupt_line_starts_a_line_after_an_unfinished_progress_bar(
+    signum, line, monkeypatch, capsys
+):
+    console = io.StringIO()  # stdout and stderr on one terminal
+    monkeypatch.setattr(sys, "stdout", console)
+    monkeypatch.setattr(sys, "stderr", console)
+    held_before_the_run = sys.stdout
+
+    def main() -> None:
+        # mmengine's: "\r[>>   ] 1/4, ..." and no newline until done. Its default stream is
+        # the sys.stdout of when it was imported: here, the one held before the run.
+        bar = ProgressBar(4, file=held_before_the_run)
+        bar.update()
+        if signum is None:
+            raise KeyboardInterrupt
+        os.kill(os.getpid(), signum)
+
+    with mock.patch.object(sys, "argv", ["tools/x.py"]), pytest.raises(SystemExit) as ended:
+        run_tool(main)
+    assert ended.value.code == (130 if signum is None else 143)
+    text = console.getvalue()
+    assert "1/4" in text and text.endswith(f"\ntools/x.py: error: {line}\n")
+    assert not text.endswith(f"\n\ntools/x.py: error: {line}\n")
+    assert "write" not in vars(console)  # the watch is undone
+
+
+def test_a_finished_line_gets_no_empty_line(monkeypatch):
+    console = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", console)
+    monkeypatch.setattr(sys, "stderr", console)
+
+    def main() -> None:
+        print("done.")
+        raise KeyboardInterrupt
+
+    with mock.patch.object(sys, "argv", ["tools/x.py"]), pytest.raises(SystemExit):
+        run_tool(main)
+    assert console.getvalue() == "done.\ntools/x.py: error: interrupted (Ctrl-C)\n"
+
+
+# Case 16 of issue 25: --cfg-options with mmseg's dict(...) values.
+
+INIT_CFG = "model.backbone.init_cfg=dict(type='Pretrained',checkpoint='x.pth')"
+
+
+def test_cfg_options_take_dict_values_as_mmseg_configs_write_them():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--cfg-options", nargs="+", action=DictAction)
+    options = parser.parse_args(
+        ["--cfg-options", INIT_CFG, "a=dict(k=[1,(2,3)],path=work_dirs/x.pth)", "b=1,2", "c=[x,y]"]
+    ).cfg_options
+    assert options == {
+        "model.backbone.init_cfg": {"type": "Pretrained", "checkpoint": "x.pth"},
+        "a": {"k": [1, (2, 3)], "path": "work_dirs/x.pth"},
+        "b": [1, 2],  # the rest as mmengine reads it
+        "c": ["x", "y"],
+    }
+    cfg = load_config(ROOT / "configs/pspnet_repvgg_a0_synthetic.py", options)
+    assert cfg.model.backbone.init_cfg == dict(type="Pretrained", checkpoint="x.pth")
+    # Values that mmengine's parser recurses on or asserts about are one line naming them.
+    for value in ["a=x(1,2)", "a=[1,2", "a=dict(b=open('x'))", "a=dict(x=/abs.pth)", "a"]:
+        with pytest.raises(UsageError, match=re.escape(f"--cfg-options {value!r}")):
+            parser.parse_args(["--cfg-options", value])
+
+
+def tools_taking_cfg_options() -> list[str]:
+    declares = re.compile(r'add_argument\(\s*"--cfg-options"')
+    return sorted(p.stem for p in (ROOT / "tools").glob("*.py") if declares.search(p.read_text()))
+
+
+def test_every_tool_taking_cfg_options_uses_the_cli_action():
+    names = tools_taking_cfg_options()
+    assert {"train", "test", "quantize"} <= set(names)
+    for name in names:
+        tool = load_tool(name)
+        assert tool.DictAction is DictAction, f"tools/{name}.py: mmengine's DictAction"
+
+
+@pytest.mark.parametrize("tool", ["train", "test", "quantize"])
+def test_dict_cfg_options_reach_the_config_in_every_tool(tool, tmp_path, capsys):
+    # The options are parsed before the (missing) config is read: the run ends with the
+    # config's one line, not mmengine's RecursionError.
+    positional = {"train": 1, "test": 2, "quantize": 3, "deploy": 3}[tool]
+    argv = [str(tmp_path / "missing.py"), str(tmp_path / "a.pth"), str(tmp_path / "out")]
+    code, err = tool_exit(tool, [*argv[:positional], "--cfg-options", INIT_CFG], capsys)
+    assert code == 2 and "missing.py' does not exist" in one_error_line(err, tool)
+
+
+# Case 19 of issue 25: ONNX Runtime's own log lines.
+
+
+def test_quiet_silences_onnx_runtime_log_and_restores_it(tmp_path, capfd):
+    onnx = pytest.importorskip("onnx")
+    onnxruntime = pytest.importorskip("onnxruntime")
+    from onnx import helper
+
+    weight = onnx.numpy_helper.from_array(np.ones((2, 3, 3, 3), np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"])],
+        "conv",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, "h", "w"])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+        [weight],
+    )
+    path = tmp_path / "conv.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+    def run_too_small_an_image() -> str:
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        with pytest.raises(Exception, match="Invalid input shape"):
+            session.run(None, {"x": np.ones((1, 3, 1, 1), np.float32)})
+        return capfd.readouterr().err
+
+    with quiet_third_party():
+        assert "onnxruntime" not in run_too_small_an_image()
+    assert "[E:onnxruntime" in run_too_small_an_image()  # restored: --verbose shows it
+
+
+def test_verbose_keeps_the_noise_and_quiet_restores_everything(monkeypatch):
+    argv = ["tools/x.py", "a", "--verbose", "b"]
+    assert take_verbose_flag(argv) and argv == ["tools/x.py", "a", "b"]
+    monkeypatch.delenv("REPVGG_SEG_VERBOSE", raising=False)
+    assert not take_verbose_flag(["tools/x.py"])
+    monkeypatch.setenv("REPVGG_SEG_VERBOSE", "1")
+    assert take_verbose_flag(["tools/x.py"])
+
+    monkeypatch.delenv(KINETO_LOG_LEVEL[0], raising=False)
+    call_handlers = MMLogger.callHandlers
+    mmseg_warning = dict(category=UserWarning, filename="builder.py", lineno=36)
+    message = "``build_loss`` would be deprecated soon"
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        with quiet_third_party():
+            warnings.warn_explicit(message, module="mmseg.models.builder", **mmseg_warning)
+            warnings.warn_explicit("a warning of our own", module="repvgg_seg.x", **mmseg_warning)
+            assert os.environ[KINETO_LOG_LEVEL[0]] == KINETO_LOG_LEVEL[1]
+            assert MMLogger.callHandlers is not call_handlers
+        warnings.warn_explicit(message, module="mmseg.models.builder", **mmseg_warning)
+    assert [str(w.message) for w in shown] == ["a warning of our own", message]
+    assert MMLogger.callHandlers is call_handlers and KINETO_LOG_LEVEL[0] not in os.environ

@@ -19,10 +19,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from mmengine.logging import MMLogger
 from test_curves import tiny_image_folder
 
-from repvgg_seg.cli import KINETO_LOG_LEVEL, quiet_third_party, run_tool, take_verbose_flag
+from repvgg_seg.cli import run_tool
 from repvgg_seg.datasets import make_synthetic_cityscapes
 
 from helpers import load_tool
@@ -194,27 +193,3 @@ def test_imports_print_nothing(trained, tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert noise_lines(done.stdout + done.stderr) == []
-
-
-def test_verbose_keeps_the_noise_and_quiet_restores_everything(monkeypatch):
-    argv = ["tools/x.py", "a", "--verbose", "b"]
-    assert take_verbose_flag(argv) and argv == ["tools/x.py", "a", "b"]
-    monkeypatch.delenv("REPVGG_SEG_VERBOSE", raising=False)
-    assert not take_verbose_flag(["tools/x.py"])
-    monkeypatch.setenv("REPVGG_SEG_VERBOSE", "1")
-    assert take_verbose_flag(["tools/x.py"])
-
-    monkeypatch.delenv(KINETO_LOG_LEVEL[0], raising=False)
-    call_handlers = MMLogger.callHandlers
-    mmseg_warning = dict(category=UserWarning, filename="builder.py", lineno=36)
-    message = "``build_loss`` would be deprecated soon"
-    with warnings.catch_warnings(record=True) as shown:
-        warnings.simplefilter("always")
-        with quiet_third_party():
-            warnings.warn_explicit(message, module="mmseg.models.builder", **mmseg_warning)
-            warnings.warn_explicit("a warning of our own", module="repvgg_seg.x", **mmseg_warning)
-            assert os.environ[KINETO_LOG_LEVEL[0]] == KINETO_LOG_LEVEL[1]
-            assert MMLogger.callHandlers is not call_handlers
-        warnings.warn_explicit(message, module="mmseg.models.builder", **mmseg_warning)
-    assert [str(w.message) for w in shown] == ["a warning of our own", message]
-    assert MMLogger.callHandlers is call_handlers and KINETO_LOG_LEVEL[0] not in os.environ

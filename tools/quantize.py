@@ -20,10 +20,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from mmengine.config import DictAction
 from mmengine.utils import ProgressBar
 
-from repvgg_seg.cli import CheckFailedError, load_config, run_tool
+from repvgg_seg.cli import CheckFailedError, DictAction, load_config, run_tool
 from repvgg_seg.quantize import QuantizeOptions, QuantizeReport, quantize_checkpoint
 from repvgg_seg.quantize.onnx_quant import CALIBRATION_METHODS
 

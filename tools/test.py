@@ -18,14 +18,14 @@ import copy
 import os
 from pathlib import Path
 
-from mmengine.config import Config, DictAction
+from mmengine.config import Config
 from mmengine.dist import is_main_process
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 from mmseg.registry import MODELS
 from torch import nn
 
-from repvgg_seg.cli import UsageError, load_config, run_tool, set_work_dir
+from repvgg_seg.cli import DictAction, UsageError, load_config, run_tool, set_work_dir
 from repvgg_seg.deploy import DatasetUnavailableError, compare_on_batch, first_dataset_batch
 from repvgg_seg.loader import load_segmentor
 from repvgg_seg.reparam import reparameterize_model

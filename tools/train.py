@@ -19,11 +19,11 @@ import os
 import re
 
 import torch
-from mmengine.config import Config, DictAction
+from mmengine.config import Config
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-from repvgg_seg.cli import UsageError, load_config, run_tool, set_work_dir
+from repvgg_seg.cli import DictAction, UsageError, load_config, run_tool, set_work_dir
 from repvgg_seg.runner import claim_work_dir, configure_for_cpu, init_distributed
 from repvgg_seg.work_dir import START_OVER_FLAG
 
