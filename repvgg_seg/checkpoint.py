@@ -99,9 +99,18 @@ def _global_name(entry: Any) -> str:
     return entry[1] if isinstance(entry, tuple) else f"{entry.__module__}.{entry.__qualname__}"
 
 
-# How the weights-only unpickler (and our getattr stand-in) words a refusal; any other
-# unpickling error is a damaged file ("Unsupported operand 65").
-_REFUSALS = ("Unsupported global", "Refusing getattr")
+# How the weights-only unpickler (and our getattr stand-in) words a refusal of an object the
+# file holds, also of a module torch blocks (os, posix); any other unpickling error is a
+# damaged file ("Unsupported operand 65").
+_REFUSAL = re.compile(
+    r"Unsupported global|Trying to (load unsupported GLOBAL|call reduce)|Can only (create|build)"
+    r"|Refusing getattr"
+)
+_REFUSED_GLOBAL = re.compile(r"(?:Unsupported global: |Trying to load unsupported )GLOBAL (\S+) ")
+# Globals that run commands or code when a pickle calls them: a file naming one was made to
+# run code when loaded, not saved by mistake.
+_COMMAND_MODULES = frozenset({"os", "posix", "nt", "sys", "subprocess", "shutil", "socket", "pty"})
+_CODE_BUILTINS = frozenset({"eval", "exec", "compile", "__import__", "open", "breakpoint"})
 
 
 def _refused_globals(path: str, error: pickle.UnpicklingError) -> str | None:
@@ -118,10 +127,21 @@ def _refused_globals(path: str, error: pickle.UnpicklingError) -> str | None:
     # torch wraps the unpickler's own error (e.g. our getattr stand-in's refusal) in a
     # generic paragraph; the wrapped one says what was refused.
     reason = _first_line(error.__context__ or error)
-    if not reason.startswith(_REFUSALS):
+    if not _REFUSAL.match(reason):
         return None
-    named = re.match(r"Unsupported global: GLOBAL (\S+) ", reason)
+    named = _REFUSED_GLOBAL.match(reason)
     return named.group(1) if named else reason
+
+
+def _runs_code(refused: str) -> bool:
+    """Whether a refused global runs commands or code (``posix.system``, ``builtins.eval``)."""
+    for name in refused.split(","):
+        module, _, function = name.strip().rpartition(".")
+        if module.split(".")[0] in _COMMAND_MODULES or (
+            module == "builtins" and function in _CODE_BUILTINS
+        ):
+            return True
+    return False
 
 
 def _check_is_file(path: str) -> None:
@@ -172,6 +192,12 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
         refused = _refused_globals(path, error)
         if refused is None:
             raise _damaged(path, error.__context__ or error) from error
+        if _runs_code(refused):
+            raise UnsafeCheckpointError(
+                f"Checkpoint {path!r} is unsafe and was not loaded: unpickling it would call "
+                f"{refused}, which runs commands on this machine. Do not load it with "
+                "weights_only=False; get the checkpoint again from a source you trust."
+            ) from error
         raise UnsafeCheckpointError(
             f"Checkpoint {path!r} holds Python objects that are not loaded for safety "
             f"(weights_only=True): {refused}. If you trust the file, re-save only its "
@@ -182,9 +208,37 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
 
 
 def _damaged(path: str, error: BaseException) -> CheckpointError:
+    if _is_onnx_model(path):
+        stem, suffix = os.path.splitext(path)
+        advice = (
+            "pass a PyTorch checkpoint (.pth) here"
+            if suffix.lower() == ".onnx"
+            else f"the tools recognise ONNX models by their suffix: rename it to '{stem}.onnx' "
+            "(tools/test.py and tools/infer.py run it with ONNX Runtime)"
+        )
+        return CheckpointError(
+            f"Checkpoint {path!r} is an ONNX model, not a PyTorch checkpoint; {advice}."
+        )
     return CheckpointError(
         f"Checkpoint {path!r} is not a readable PyTorch checkpoint ({_first_line(error)}); it "
         "may be truncated or corrupt. Delete it and save, copy or download it again."
+    )
+
+
+# An ONNX ModelProto starts with field 1 (ir_version, a varint), then one of fields 2-8.
+_ONNX_SECOND_TAGS = frozenset({0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42})
+
+
+def _is_onnx_model(path: str) -> bool:
+    """Whether ``path`` starts like an ONNX model; a PyTorch file starts with ``PK`` (zip) or
+    ``0x80`` (pickle), never with protobuf's tag of field 1 (``0x08``)."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(3)
+    except OSError:
+        return False
+    return (
+        len(head) == 3 and head[0] == 0x08 and 0 < head[1] < 0x80 and head[2] in _ONNX_SECOND_TAGS
     )
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from .atomic_io import write_atomically
-from .pretrain.checkpoint import METRICS_NAME, read_metrics
+from .pretrain.output_files import METRICS_NAME, read_metrics
 
 SCALARS_NAME = "scalars.json"
 

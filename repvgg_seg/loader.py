@@ -15,9 +15,11 @@ describes:
   Runtime inside the config's own preprocessing and test mode
   (:class:`~repvgg_seg.onnx_segmentor.OnnxEncoderDecoder`).
 
-A checkpoint that does not fit its config raises :class:`CheckpointError` naming both files
-and what to pass instead; nothing is loaded partially. ``deploy/``, ``inference/``,
-``benchmark`` and the tools use this module; it sits above ``models/`` and ``weights/``.
+A checkpoint that does not fit its config, or whose weights hold NaN or infinity, raises
+:class:`CheckpointError` naming both files and what to pass instead; nothing is loaded
+partially; :func:`check_resumable` applies the same checks to a training's ``--resume``.
+``deploy/``, ``inference/``, ``benchmark``, ``runner/`` and the tools use this module; it
+sits above ``models/`` and ``weights/``.
 The model types a config names are registered by importing the modules in its
 ``custom_imports`` (a deploy config lists ``repvgg_seg.deploy.segmentor``), mmengine's way.
 """
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Mapping
 
 import torch
 from mmengine.config import Config
@@ -40,6 +43,7 @@ from .checkpoint import (
     describe_key_mismatch,
     is_deployed_state_dict,
     meta_of,
+    preview_keys,
     read_checkpoint,
     state_dict_of,
 )
@@ -156,9 +160,100 @@ def _load_pytorch(
 ) -> BaseSegmentor:
     _check_one_deploy_run(cfg, contents, checkpoint, config)
     state = segmentor_state(contents, checkpoint)
+    check_finite_weights(state, checkpoint)
     deployed = is_deployed_state_dict(state, f"Checkpoint {checkpoint!r}")
     _set_backbone_deploy(cfg, deployed, checkpoint, config)
     model = build_segmentor(cfg)
+    _check_fits(model, cfg, config, checkpoint, contents, state)
+    model.load_state_dict(state, strict=True)
+    if fuse:
+        reparameterize_model(model)
+    # Plain BN on one device: SyncBN in eval mode is the same computation.
+    model = revert_sync_batchnorm(model)
+    model.cfg = cfg
+    meta = meta_of(contents)
+    if meta.get("dataset_meta"):
+        model.dataset_meta = meta["dataset_meta"]
+    return model.to(device).eval()
+
+
+def check_resumable(
+    config: str | os.PathLike | Config,
+    checkpoint: str | os.PathLike,
+    *,
+    contents: object | None = None,
+    model: torch.nn.Module | None = None,
+) -> None:
+    """Refuses a checkpoint that would not load strictly into ``config``'s training model.
+
+    ``--resume`` loads as strictly as :func:`load_segmentor`: another variant or block type,
+    fused blocks, missing or unexpected keys and NaN/Inf weights stop the run before it
+    trains, naming both files (mmengine's own resume loads the matching keys and goes on).
+
+    Args:
+        config: The training config (path or Config).
+        checkpoint: The checkpoint to resume from.
+        contents: ``checkpoint`` as :func:`read_checkpoint` returned it, if read already.
+        model: The config's model, if built already (a runner's); built here otherwise.
+
+    Raises:
+        CheckpointError: The checkpoint cannot be read or does not fit; the message names
+            both files and what to pass instead.
+    """
+    cfg = read_config(config)
+    checkpoint = os.fspath(checkpoint)
+    if contents is None:
+        contents = read_checkpoint(checkpoint)
+    state = segmentor_state(contents, checkpoint)
+    check_finite_weights(state, checkpoint)
+    if is_deployed_state_dict(state, f"Checkpoint {checkpoint!r}"):
+        raise CheckpointError(
+            f"Checkpoint {checkpoint!r} holds fused (deployed) RepVGG blocks, which cannot be "
+            f"trained: resume config {config_name(config)!r} from a training checkpoint "
+            "(iter_*.pth of its work dir)."
+        )
+    _check_fits(
+        model or build_segmentor(cfg), cfg, config_name(config), checkpoint, contents, state
+    )
+
+
+def check_finite_weights(state: Mapping[str, torch.Tensor], source: str | os.PathLike) -> None:
+    """Refuses weights holding NaN or infinity (a diverged training saved them).
+
+    Such a model computes NaN logits, which mmseg's argmax turns into class 0 everywhere: a
+    test would report an mIoU, inference would label every pixel 0, and a deploy would blame
+    the fusion. Every checkpoint the loader or a training loads passes here.
+
+    Raises:
+        CheckpointError: Some floating-point tensor is not finite; the message names the
+            file and the first such keys.
+    """
+    bad = [
+        key
+        for key, value in state.items()
+        if isinstance(value, torch.Tensor)
+        and value.is_floating_point()
+        and not bool(torch.isfinite(value).all())
+    ]
+    if bad:
+        raise CheckpointError(
+            f"Checkpoint {os.fspath(source)!r} holds NaN or infinite weights in {len(bad)} of "
+            f"{len(state)} tensors ({preview_keys(bad, 3)}): the training that wrote it "
+            "diverged. Use an earlier checkpoint of that run, or train again with a lower "
+            "learning rate."
+        )
+
+
+def _check_fits(
+    model: torch.nn.Module,
+    cfg: Config,
+    config: str,
+    checkpoint: str,
+    contents: object,
+    state: Mapping[str, torch.Tensor],
+) -> None:
+    """Refuses ``state`` unless it loads strictly into ``model`` (both files named)."""
+    deployed = is_deployed_state_dict(state, f"Checkpoint {checkpoint!r}")
     backbone = getattr(model, "backbone", None)
     if isinstance(backbone, RepVGG) and deployed is not None:
         prefix = "backbone."
@@ -173,21 +268,11 @@ def _load_pytorch(
             f"Checkpoint {checkpoint!r} does not fit the model of config {config!r} (strict "
             f"load): {mismatch}. {_what_to_pass(cfg, contents, deployed)}"
         )
-    model.load_state_dict(state, strict=True)
-    if fuse:
-        reparameterize_model(model)
-    # Plain BN on one device: SyncBN in eval mode is the same computation.
-    model = revert_sync_batchnorm(model)
-    model.cfg = cfg
-    meta = meta_of(contents)
-    if meta.get("dataset_meta"):
-        model.dataset_meta = meta["dataset_meta"]
-    return model.to(device).eval()
 
 
 def is_deploy_config(cfg: Config) -> bool:
     """Whether ``cfg`` is a ``tools/deploy.py`` config (its model is already deployed)."""
-    return str(cfg.model.get("type", "")).split(".")[-1] == DEPLOYED_TYPE
+    return str(cfg.get("model", {}).get("type", "")).split(".")[-1] == DEPLOYED_TYPE
 
 
 def _check_one_deploy_run(cfg: Config, contents: object, checkpoint: str, config: str) -> None:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from mmengine.config import Config
@@ -17,6 +19,7 @@ from mmseg.registry import MODELS
 import repvgg_seg  # noqa: F401  (registers the RepVGG backbone)
 from repvgg_seg.checkpoint import (
     CheckpointError,
+    UnsafeCheckpointError,
     is_deployed_state_dict,
     read_checkpoint,
     state_dict_of,
@@ -81,6 +84,64 @@ def test_empty_or_truncated_file_is_one_line_naming_it(tmp_path, size):
     message = str(info.value)
     assert str(path) in message and "\n" not in message
     assert ("empty" if size == 0 else "truncated or corrupt") in message
+
+
+class _RunsACommand:
+    """Pickles as ``os.system(...)``: what a crafted checkpoint holds."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("legacy", [True, False], ids=["legacy", "zip"])
+def test_a_checkpoint_that_runs_a_command_is_called_unsafe(tmp_path, legacy):
+    # Issue 25 case 9: torch words a blocked module ("whose module posix is blocked")
+    # differently; the legacy file was called truncated or corrupt.
+    path = tmp_path / "crafted.pth"
+    marker = tmp_path / "ran"
+    payload = {"state_dict": {"w": torch.zeros(1)}, "hook": _RunsACommand(marker)}
+    torch.save(payload, path, _use_new_zipfile_serialization=not legacy)
+    with pytest.raises(UnsafeCheckpointError) as info:
+        read_checkpoint(path)
+    message = str(info.value)
+    assert f"'{path}' is unsafe and was not loaded" in message and "posix.system" in message
+    assert "corrupt" not in message and "\n" not in message and not marker.exists()
+
+
+def _int8_onnx_model() -> bytes:
+    """A valid ONNX model in the QDQ form of tools/quantize.py (int8 weights)."""
+    weight = onnx.numpy_helper.from_array(np.arange(6, dtype=np.int8).reshape(2, 3, 1, 1), "w")
+    scale = onnx.numpy_helper.from_array(np.array(0.1, dtype=np.float32), "s")
+    zero = onnx.numpy_helper.from_array(np.array(0, dtype=np.int8), "z")
+    nodes = [
+        onnx.helper.make_node("DequantizeLinear", ["w", "s", "z"], ["wf"]),
+        onnx.helper.make_node("Conv", ["x", "wf"], ["y"]),
+    ]
+    graph = onnx.helper.make_graph(
+        nodes,
+        "int8",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 4, 4])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 2, 4, 4])],
+        [weight, scale, zero],
+    )
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def test_an_onnx_model_named_pth_is_recognised(tmp_path):
+    # Issue 25 case 18: "may be truncated or corrupt. Delete it" about a good model.
+    path = tmp_path / "model_int8.pth"
+    path.write_bytes(_int8_onnx_model())
+    with pytest.raises(CheckpointError) as info:
+        read_checkpoint(path)
+    message = str(info.value)
+    assert f"'{path}' is an ONNX model, not a PyTorch checkpoint" in message
+    assert f"rename it to '{tmp_path / 'model_int8.onnx'}'" in message
+    assert "Delete" not in message and "corrupt" not in message
 
 
 def test_missing_file_is_both_checkpoint_error_and_file_not_found(tmp_path):

@@ -143,6 +143,33 @@ def test_a_checkpoint_that_does_not_fit_names_both_files(tiny, tmp_path):
         assert str(config) in str(raised.value) and str(checkpoint) in str(raised.value)
 
 
+def test_nan_or_inf_weights_are_refused_naming_the_file(tiny, tmp_path, capsys):
+    # Issue 25 case 10: test gave an mIoU, infer labelled every pixel 0, deploy blamed the
+    # fusion. The loader refuses, so every tool does.
+    state = dict(tiny.model.state_dict())
+    state["backbone.stem.branch_3x3.conv.weight"] = state[
+        "backbone.stem.branch_3x3.conv.weight"
+    ].clone()
+    state["backbone.stem.branch_3x3.conv.weight"][0, 0, 0, 0] = float("nan")
+    state["decode_head.conv_seg.bias"] = torch.full_like(state["decode_head.conv_seg.bias"], 1e30)
+    state["decode_head.conv_seg.bias"][0] = float("inf")
+    diverged = tmp_path / "diverged.pth"
+    torch.save({"state_dict": state}, diverged)
+    expected = f"'{diverged}' holds NaN or infinite weights in 2 of {len(state)} tensors"
+    with pytest.raises(CheckpointError, match=re.escape(expected)):
+        load_segmentor(tiny.config, diverged)
+    config, image = str(tiny.config), next(tiny.data_root.rglob("*_leftImg8bit.png"))
+    runs = {
+        "test": [config, str(diverged), "--work-dir", str(tmp_path / "w")],
+        "infer": [config, str(diverged), str(image), "--out-dir", str(tmp_path / "infer")],
+        "deploy": [config, str(diverged), str(tmp_path / "deploy"), "--skip-real-image"],
+    }
+    for tool, argv in runs.items():
+        status, err = exit_status(tool, argv, capsys)
+        assert status == 2 and expected in one_line_error(err), (tool, err)
+    assert not (tmp_path / "deploy").exists() or not list((tmp_path / "deploy").iterdir())
+
+
 def test_a_deploy_set_mixed_from_two_runs_is_refused(tiny, tmp_path):
     report = deploy_checkpoint(
         tiny.config, tiny.checkpoint, tmp_path, DeployOptions(check_real_image=False, **QUICK)

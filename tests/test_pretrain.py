@@ -21,7 +21,7 @@ from repvgg_seg.pretrain import (
     named_parameter_groups,
     run_pretraining,
 )
-from repvgg_seg.pretrain.checkpoint import read_metrics
+from repvgg_seg.pretrain.output_files import read_metrics
 from repvgg_seg.pretrain.data import build_datasets, load_rgb_image
 from repvgg_seg.pretrain.recipe import get_recipe, lr_factor, scaled_lr
 from repvgg_seg.weights import load_classifier

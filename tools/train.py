@@ -24,7 +24,7 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 from repvgg_seg.cli import DictAction, UsageError, load_config, run_tool, set_work_dir
-from repvgg_seg.runner import claim_work_dir, configure_for_cpu, init_distributed
+from repvgg_seg.runner import check_resume, claim_work_dir, configure_for_cpu, init_distributed
 from repvgg_seg.work_dir import START_OVER_FLAG
 
 # A config key that no constructor takes (a typo): "RepVGG.__init__() got an unexpected
@@ -130,6 +130,8 @@ def main(argv: list[str] | None = None) -> None:
     # work dir, which a refused run must leave as it is.
     resume_from = cfg.get("load_from") if args.resume else None
     with claim_work_dir(cfg.work_dir, bool(args.resume), resume_from, args.overwrite_work_dir):
+        if args.resume:
+            check_resume(cfg)  # as strictly as tools/test.py loads, before anything is written
         build_runner(cfg, args.config).train()
 
 

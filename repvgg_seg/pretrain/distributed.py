@@ -1,15 +1,18 @@
-"""Process-group setup for ``torchrun`` (nccl on GPUs, gloo on CPU) and metric reduction."""
+"""Where a pretraining process sits under ``torchrun``, and metric reduction.
+
+The process group itself is started by the package's one owner of the distributed start-up,
+:func:`repvgg_seg.runner.distributed.init_process_group` (nccl on GPUs, gloo on CPU).
+"""
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
-logger = logging.getLogger(__name__)
+from ..runner.distributed import init_process_group
 
 
 @dataclass(frozen=True)
@@ -59,10 +62,8 @@ def init_distributed(device: str | None = None) -> DistContext:
         torch_device = torch.device("cuda", local_rank)
     else:
         torch_device = torch.device("cpu")
-    if world_size > 1 and not dist.is_initialized():
-        backend = "nccl" if torch_device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend)
-        logger.info("Process group: %s backend, %d processes", backend, world_size)
+    if world_size > 1:
+        init_process_group(torch_device.type)
     return DistContext(rank, world_size, local_rank, torch_device)
 
 

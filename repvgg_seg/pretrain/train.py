@@ -23,7 +23,7 @@ from ..atomic_io import remove_stale_temporaries, save_atomically
 from ..equivalence import Agreement
 from ..models.classifier import RepVGGClassifier
 from ..reparam import reparameterize_model
-from . import checkpoint as ckpt
+from . import output_files as ckpt
 from .config import PretrainConfig
 from .data import build_datasets, build_loaders
 from .distributed import DistContext, broadcast_buffers, cleanup_distributed, init_distributed

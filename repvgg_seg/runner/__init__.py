@@ -27,7 +27,7 @@ from ..work_dir import EarlierRunError, WorkDirBusyError
 from .checkpoint_hook import AtomicCheckpointHook
 from .claim import claim_work_dir
 from .distributed import configure_for_cpu, init_cpu_distributed, init_distributed
-from .runner import AtomicCheckpointRunner, NothingToTrainError
+from .runner import AtomicCheckpointRunner, NothingToTrainError, check_resume
 
 __all__ = [
     "AtomicCheckpointHook",
@@ -36,6 +36,7 @@ __all__ = [
     "NothingToTrainError",
     "WorkDirBusyError",
     "allow_mmengine_checkpoint_types",
+    "check_resume",
     "claim_work_dir",
     "configure_for_cpu",
     "init_cpu_distributed",

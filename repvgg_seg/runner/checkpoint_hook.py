@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 from mmengine.fileio import LocalBackend, register_backend
 from mmengine.hooks import CheckpointHook
 from mmengine.registry import HOOKS
 
 from ..atomic_io import write_atomically
+
 
 class AtomicLocalBackend(LocalBackend):
     """mmengine's local file backend; it writes through :mod:`repvgg_seg.atomic_io`."""
@@ -53,6 +56,35 @@ class AtomicCheckpointHook(CheckpointHook):
         super().before_train(runner)
         if type(self.file_backend) is LocalBackend:
             self.file_backend = AtomicLocalBackend()
+        if isinstance(self.file_backend, LocalBackend):
+            self._forget_best_outside(runner)
+
+    def _forget_best_outside(self, runner) -> None:
+        """Drops a resumed run's best checkpoint that lies outside this run's folder.
+
+        mmengine restores ``best_ckpt`` from the resumed checkpoint's message hub and removes
+        that file at the next new best: resuming another run's ``iter_<n>.pth`` would delete
+        that run's best checkpoint, in a folder this run neither owns nor locks.
+        """
+        outside = []
+        if getattr(self, "best_ckpt_path", None) and not self._is_own(self.best_ckpt_path):
+            outside.append(self.best_ckpt_path)
+            self.best_ckpt_path = None
+        by_metric = getattr(self, "best_ckpt_path_dict", {})
+        for metric, path in by_metric.items():
+            if path and not self._is_own(path):
+                outside.append(path)
+                by_metric[metric] = None
+        for path in outside:
+            runner.logger.info(
+                f"The resumed run's best checkpoint {path} is outside this run's folder "
+                f"{self.out_dir}: it stays as it is; a new best one goes to {self.out_dir}."
+            )
+
+    def _is_own(self, path: str) -> bool:
+        """Whether ``path`` lies directly in this hook's checkpoint folder."""
+        own = os.path.realpath(self.out_dir)
+        return os.path.dirname(os.path.realpath(path)) == own
 
     def _save_best_checkpoint(self, runner, metrics) -> None:
         backend = self.file_backend
@@ -68,6 +100,8 @@ class AtomicCheckpointHook(CheckpointHook):
         for path in deferred.removed:
             if path in current:  # the same name again (validated twice at one iteration)
                 continue
+            if isinstance(backend, LocalBackend) and not self._is_own(path):
+                continue  # never another folder's file, whatever the message hub says
             if backend.isfile(path):
                 backend.remove(path)
             elif backend.isdir(path):

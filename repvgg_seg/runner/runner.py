@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
+from mmengine.config import Config
 from mmengine.dist import is_main_process
 from mmengine.hooks import CheckpointHook
+from mmengine.model import is_model_wrapper
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
+from mmengine.runner.checkpoint import _load_checkpoint_to_model
 
 from ..checkpoint import read_checkpoint
+from ..loader import check_finite_weights, check_resumable, segmentor_state
+from ..weights import resolve_checkpoint
+from ..weights.table import NAME_SCHEME
 from ..work_dir import checkpoint_to_resume, remove_leftovers
 from .checkpoint_hook import ATOMIC_BACKEND, AtomicCheckpointHook
 from .claim import claim_work_dir, is_claimed
+
+# mmengine's default: the keys of a DistributedDataParallel wrapper lose their prefix.
+_DDP_KEYS = ((r"^module\.", ""),)
 
 
 class NothingToTrainError(ValueError):
@@ -85,11 +95,10 @@ class AtomicCheckpointRunner(Runner):
                 )
 
     def load_or_resume(self) -> None:
-        """mmengine's, except how ``--resume`` finds and reads its checkpoint.
+        """mmengine's, except how ``--resume`` finds its checkpoint.
 
         Without a file, it continues from :func:`~repvgg_seg.work_dir.checkpoint_to_resume`
-        (logging any file passed over); a file that cannot be read raises
-        :class:`~repvgg_seg.checkpoint.CheckpointError` naming it.
+        (logging any file passed over). Reading and loading are :meth:`load_checkpoint`'s.
         """
         if self._has_loaded or not self._resume:
             super().load_or_resume()
@@ -107,9 +116,55 @@ class AtomicCheckpointRunner(Runner):
             if choice.fell_back:
                 self.logger.warning(f"--resume: using the newest readable {choice.path}.")
             path = choice.path
-        try:
-            self.resume(path)
-        except Exception:
-            read_checkpoint(path)  # a CheckpointError naming the file, when that is the cause
-            raise
+        self.resume(path)
         self._has_loaded = True
+
+    def load_checkpoint(
+        self, filename: str, map_location="cpu", strict: bool = False, revise_keys=_DDP_KEYS
+    ) -> dict:
+        """``Runner.load_checkpoint`` (``load_from`` and ``--resume``) through the package's
+        one reader (:func:`~repvgg_seg.checkpoint.read_checkpoint`, on CPU).
+
+        A resumed checkpoint must fit the model strictly
+        (:func:`~repvgg_seg.loader.check_resumable`); ``load_from`` keeps mmengine's
+        non-strict load (fine-tuning from another model), but NaN/Inf weights stop both.
+
+        Raises:
+            CheckpointError: The file cannot be read, holds NaN/Inf weights, or (resuming)
+                does not fit the model; the message names the file.
+        """
+        path = local_checkpoint(filename)
+        contents = read_checkpoint(path)
+        model = self.model.module if is_model_wrapper(self.model) else self.model
+        if self._resume:
+            check_resumable(self.cfg, path, contents=contents, model=model)
+            strict = True
+        else:
+            check_finite_weights(segmentor_state(contents, path), path)
+        self.call_hook("after_load_checkpoint", checkpoint=contents)
+        contents = _load_checkpoint_to_model(model, contents, strict, revise_keys=revise_keys)
+        self._has_loaded = True
+        self.logger.info(f"Load checkpoint from {filename}")
+        return contents
+
+
+def check_resume(cfg: Config) -> None:
+    """Refuses a ``--resume`` whose checkpoint does not fit ``cfg``'s model, before the
+    runner is built (building it writes into the work dir, which a refused run leaves as it
+    was). The runner checks again as it loads (:meth:`AtomicCheckpointRunner.load_checkpoint`).
+
+    Raises:
+        CheckpointError: See :func:`~repvgg_seg.loader.check_resumable`.
+    """
+    path = cfg.get("load_from") or checkpoint_to_resume(cfg.work_dir).path
+    if path is not None:
+        check_resumable(cfg, local_checkpoint(path))
+
+
+def local_checkpoint(spec: str | os.PathLike) -> str:
+    """The local file of a ``load_from`` or ``--resume`` value: a path as it is (the reader
+    names what is wrong with it), a URL or ``repvgg:NAME`` downloaded into the cache."""
+    spec = os.fspath(spec)
+    if "://" in spec or spec.startswith(NAME_SCHEME):
+        return os.fspath(resolve_checkpoint(spec))
+    return spec
