@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ..errors import UsageError
+
 # Counting the stem as layer 0, these layers are groupwise in the g2/g4 variants
 # ("3rd, 5th, ..., 21st layer of A, plus 23rd, 25th, 27th of B").
 GROUPWISE_LAYERS = frozenset(range(2, 27, 2))
@@ -166,7 +168,7 @@ def check_block_type(block_type: str) -> str:
         ValueError: It is not; the message lists the valid ones.
     """
     if block_type not in BLOCK_TYPES:
-        raise ValueError(
+        raise UsageError(
             f"Unknown block_type {block_type!r}; choose one of {', '.join(BLOCK_TYPES)}."
         )
     return block_type
@@ -204,7 +206,7 @@ class ModelName:
         """
         block_type, arch = _split_block_type(name.strip())
         if arch.lower() not in {variant.lower() for variant in ARCHS}:
-            raise ValueError(
+            raise UsageError(
                 f"Unknown RepVGG variant {name!r}; valid variants are {', '.join(ARCHS)} "
                 f"(optionally with the block type: "
                 f"{' or '.join(repr(f'{t}-B2') for t in BLOCK_TYPES)})."
@@ -234,7 +236,7 @@ def canonical_arch_name(name: str) -> str:
             break
     by_lower = {arch.lower(): arch for arch in ARCHS}
     if key.lower() not in by_lower:
-        raise ValueError(
+        raise UsageError(
             f"Unknown RepVGG variant {name!r}; valid variants are {', '.join(ARCHS)} "
             "(optionally written as 'RepVGG-B2' or 'repvgg_b2')."
         )

@@ -35,6 +35,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..checkpoint import is_deployed_state_dict
+from ..errors import UsageError
 from .arch import (
     DILATION_MODES,
     LayerSpec,
@@ -62,7 +63,7 @@ def pretrained_source(init_cfg: Any) -> dict | None:
     for cfg in cfgs:
         if isinstance(cfg, Mapping) and cfg.get("type") == "Pretrained":
             if not cfg.get("checkpoint"):
-                raise ValueError(
+                raise UsageError(
                     "init_cfg type='Pretrained' needs checkpoint=: 'repvgg:B2' (published "
                     "ImageNet weights), an http(s) URL, or a local path."
                 )
@@ -121,7 +122,7 @@ class RepVGG(BaseModule):
             ]
         super().__init__(init_cfg=init_cfg)
         if dilation_mode not in DILATION_MODES:
-            raise ValueError(
+            raise UsageError(
                 f"Unknown dilation_mode {dilation_mode!r}; choose one of "
                 f"{', '.join(DILATION_MODES)}."
             )
@@ -136,13 +137,13 @@ class RepVGG(BaseModule):
         self.dilated_layers = dilated_layers
         for name, values in (("strides", self.strides), ("dilations", self.dilations)):
             if len(values) != 5 or any(int(v) < 1 for v in values):
-                raise ValueError(f"{name} must be 5 positive integers (stem first), got {values}.")
+                raise UsageError(f"{name} must be 5 positive integers (stem first), got {values}.")
         num_stages = len(self.arch.channels)
         out_indices = tuple(out_indices)
         if not out_indices or any(not 0 <= i < num_stages for i in out_indices):
-            raise ValueError(f"out_indices must be in [0, {num_stages - 1}], got {out_indices}.")
+            raise UsageError(f"out_indices must be in [0, {num_stages - 1}], got {out_indices}.")
         if not -1 <= frozen_stages < num_stages:
-            raise ValueError(
+            raise UsageError(
                 f"frozen_stages must be in [-1, {num_stages - 1}], got {frozen_stages}."
             )
         self.out_indices = out_indices

@@ -21,6 +21,7 @@ import torch
 from mmcv.cnn import build_norm_layer
 from torch import nn
 
+from ..errors import UsageError
 from ..reparam import fuse_bn, identity_kernel, pad_to_3x3
 from .arch import BLOCK_TYPES, has_identity_branch
 
@@ -119,7 +120,7 @@ class ReparamBlock(nn.Module):
     ) -> None:
         super().__init__()
         if in_channels % groups or out_channels % groups:
-            raise ValueError(
+            raise UsageError(
                 f"groups={groups} must divide in_channels={in_channels} and "
                 f"out_channels={out_channels}."
             )

@@ -22,6 +22,8 @@ from mmseg.models.decode_heads.decode_head import BaseDecodeHead
 from mmseg.models.decode_heads.psp_head import PPM
 from mmseg.registry import MODELS
 
+from ..errors import UsageError
+
 
 @MODELS.register_module()
 class SemsegPSPHead(BaseDecodeHead):
@@ -41,7 +43,7 @@ class SemsegPSPHead(BaseDecodeHead):
         super().__init__(**kwargs)
         self.pool_scales = tuple(pool_scales)
         if not self.pool_scales or self.in_channels % len(self.pool_scales):
-            raise ValueError(
+            raise UsageError(
                 f"SemsegPSPHead: in_channels={self.in_channels} must be divisible by the "
                 f"number of pool_scales {self.pool_scales}; semseg splits the input width "
                 f"evenly between the pyramid branches."
