@@ -23,11 +23,13 @@ from mmcv.transforms import LoadAnnotations as BaseLoadAnnotations
 from mmseg.datasets import CityscapesDataset
 from mmseg.registry import DATASETS, TRANSFORMS
 
+from ..errors import UsageError
+
 HELP = "See data/README.md for how to download and prepare Cityscapes."
 MAX_LISTED = 5
 
 
-class CityscapesDataError(RuntimeError):
+class CityscapesDataError(UsageError):
     """The Cityscapes files on disk do not match what the config expects."""
 
 
@@ -142,7 +144,7 @@ class CheckSegLabels(BaseTransform):
 
     def __init__(self, num_classes: int, ignore_index: int = 255) -> None:
         if num_classes <= 0:
-            raise ValueError(f"num_classes must be positive, got {num_classes}.")
+            raise UsageError(f"num_classes must be positive, got {num_classes}.")
         self.num_classes = num_classes
         self.ignore_index = ignore_index
 

@@ -14,6 +14,7 @@ from functools import cache
 import numpy as np
 
 from ..atomic_io import write_atomically
+from ..errors import UsageError
 
 IGNORE_INDEX = 255
 logger = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ def label_id(name: str) -> int:
     """The Cityscapes label id of a class name (``'road'`` -> 7)."""
     table = _label_table()
     if name not in table.name2label:
-        raise ValueError(
+        raise UsageError(
             f"Unknown Cityscapes class {name!r}; valid names: {', '.join(table.name2label)}."
         )
     return table.name2label[name].id
@@ -85,7 +86,7 @@ def label_ids_to_train_ids(label_ids: np.ndarray) -> np.ndarray:
     return train_id_lookup()[label_ids]
 
 
-class UnknownLabelIdsError(ValueError):
+class UnknownLabelIdsError(UsageError):
     """A ``*_labelIds.png`` holds values that the Cityscapes label table does not define."""
 
 
@@ -108,12 +109,12 @@ def convert_label_ids_file(src: str, unknown_ids_to_ignore: bool = False) -> str
 
     label_ids = cv2.imread(src, cv2.IMREAD_UNCHANGED)
     if label_ids is None:
-        raise ValueError(
+        raise UsageError(
             f"'{src}' cannot be decoded as an image (truncated or corrupt?); re-extract "
             "gtFine_trainvaltest.zip (see data/README.md)."
         )
     if label_ids.ndim != 2 or label_ids.dtype != np.uint8:
-        raise ValueError(
+        raise UsageError(
             f"'{src}' is not a single-channel 8-bit Cityscapes label-id image (it has shape "
             f"{label_ids.shape}, {label_ids.dtype}); re-extract gtFine_trainvaltest.zip (see "
             "data/README.md)."

@@ -33,6 +33,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..errors import UsageError
 from .labels import label_id, label_ids_to_train_ids
 
 logger = logging.getLogger(__name__)
@@ -82,9 +83,9 @@ def make_synthetic_cityscapes(
     """
     width, height = (int(v) for v in image_size)
     if width < 32 or height < 32:
-        raise ValueError(f"image_size must be at least (32, 32) pixels, got {image_size}.")
+        raise UsageError(f"image_size must be at least (32, 32) pixels, got {image_size}.")
     if num_train < 1 or num_val < 1:
-        raise ValueError(
+        raise UsageError(
             f"num_train and num_val must be at least 1, got {num_train} and {num_val}."
         )
     root = Path(root)

@@ -24,10 +24,12 @@ import numpy as np
 from mmcv.transforms import BaseTransform
 from mmseg.registry import TRANSFORMS
 
+from ..errors import UsageError
+
 
 def _check_probability(name: str, prob: float) -> None:
     if not 0.0 <= prob <= 1.0:
-        raise ValueError(f"{name}: prob must be in [0, 1], got {prob}.")
+        raise UsageError(f"{name}: prob must be in [0, 1], got {prob}.")
 
 
 @TRANSFORMS.register_module()
@@ -42,7 +44,7 @@ class RandomGaussianBlur(BaseTransform):
     def __init__(self, prob: float = 0.5, kernel_size: int = 5) -> None:
         _check_probability("RandomGaussianBlur", prob)
         if kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(
+            raise UsageError(
                 f"RandomGaussianBlur: kernel_size must be a positive odd number, got "
                 f"{kernel_size}."
             )
@@ -77,7 +79,7 @@ class PadAndRandomCrop(BaseTransform):
         seg_pad_val: int = 255,
     ) -> None:
         if len(crop_size) != 2 or min(crop_size) < 1:
-            raise ValueError(
+            raise UsageError(
                 f"PadAndRandomCrop: crop_size must be (height, width) with both >= 1, got "
                 f"{tuple(crop_size)}."
             )

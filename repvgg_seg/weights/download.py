@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import UsageError
 from .fetch import (
     DEADLINE_ENV,
     MIN_RATE_ENV,
@@ -90,7 +91,7 @@ def url_filename(url: str) -> str:
         stem, suffix = os.path.splitext(name)
         name = stem[: _MAX_NAME_CHARS - len(suffix[:16])] + suffix[:16]
     if not re.search(r"[A-Za-z0-9]", name):
-        raise ValueError(
+        raise UsageError(
             f"URL {url!r} does not end in a usable file name ({raw!r}); point it at the "
             ".pth file itself, e.g. https://host/path/weights.pth."
         )
@@ -121,7 +122,7 @@ def cache_path(url: str, sha256_prefix: str | None = None) -> Path:
     target = cache / name
     # url_filename leaves no separator or leading dot; this keeps it that way.
     if target.parent != cache or target.name != name:
-        raise ValueError(f"URL {url!r} gives the cache file name {name!r}, outside {cache}.")
+        raise UsageError(f"URL {url!r} gives the cache file name {name!r}, outside {cache}.")
     return target
 
 
@@ -157,7 +158,7 @@ def resolve_checkpoint(checkpoint: str | os.PathLike, progress: bool = True) -> 
     if "://" in spec:
         scheme = urllib.parse.urlparse(spec).scheme
         if scheme not in ("http", "https"):
-            raise ValueError(
+            raise UsageError(
                 f"Unsupported URL scheme {scheme!r} in checkpoint {spec!r}; use http(s):// "
                 "or a local path."
             )

@@ -28,6 +28,7 @@ from typing import BinaryIO
 
 from ..atomic_io import write_atomically
 from ..checkpoint import CheckpointError, read_checkpoint
+from ..errors import CheckFailedError
 from .limits import (
     DEADLINE_ENV,
     MIN_RATE_ENV,
@@ -60,7 +61,7 @@ _ZIP_MAGIC = b"PK\x03\x04"
 _PICKLE_MAGICS = tuple(b"\x80" + bytes([protocol]) for protocol in range(2, 6))
 
 
-class ChecksumError(RuntimeError):
+class ChecksumError(CheckFailedError):
     """A downloaded file's sha256 does not start with the expected prefix."""
 
 

@@ -21,6 +21,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import UsageError
+
 DEADLINE_ENV = "REPVGG_SEG_DOWNLOAD_DEADLINE"
 MIN_RATE_ENV = "REPVGG_SEG_DOWNLOAD_MIN_RATE"
 RATE_WINDOW_ENV = "REPVGG_SEG_DOWNLOAD_RATE_WINDOW"
@@ -71,7 +73,7 @@ def _env_number(name: str, default: float, positive: bool) -> float:
     except ValueError:
         value = float("nan")
     if not (value > 0 if positive else value >= 0):
-        raise ValueError(
+        raise UsageError(
             f"${name}={text!r} is not a {'positive' if positive else 'non-negative'} number; "
             f"unset it for the default ({default:g})."
         )

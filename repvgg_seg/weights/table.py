@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from ..errors import UsageError
 from ..models.arch import ModelName
 
 DEFAULT_BASE_URL = "https://download.openmmlab.com/mmclassification/v0/repvgg/"
@@ -94,14 +95,14 @@ def published_weights(name: str) -> PublishedWeights:
         name = name[len(NAME_SCHEME) :]
     model = ModelName.parse(name)
     if model.block_type != "RepVGG":
-        raise ValueError(
+        raise UsageError(
             f"No published ImageNet weights for {model}: none exist for {model.block_type}. "
             f"Pretrain them with tools/pretrain_imagenet.py --model {model} and pass the "
             "checkpoint's path."
         )
     arch = model.arch
     if arch not in WEIGHTS:
-        raise ValueError(
+        raise UsageError(
             f"No published ImageNet weights for RepVGG-{arch}; published variants are "
             f"{', '.join(WEIGHTS)}. Pretrain it yourself or pass a local checkpoint path."
         )
