@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -131,6 +132,33 @@ def marked_temporary(name: str, marker: str) -> bool:
         )
         is not None
     )
+
+
+# mkdtemp's folders of a run: ".<name>.<marker>.<8 random>.staging|scratch".
+_MARKED_FOLDER = r"\..+\.{marker}\.[a-z0-9_]{{8}}\.(staging|scratch)"
+
+
+def remove_marked(folder: str | os.PathLike, marker: str) -> list[Path]:
+    """Removes the temporary files and staging/scratch folders carrying ``marker`` under
+    ``folder`` (symbolic links are not followed)."""
+    removed = []
+    staging = re.compile(_MARKED_FOLDER.format(marker=re.escape(marker)))
+    for top, folders, files in os.walk(folder):
+        for name in [name for name in folders if staging.fullmatch(name)]:
+            folders.remove(name)
+            path = Path(top) / name
+            if not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+        for name in files:
+            path = Path(top) / name
+            if marked_temporary(name, marker) and not path.is_symlink():
+                try:
+                    path.unlink()
+                except FileNotFoundError:
+                    continue
+                removed.append(path)
+    return removed
 
 
 def remove_stale_temporaries(directory: str | Path) -> list[Path]:

@@ -14,18 +14,21 @@ name; what a run removes it says in one line.
   :class:`~repvgg_seg.atomic_io.WriteGuard` that every write of
   :func:`~repvgg_seg.atomic_io.write_atomically` into the folder consults.
 - :func:`refuse_input_as_output`: an output path that is, holds or lies in one of the inputs.
+- :func:`claim_result_folders`: folders a third party fills (mmseg's ``--out`` and
+  ``--show-dir`` of tools/test.py): refused when they hold the inputs or files no tool
+  wrote, recorded as the tool's afterwards.
+- :func:`check_file_output`: a one-file output (plot_logs' PNG, convert's DST).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import re
-import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
-from .atomic_io import guard_folder, marked_temporary
+from .atomic_io import guard_folder, remove_marked
 from .dir_lock import LockOwner, LockRole, WorkDirLock
 from .errors import UsageError
 
@@ -33,8 +36,6 @@ from .errors import UsageError
 # {"writer", "path" (relative), "ino", "size", "mtime"}. A file is the tool's while its
 # inode, size and modification time are the recorded ones, whatever its name.
 RECORD_NAME = ".repvgg_seg-written"
-# mkdtemp's folders of a run: ".<name>.<marker>.<8 random>.staging|scratch".
-_MARKED_FOLDER = r"\..+\.{marker}\.[a-z0-9_]{{8}}\.(staging|scratch)"
 
 
 # The claims this process holds, by the real path of their folder.
@@ -55,14 +56,9 @@ def check_out_dir(
 ) -> None:
     """Refuses a folder a tool cannot write its results into; creates nothing.
 
-    The folder may be missing (the tool creates it): then its nearest existing parent must be
-    a folder that can be written.
-
-    Args:
-        path: The output folder.
-        subject: How messages name it (``Output folder``, ``--out-dir``).
-        file_names: The files the tool writes directly into the folder.
-        tool: The tool writing them, for messages.
+    A missing folder (the tool creates it) needs a nearest existing parent that is a folder
+    that can be written. ``subject`` names it in messages (``--out``); ``file_names`` are the
+    files ``tool`` writes directly into it.
 
     Raises:
         UsageError: The path, or a parent of it, is a file; the nearest existing folder is
@@ -104,11 +100,30 @@ def refuse_input_as_output(
     out = Path(os.path.realpath(output))
     for raw in inputs:
         source = Path(os.path.realpath(raw))
-        if out == source or source in out.parents or out in source.parents:
+        linked = out.exists() and source.exists() and os.path.samefile(out, source)
+        if linked or out == source or source in out.parents or out in source.parents:
             raise UsageError(
                 f"{option} {os.fspath(output)!r} would write into the run's input "
                 f"{os.fspath(raw)!r}: outputs never replace inputs. Pass another {option}."
             )
+
+
+def check_file_output(path: str | os.PathLike, option: str, overwrite: bool) -> None:
+    """Refuses a one-file output (no folder to claim) that is a folder, or that exists and
+    ``overwrite`` (``--overwrite``) was not given; creates nothing.
+
+    Raises:
+        UsageError: Naming the path and what to pass.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{option} {str(path)!r} is a folder; pass a file name.")
+    if os.path.lexists(path) and not overwrite:
+        raise UsageError(
+            f"{option} {str(path)!r} exists; pass --overwrite to replace it, or another "
+            f"{option}."
+        )
+    check_out_dir(path.parent if str(path.parent) else ".", f"The folder of {option}")
 
 
 def describe_removed(paths: Iterable[Path], why: str) -> str:
@@ -231,21 +246,16 @@ class OutputDir:
     def __exit__(self, *exc_info) -> None:
         self.release()
 
-    # -- the rule -------------------------------------------------------------------------
-
     def is_ours(self, path: str | os.PathLike, writers: Iterable[str] | None = None) -> bool:
         """Whether a tool (one of ``writers``, if given) wrote ``path`` as it is now."""
         writer = self.record.writer_of(path)
         return writer is not None and (writers is None or writer in set(writers))
 
-    def foreign(self, paths: Iterable[str | os.PathLike]) -> list[Path]:
-        """The existing ones of ``paths`` that no tool wrote."""
-        return [Path(p) for p in paths if os.path.lexists(p) and not self.is_ours(p)]
-
     def refuse_foreign(self, paths: Iterable[str | os.PathLike], action: str = "replace") -> None:
         """Raises :class:`NotWrittenByToolError` naming the first of ``paths`` that exists and
         that no tool wrote (nothing when ``overwrite``)."""
-        foreign = [] if self.overwrite else self.foreign(paths)
+        foreign = [Path(p) for p in paths if os.path.lexists(p) and not self.is_ours(p)]
+        foreign = [] if self.overwrite else foreign
         if foreign:
             more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
             raise NotWrittenByToolError(
@@ -279,8 +289,6 @@ class OutputDir:
             removed.append(path)
         return removed
 
-    # -- atomic_io.WriteGuard -------------------------------------------------------------
-
     def admit(self, path: Path) -> None:
         self.refuse_foreign([path])
 
@@ -288,24 +296,53 @@ class OutputDir:
         self.record.add(path, self.role.writer, temporary)
 
 
-def remove_marked(folder: str | os.PathLike, marker: str) -> list[Path]:
-    """Removes the temporary files and staging/scratch folders carrying ``marker`` under
-    ``folder`` (symbolic links are not followed)."""
-    removed = []
-    staging = re.compile(_MARKED_FOLDER.format(marker=re.escape(marker)))
-    for top, folders, files in os.walk(folder):
-        for name in [name for name in folders if staging.fullmatch(name)]:
-            folders.remove(name)
-            path = Path(top) / name
-            if not path.is_symlink():
-                shutil.rmtree(path, ignore_errors=True)
-                removed.append(path)
-        for name in files:
-            path = Path(top) / name
-            if marked_temporary(name, marker) and not path.is_symlink():
-                try:
-                    path.unlink()
-                except FileNotFoundError:
-                    continue
-                removed.append(path)
-    return removed
+def files_under(folder: str | os.PathLike, skip: Iterable[str] = ()) -> list[Path]:
+    """Every file under ``folder`` (links not followed) but the record and ``skip`` names."""
+    skipped = {RECORD_NAME, *skip}
+    return sorted(
+        Path(top) / name
+        for top, _, names in os.walk(folder)
+        for name in names
+        if name not in skipped
+    )
+
+
+@contextlib.contextmanager
+def claim_result_folders(
+    folders: Mapping[str, str | os.PathLike | None], inputs: Iterable[str | os.PathLike], tool: str
+) -> Iterator[None]:
+    """Holds the folders a third party writes a run's results into (mmseg's evaluator and
+    visualizer), which :func:`~repvgg_seg.atomic_io.write_atomically` never sees.
+
+    Before the run, each folder is refused when it is, holds or lies in one of ``inputs``
+    (the dataset), or when it holds a file no tool wrote; after it (however it ends), every
+    file in it is recorded as the tool's, so that the next run may replace them.
+
+    ``folders`` maps an option (``--out``) to its folder (None: not asked for); ``inputs``
+    are the run's input folders and files.
+
+    Raises:
+        UsageError: A folder is unusable, is an input or holds a file no tool wrote.
+        WorkDirBusyError: Another live run of ``tool`` writes into a folder.
+    """
+    inputs = list(inputs)
+    claims: dict[str, OutputDir] = {}
+    checked: list[OutputDir] = []  # whose files, checked, are then the run's results
+    try:
+        for option, folder in folders.items():
+            if folder is None or os.path.realpath(folder) in claims:
+                continue
+            check_out_dir(folder, option)
+            refuse_input_as_output(folder, inputs, option)
+            role = LockRole(".results.lock", option, f"another {tool} run", option)
+            claim = OutputDir(folder, role)
+            claims[os.path.realpath(folder)] = claim
+            claim.acquire()
+            claim.refuse_foreign(files_under(folder, [role.file_name]), "write over")
+            checked.append(claim)
+        yield
+    finally:
+        for claim in checked:
+            claim.record_written(files_under(claim.path, [claim.role.file_name]))
+        for claim in claims.values():
+            claim.release()

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from .checkpoint import CheckpointError, UnsafeCheckpointError, read_checkpoint
 from .dir_lock import LOCK_NAME, LockOwner, LockRole, WorkDirBusyError, WorkDirLock
+from .errors import UsageError
 from .output_dir import NotWrittenByToolError, WrittenRecord, held_claim
 
 __all__ = [
@@ -51,7 +52,7 @@ LAST_CHECKPOINT = "last_checkpoint"
 START_OVER_FLAG = "--overwrite-work-dir"
 
 
-class EarlierRunError(ValueError):
+class EarlierRunError(UsageError):
     """The work dir holds an earlier run's checkpoints, and neither resuming it nor starting
     over was asked for."""
 
@@ -239,7 +240,7 @@ def plan_training_start(
             the work dir's checkpoints cannot be resumed (:func:`checkpoint_to_resume`).
     """
     if resume and start_over:
-        raise ValueError(f"--resume and {START_OVER_FLAG} exclude each other; pass one.")
+        raise UsageError(f"--resume and {START_OVER_FLAG} exclude each other; pass one.")
     work_dir = Path(work_dir)
     record = record if record is not None else WrittenRecord(work_dir)
     candidates = earlier_run_files(work_dir)

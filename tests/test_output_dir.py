@@ -14,8 +14,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from test_train_test import CONFIG
 
 from repvgg_seg.atomic_io import write_atomically
+from repvgg_seg.datasets import make_synthetic_cityscapes
 from repvgg_seg.deploy.publish import OutputFolder
 from repvgg_seg.dir_lock import TRAINING, LockRole
 from repvgg_seg.errors import UsageError
@@ -23,8 +26,11 @@ from repvgg_seg.output_dir import (
     RECORD_NAME,
     NotWrittenByToolError,
     OutputDir,
+    WrittenRecord,
     refuse_input_as_output,
 )
+
+from helpers import one_error_line, tool_exit
 
 ROLE = LockRole(".test.lock", "Output folder", "another test run", "--out")
 
@@ -188,3 +194,111 @@ def test_a_deploy_never_removes_a_users_file_of_its_names(tmp_path):
         publish(tmp_path, "m", {"m_deploy.pth": b"2", "m_deploy.py": b"2"})
     assert (tmp_path / "m_deploy.onnx").read_bytes() == b"the user's own export"
     assert (tmp_path / "m_deploy.pth").read_bytes() == b"1"
+
+
+# --- the tools (cases 2, 3, 4, 18) ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return make_synthetic_cityscapes(tmp_path_factory.mktemp("data"), 2, 2, (64, 32), 0)
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_test_refuses_an_out_inside_the_dataset(dataset, tmp_path, capsys):
+    images = next((dataset / "leftImg8bit" / "val").iterdir())  # a city's image folder
+    before = snapshot(dataset)
+    options = ["--cfg-options", f"test_dataloader.dataset.data_root={dataset}"]
+    for flag in ("--out", "--show-dir"):
+        argv = [CONFIG, str(tmp_path / "never_read.pth"), flag, str(images), *options]
+        status, err = tool_exit("test", argv, capsys)
+        message = one_error_line(err, "test")
+        assert status == 2 and f"{flag} '{images}' would write into the run's input" in message
+    assert snapshot(dataset) == before
+
+
+def test_test_refuses_an_out_holding_files_no_tool_wrote(dataset, tmp_path, capsys):
+    out = tmp_path / "vis"
+    out.mkdir()
+    (out / "holiday.png").write_bytes(b"a user's picture")
+    options = ["--cfg-options", f"test_dataloader.dataset.data_root={dataset}"]
+    argv = [CONFIG, str(tmp_path / "never_read.pth"), "--show-dir", str(out), *options]
+    status, err = tool_exit("test", argv, capsys)
+    assert status == 2 and "holiday.png' was not written by a repvgg_seg tool" in err
+    assert sorted(p.name for p in out.iterdir()) == ["holiday.png"]
+
+
+def write_scalars(run: Path) -> Path:
+    scalars = run / "20261203_000000" / "vis_data" / "scalars.json"
+    scalars.parent.mkdir(parents=True)
+    lines = [{"loss": 1.0 / step, "lr": 0.01, "iter": step, "step": step} for step in (1, 2)]
+    scalars.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return scalars
+
+
+def test_plot_logs_never_replaces_its_input_or_a_users_file(tmp_path, capsys):
+    scalars = write_scalars(tmp_path / "run")
+    log = scalars.read_bytes()
+    photo = tmp_path / "photos" / "holiday.png"
+    photo.parent.mkdir()
+    photo.write_bytes(b"a user's picture")
+    cases = {
+        str(scalars): "would write into the run's input",
+        str(tmp_path / "photos" / "holiday.jpg"): "writes a PNG image; pass a file name ending",
+        str(photo): "exists; pass --overwrite to replace it",
+    }
+    for out, expected in cases.items():
+        for flags in ([], ["--overwrite"]) if out == str(scalars) else ([],):
+            argv = [str(tmp_path / "run"), "--out", out, *flags]
+            status, err = tool_exit("plot_logs", argv, capsys)
+            assert status == 2 and expected in one_error_line(err, "plot_logs")
+    assert scalars.read_bytes() == log and photo.read_bytes() == b"a user's picture"
+    assert not (tmp_path / "photos" / "holiday.jpg").exists()
+    assert (
+        tool_exit("plot_logs", [str(tmp_path / "run"), "--out", str(photo), "--overwrite"], capsys)[
+            0
+        ]
+        == 0
+    )
+    assert photo.read_bytes().startswith(b"\x89PNG")
+
+
+def test_convert_never_replaces_an_unrelated_file_and_names_folders(tmp_path, capsys):
+    source = tmp_path / "src.pth"
+    torch.save({"state_dict": {"stage0.rbr_dense.conv.weight": torch.ones(1)}}, source)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    cases = {
+        (str(source), str(notes)): "DST '" + str(notes) + "' exists; pass --overwrite",
+        (str(source), str(tmp_path)): f"DST '{tmp_path}' is a folder; pass a file name",
+        (str(tmp_path), str(tmp_path / "out.pth")): f"SRC '{tmp_path}' is a folder",
+    }
+    for (src, dst), expected in cases.items():
+        status, err = tool_exit("convert_checkpoint", [src, dst], capsys)
+        assert status == 2 and expected in one_error_line(err, "convert_checkpoint")
+    assert notes.read_text() == "mine" and not (tmp_path / "out.pth").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".part")]
+
+
+def test_demo_refuses_another_runs_work_dir(dataset, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "iter_2.pth").write_bytes(b"a training's checkpoint")
+    WrittenRecord(run).add(run / "iter_2.pth", "train", run / "iter_2.pth")
+    (run / "curves.png").write_bytes(b"drawn by tools/plot_logs.py")  # a file no claim recorded
+    before = snapshot(run)
+    argv = ["--work-dir", str(run), "--data-root", str(tmp_path / "data"), "--iters", "1"]
+    status, err = tool_exit("demo", argv, capsys)
+    assert status == 2 and "holds curves.png, which no training wrote" in one_error_line(
+        err, "demo"
+    )
+    (run / "curves.png").unlink()
+    del before["curves.png"]
+    status, err = tool_exit("demo", argv, capsys)
+    message = one_error_line(err, "demo")
+    assert status == 2 and "holds checkpoints of an earlier run" in message
+    assert "--overwrite-work-dir" in message
+    assert snapshot(run) == {**before, RECORD_NAME: (run / RECORD_NAME).read_bytes()}

@@ -8,7 +8,8 @@ the backbone loads: the official release (``stage0.rbr_dense...``, with or witho
 fused. DST gets ``{'state_dict': ..., 'meta': {...}}`` (``--bare``: the state dict alone),
 which loads strictly into ``RepVGG(arch=ARCH, deploy=DEPLOY)``: DEPLOY is True when SRC was
 fused or ``--deploy`` fused it. The classification head is left out. DST must be another
-file than SRC (also through a link): the conversion never replaces its own source.
+file than SRC (also through a link): the conversion never replaces its own source; an
+existing DST is replaced only with ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import os
 
 from repvgg_seg.cli import UsageError, run_tool
 from repvgg_seg.models.arch import ARCHS
+from repvgg_seg.output_dir import check_file_output
 from repvgg_seg.weights import convert_checkpoint_file, resolve_checkpoint
 
 logger = logging.getLogger("tools.convert_checkpoint")
@@ -39,6 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--bare", action="store_true", help="save the bare state dict, not under 'state_dict'"
     )
+    parser.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     return parser.parse_args(argv)
 
 
@@ -49,8 +52,10 @@ def check_distinct(src: str, dst: str) -> None:
     weights cache cannot replace the cached source either.
 
     Raises:
-        UsageError: DST is the file SRC reads.
+        UsageError: SRC is a folder; DST is the file SRC reads.
     """
+    if os.path.isdir(src):
+        raise UsageError(f"SRC {src!r} is a folder; pass the checkpoint file in it.")
     source = resolve_checkpoint(src)
     if os.path.exists(dst) and os.path.samefile(source, dst):
         raise UsageError(
@@ -63,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     check_distinct(args.src, args.dst)
+    # After check_distinct: SRC as DST is named as such, with or without --overwrite.
+    check_file_output(args.dst, "DST", args.overwrite)
     meta = convert_checkpoint_file(
         args.src,
         args.dst,

@@ -3,6 +3,9 @@
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out DIR] [--show-dir DIR]
         [--fuse] [--tta] [--cfg-options key=value ...] [--launcher {none,pytorch,slurm}]
 
+``--out`` and ``--show-dir`` must not be (or lie in, or hold) the test set's folders, and
+must not hold files that no repvgg_seg tool wrote: the run would write over them.
+
 The model comes from :func:`repvgg_seg.loader.load_segmentor`, which loads every checkpoint
 form strictly: training-time or fused with the training config, a ``tools/deploy.py`` output
 with its ``*_deploy.py`` config (bfloat16 too), ``module.`` prefixes of DDP. A checkpoint
@@ -28,6 +31,8 @@ from torch import nn
 from repvgg_seg.cli import DictAction, UsageError, load_config, run_tool, set_work_dir
 from repvgg_seg.deploy import DatasetUnavailableError, compare_on_batch, first_dataset_batch
 from repvgg_seg.loader import load_segmentor
+from repvgg_seg.onnx_segmentor import is_onnx_file
+from repvgg_seg.output_dir import claim_result_folders
 from repvgg_seg.reparam import reparameterize_model
 from repvgg_seg.runner import configure_for_cpu, init_cpu_distributed
 
@@ -67,6 +72,14 @@ def check_output_dirs(args: argparse.Namespace) -> None:
             )
     if args.work_dir is not None and Path(args.work_dir).is_file():
         raise UsageError(f"--work-dir {args.work_dir!r} is an existing file; pass a folder.")
+
+
+def dataset_folders(cfg: Config) -> list[str]:
+    """The test set's folders (its ``data_root``, else its ``data_prefix`` folders)."""
+    dataset = cfg.test_dataloader.get("dataset", {})
+    root = dataset.get("data_root") or ""
+    prefixes = [p for p in (dataset.get("data_prefix") or {}).values() if isinstance(p, str)]
+    return [root] if root else [p for p in prefixes if p]
 
 
 def apply_test_options(cfg: Config, args: argparse.Namespace) -> Config:
@@ -130,16 +143,26 @@ def build_runner(cfg: Config, model: nn.Module) -> Runner:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    if args.fuse and is_onnx_file(args.checkpoint):
+        raise UsageError(
+            f"--fuse re-parameterizes the RepVGG blocks of a PyTorch checkpoint; ONNX model "
+            f"{args.checkpoint!r} is already fused (exported deployed): test it without --fuse."
+        )
     check_output_dirs(args)
     cfg = load_config(args.config, args.cfg_options)
-    model = load_segmentor(cfg, args.checkpoint)
-    if args.fuse:
-        fuse_and_check(model, cfg)  # on the plain test pipeline, also under --tta
-    cfg = apply_test_options(model.cfg, args)
-    if args.tta:
-        model = MODELS.build({**cfg.tta_model, "module": model})
-    init_cpu_distributed(args.launcher)
-    metrics = build_runner(cfg, model).test()
+    # mmseg writes --out and --show-dir itself; the claim keeps them off the dataset and off
+    # files no tool wrote (repvgg_seg.output_dir). Every rank writes; rank 0 claims.
+    results = {"--out": args.out, "--show-dir": args.show_dir}
+    first_rank = os.environ.get("RANK", "0") == "0"
+    with claim_result_folders(results if first_rank else {}, dataset_folders(cfg), "tools/test.py"):
+        model = load_segmentor(cfg, args.checkpoint)
+        if args.fuse:
+            fuse_and_check(model, cfg)  # on the plain test pipeline, also under --tta
+        cfg = apply_test_options(model.cfg, args)
+        if args.tta:
+            model = MODELS.build({**cfg.tta_model, "module": model})
+        init_cpu_distributed(args.launcher)
+        metrics = build_runner(cfg, model).test()
     if is_main_process():
         for name, value in metrics.items():
             print(f"{name}: {value:.2f}" if isinstance(value, float) else f"{name}: {value}")

@@ -25,6 +25,7 @@ from mmengine.runner import Runner
 
 from repvgg_seg.cli import DictAction, UsageError, load_config, run_tool, set_work_dir
 from repvgg_seg.runner import check_resume, claim_work_dir, configure_for_cpu, init_distributed
+from repvgg_seg.runner.claim import config_dump_name, record_config_dump
 from repvgg_seg.work_dir import START_OVER_FLAG
 
 # A config key that no constructor takes (a typo): "RepVGG.__init__() got an unexpected
@@ -129,10 +130,16 @@ def main(argv: list[str] | None = None) -> None:
     # Claimed before the runner is built: building it writes the config and a log into the
     # work dir, which a refused run must leave as it is.
     resume_from = cfg.get("load_from") if args.resume else None
-    with claim_work_dir(cfg.work_dir, bool(args.resume), resume_from, args.overwrite_work_dir):
+    # The config dump must not replace a file of the user's of that name (output_dir's rule).
+    dump = [name] if (name := config_dump_name(cfg)) else []
+    with claim_work_dir(
+        cfg.work_dir, bool(args.resume), resume_from, args.overwrite_work_dir, outputs=dump
+    ):
         if args.resume:
             check_resume(cfg)  # as strictly as tools/test.py loads, before anything is written
-        build_runner(cfg, args.config).train()
+        runner = build_runner(cfg, args.config)
+        record_config_dump(cfg)
+        runner.train()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,83 @@
+"""A training's work dir holds only what trainings wrote (issue 25, case 1b).
+
+``tools/train.py`` runs in this process on tiny synthetic Cityscapes (the helpers of
+tests/test_robustness.py); a user's files in the work dir are never replaced or deleted,
+and the refusal names them as what they are.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from test_robustness import snapshot, train_exit, train_in_process
+
+from repvgg_seg.checkpoint import read_checkpoint
+from repvgg_seg.datasets import make_synthetic_cityscapes
+from repvgg_seg.output_dir import RECORD_NAME
+
+from helpers import one_error_line
+
+CONFIG_DUMP = "pspnet_repvgg_a0_synthetic.py"
+ONE_ITERATION = ("train_cfg.max_iters=1", "default_hooks.checkpoint.interval=1")
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    return make_synthetic_cityscapes(tmp_path_factory.mktemp("data"), 4, 3, (128, 64), 0)
+
+
+def users_folder(tmp_path, *names: str):
+    work_dir = tmp_path / "mine"
+    work_dir.mkdir()
+    for name in names:
+        (work_dir / name).write_text(f"the user's {name}\n")
+    return work_dir
+
+
+def test_a_users_config_named_like_the_dump_is_refused_not_replaced(tmp_path, data_root, capsys):
+    work_dir = users_folder(tmp_path, CONFIG_DUMP)
+    before = snapshot(work_dir)
+    status, err = train_exit(work_dir, data_root, *ONE_ITERATION, capsys=capsys)
+    message = one_error_line(err, "train")
+    assert status == 2 and f"holds {CONFIG_DUMP}, which no training wrote" in message
+    assert "Move it out of the work dir" in message and snapshot(work_dir) == before
+
+
+def test_a_users_best_model_is_named_as_such_and_never_deleted(tmp_path, data_root, capsys):
+    work_dir = users_folder(tmp_path, "best_model.pth")
+    before = snapshot(work_dir)
+    for flags in ([], ["--overwrite-work-dir"]):
+        status, err = train_exit(work_dir, data_root, *ONE_ITERATION, flags=flags, capsys=capsys)
+        message = one_error_line(err, "train")
+        assert status == 2 and "holds best_model.pth, which no training wrote" in message
+        assert "earlier run" not in message
+        assert snapshot(work_dir) == before
+
+
+def test_a_users_hidden_part_file_survives_a_training(tmp_path, data_root):
+    work_dir = users_folder(tmp_path, ".name.x1y2z3w4.part", "notes.txt")
+    train_in_process(work_dir, data_root, *ONE_ITERATION)
+    assert (work_dir / ".name.x1y2z3w4.part").read_text() == "the user's .name.x1y2z3w4.part\n"
+    assert (work_dir / "iter_1.pth").is_file() and (work_dir / RECORD_NAME).is_file()
+
+
+def test_new_run_over_an_earlier_one_is_refused_unless_asked(tmp_path, data_root, capsys):
+    work_dir = tmp_path / "work"
+    options = ("default_hooks.checkpoint.interval=1", "param_scheduler.0.end=2")
+    train_in_process(work_dir, data_root, "train_cfg.max_iters=2", *options)
+    before = snapshot(work_dir)
+    status, err = train_exit(work_dir, data_root, "train_cfg.max_iters=1", capsys=capsys)
+    assert status == 2
+    message = one_error_line(err, "train")
+    assert f"Work dir '{work_dir}' holds checkpoints of an earlier run (" in message
+    for option in ("--resume", "--work-dir", "--overwrite-work-dir"):
+        assert option in message
+    assert snapshot(work_dir) == before
+
+    train_in_process(work_dir, data_root, *ONE_ITERATION, flags=["--overwrite-work-dir"])
+    # The earlier run's files are gone, not mixed in with this run's.
+    assert "iter_2.pth" not in os.listdir(work_dir)
+    assert read_checkpoint(work_dir / "iter_1.pth")["meta"]["iter"] == 1
+    assert (work_dir / "last_checkpoint").read_text().endswith("iter_1.pth")
