@@ -8,7 +8,10 @@ the ``--resume`` refusals run tools/train.py's main in this process as from the 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -22,6 +25,7 @@ import repvgg_seg.runner.runner as runner_module
 from repvgg_seg.checkpoint import CheckpointError, UnsafeCheckpointError, read_checkpoint
 from repvgg_seg.loader import build_segmentor
 from repvgg_seg.runner import AtomicCheckpointRunner, NothingToTrainError
+from repvgg_seg.work_dir import LOCK_NAME
 
 from helpers import one_error_line, tool_exit
 
@@ -153,6 +157,25 @@ def test_resuming_another_runs_checkpoint_never_deletes_its_best_one(tmp_path):
     assert a_best.is_file()
     assert (run_b / "best_mIoU_iter_3.pth").is_file()
     assert f"best checkpoint {a_best} is outside this run's folder" in log_text(run_b)
+
+
+def test_stale_lock_and_temporary_files_are_cleaned_at_start(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    dead_pid = dead.pid
+    record = {"pid": dead_pid, "host": "h", "started": "t", "marker": "0badc0de"}
+    (tmp_path / LOCK_NAME).write_text(json.dumps(record))
+    leftovers = [tmp_path / ".iter_2.pth.0badc0de.abc_1234.part"]
+    # Shaped like temporaries, but without the dead run's marker: not ours to delete.
+    keep = [tmp_path / ".notes.part", tmp_path / ".iter_3.pth.abc_1234.part"]
+    for path in leftovers + keep:
+        path.write_bytes(b"\0" * 1000)
+    tiny_runner(tmp_path, scores=[1.0]).train()
+    assert not any(path.exists() for path in leftovers) and all(p.exists() for p in keep)
+    log = log_text(tmp_path)
+    assert f"ended without releasing it (pid {dead_pid} on host h" in log
+    assert all(f"Removed {path}" in log for path in leftovers)
+    assert not (tmp_path / LOCK_NAME).exists()
 
 
 def test_zero_iterations_is_an_error(tmp_path):
