@@ -23,10 +23,12 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import UsageError
+
 LOCK_NAME = ".train.lock"
 
 
-class WorkDirBusyError(RuntimeError):
+class WorkDirBusyError(UsageError):
     """Another live run holds the lock of the folder (a training's work dir, an out dir)."""
 
 

@@ -26,6 +26,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from .errors import CheckFailedError
+
 # float32 has a unit round-off of 6e-8. Measured here, the fused and unfused logits of whole
 # PSPNets (up to 2048x1024 inputs) differ by under 1e-6 of the largest logit with direct
 # convs and under 2e-5 with the CPU Winograd path; a broken fusion (a lost branch, a wrong BN
@@ -33,7 +35,7 @@ import torch
 ROUNDOFF_RTOL = 1e-4
 
 
-class FusionMismatchError(RuntimeError):
+class FusionMismatchError(CheckFailedError):
     """A fused model does not reproduce the unfused one beyond float32 round-off."""
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..errors import UsageError
 from .counting import count_macs
 from .cuda import capture_graph, cuda_settings, time_cuda
 from .memory import cuda_peak_memory_bytes, peak_memory_bytes
@@ -60,9 +61,9 @@ def make_forward(
     ``graph`` treatments replay a CUDA graph of one pass (:func:`capture_graph`).
     """
     if treatment not in TREATMENTS:
-        raise ValueError(f"treatment must be one of {TREATMENTS}, got {treatment!r}.")
+        raise UsageError(f"treatment must be one of {TREATMENTS}, got {treatment!r}.")
     if "graph" in treatment and not settings.is_cuda:
-        raise ValueError(f"treatment {treatment!r} needs a CUDA device, got {settings.device!r}.")
+        raise UsageError(f"treatment {treatment!r} needs a CUDA device, got {settings.device!r}.")
     if treatment.startswith("compile"):
         module = torch.compile(module, mode=settings.compile_mode)
 
@@ -111,13 +112,13 @@ def run_benchmark(
         divided by the first case's.
     """
     if not cases:
-        raise ValueError("Nothing to benchmark: pass at least one case.")
+        raise UsageError("Nothing to benchmark: pass at least one case.")
     names = [case.name for case in cases]
     if len(set(names)) != len(names):
-        raise ValueError(f"Case names must be unique, got {names}.")
+        raise UsageError(f"Case names must be unique, got {names}.")
     others = [case.name for case in cases if case.runtime != "torch"]
     if others and settings.is_cuda:
-        raise ValueError(f"cases {others} use runtimes other than torch, which run on CPU only.")
+        raise UsageError(f"cases {others} use runtimes other than torch, which run on CPU only.")
     rates = dict(peak_rates or {})
     if matmul_rate is not None:
         rates[settings.precision] = matmul_rate

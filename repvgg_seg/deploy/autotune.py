@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
+from ..errors import UsageError
+
 logger = logging.getLogger(__name__)
 
 WINOGRAD_MODES = ("off", "on", "auto")
@@ -27,7 +29,7 @@ def winograd_mode(value: bool | str) -> str:
     if isinstance(value, bool):
         return "auto" if value else "off"
     if value not in WINOGRAD_MODES:
-        raise ValueError(f"winograd must be one of {WINOGRAD_MODES} (or a bool), got {value!r}.")
+        raise UsageError(f"winograd must be one of {WINOGRAD_MODES} (or a bool), got {value!r}.")
     return value
 
 

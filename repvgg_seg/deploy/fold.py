@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ..errors import UsageError
 from ..reparam import fuse_bn
 
 ConvBNPair = tuple[str, str]
@@ -70,7 +71,7 @@ def prepare_folded_structure(model: nn.Module, pairs: Iterable[Sequence[str]]) -
         conv = model.get_submodule(conv_name)
         bn = model.get_submodule(bn_name)
         if not isinstance(conv, nn.Conv2d) or not isinstance(bn, _BatchNorm | nn.Identity):
-            raise ValueError(
+            raise UsageError(
                 f"folded_conv_bn pair ({conv_name!r}, {bn_name!r}) does not name a conv and a "
                 f"BN in this model (found {type(conv).__name__}, {type(bn).__name__}); the "
                 "deploy config does not match the model it was written for."

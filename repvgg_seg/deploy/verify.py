@@ -9,9 +9,10 @@ from mmengine.config import Config
 from mmseg.models.segmentors import EncoderDecoder
 
 from ..equivalence import ROUNDOFF_RTOL, Agreement, compare_logits, strict_float32
+from ..errors import UsageError
 
 
-class DatasetUnavailableError(FileNotFoundError):
+class DatasetUnavailableError(UsageError, FileNotFoundError):
     """The config's dataset, needed for a check on a real image, cannot be built or is empty."""
 
 
@@ -65,7 +66,7 @@ def build_split_dataset(cfg: Config, split: str = "test"):
 
     key = f"{split}_dataloader"
     if key not in cfg or "dataset" not in cfg[key]:
-        raise ValueError(f"The config has no {key}.dataset.")
+        raise UsageError(f"The config has no {key}.dataset.")
     init_default_scope(cfg.get("default_scope", "mmseg"))
     dataset_cfg = copy.deepcopy(cfg[key].dataset)
     try:

@@ -156,7 +156,7 @@ def segment_sources(
     what was finished (``interrupted``); other errors stop the run.
     """
     if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+        raise UsageError(f"batch_size must be at least 1, got {batch_size}.")
     images = [source for source in sources if not source.is_video]
     videos = [source for source in sources if source.is_video]
     frame_counts = [_frame_count(video.path) for video in videos]

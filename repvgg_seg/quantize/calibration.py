@@ -12,6 +12,7 @@ from mmengine.config import Config
 from mmengine.dataset import pseudo_collate
 
 from ..deploy import DatasetUnavailableError, build_split_dataset
+from ..errors import UsageError
 
 Progress = Callable[[], None]
 
@@ -86,7 +87,7 @@ def calibration_inputs(
         ValueError: ``num_images`` is not positive.
     """
     if num_images < 1:
-        raise ValueError(f"--calib-images must be at least 1, got {num_images}.")
+        raise UsageError(f"--calib-images must be at least 1, got {num_images}.")
     inputs = []
     with seeded(seed), torch.no_grad():
         for index in spread_indices(len(dataset), num_images):
@@ -109,6 +110,6 @@ def evaluation_dataset(cfg: Config):
 def evaluation_samples(dataset, num_images: int) -> Iterator[dict]:
     """Collated one-image batches of ``num_images`` images spread over ``dataset``."""
     if num_images < 1:
-        raise ValueError(f"--eval-images must be at least 1, got {num_images}.")
+        raise UsageError(f"--eval-images must be at least 1, got {num_images}.")
     for index in spread_indices(len(dataset), num_images):
         yield pseudo_collate([dataset[index]])

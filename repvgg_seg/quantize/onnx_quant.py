@@ -34,6 +34,8 @@ from onnxruntime.quantization.quant_utils import save_and_reload_model_with_shap
 from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from ..errors import UsageError
+
 Progress = Callable[[], None]
 
 # --calib-method names -> ONNX Runtime's calibration methods.
@@ -155,12 +157,12 @@ def collect_ranges(
         progress: Called once per image.
     """
     if method not in CALIBRATION_METHODS:
-        raise ValueError(
+        raise UsageError(
             f"--calib-method {method!r} is not known; pass one of "
             f"{', '.join(CALIBRATION_METHODS)}."
         )
     if not images:
-        raise ValueError("The calibration set is empty: --calib-images must be at least 1.")
+        raise UsageError("The calibration set is empty: --calib-images must be at least 1.")
     input_name = onnx.load(str(model_path), load_external_data=False).graph.input[0].name
     with quiet_onnxruntime_tools():
         calibrator = create_calibrator(

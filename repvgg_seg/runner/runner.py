@@ -15,6 +15,7 @@ from mmengine.runner import Runner
 from mmengine.runner.checkpoint import _load_checkpoint_to_model
 
 from ..checkpoint import read_checkpoint
+from ..errors import UsageError
 from ..loader import check_finite_weights, check_resumable, segmentor_state
 from ..weights import resolve_checkpoint
 from ..weights.table import NAME_SCHEME
@@ -26,7 +27,7 @@ from .claim import claim_work_dir, is_claimed
 _DDP_KEYS = ((r"^module\.", ""),)
 
 
-class NothingToTrainError(ValueError):
+class NothingToTrainError(UsageError):
     """The config asks for a training of zero iterations."""
 
 
