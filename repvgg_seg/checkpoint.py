@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from mmengine.logging import HistoryBuffer
 
+from .errors import UsageError
+
 # Our key layout (the attribute names of models.blocks.RepVGGBlock): a deployed block holds
 # one ``fused_conv``, a training-time block ``branch_3x3``, ``branch_1x1`` and maybe
 # ``branch_identity``.
@@ -32,7 +34,7 @@ FUSED_CONV = "fused_conv"
 TRAINING_BRANCH = "branch_3x3"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UsageError):
     """A checkpoint cannot be used; the message names the file and says what to do."""
 
 

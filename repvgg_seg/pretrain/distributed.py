@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ..errors import UsageError
 from ..runner.distributed import init_process_group
 
 
@@ -53,7 +54,7 @@ def init_distributed(device: str | None = None) -> DistContext:
     """
     device_type = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device_type.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {device} was asked for but CUDA is not available; use cpu.")
+        raise UsageError(f"--device {device} was asked for but CUDA is not available; use cpu.")
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))

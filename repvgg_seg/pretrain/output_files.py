@@ -26,6 +26,7 @@ from typing import Any
 
 from ..atomic_io import write_atomically
 from ..checkpoint import CheckpointError, read_checkpoint
+from ..errors import UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ def check_resumable(checkpoint: Mapping, path: str | Path) -> None:
     """Raises ValueError naming the missing keys if ``checkpoint`` cannot resume training."""
     missing = [key for key in TRAINING_KEYS if key not in checkpoint]
     if missing:
-        raise ValueError(
+        raise UsageError(
             f"--resume {path} is missing {', '.join(missing)}: it is not a training checkpoint "
             f"(model_deploy.pth or a weights-only file cannot resume). Use {CHECKPOINT_NAME}."
         )
