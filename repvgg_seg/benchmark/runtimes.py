@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ..deploy import export_onnx
+from ..errors import UsageError
 from .settings import RUNTIMES
 
 logger = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ def segmentor_of(module: nn.Module, runtime: str) -> nn.Module:
     """The segmentor inside a case's ``SegmentorLogits`` module (what ONNX export takes)."""
     segmentor = getattr(module, "segmentor", None)
     if segmentor is None:
-        raise ValueError(
+        raise UsageError(
             f"runtime {runtime!r} exports the whole segmentor to ONNX; time it with "
             "--part segmentor (a backbone or a plain network has no ONNX path here)."
         )

@@ -13,6 +13,7 @@ from torch import nn
 
 from ..atomic_io import write_atomically
 from ..equivalence import Agreement, compare_logits
+from ..errors import UsageError
 from .fold import replace_submodule
 from .winograd import disable_winograd
 
@@ -46,7 +47,7 @@ class ShapeGenericAdaptiveAvgPool2d(nn.Module):
         super().__init__()
         size = output_size if isinstance(output_size, tuple) else (output_size, output_size)
         if None in size:
-            raise ValueError(f"output_size {output_size} with None is not supported.")
+            raise UsageError(f"output_size {output_size} with None is not supported.")
         self.output_size = size
 
     @staticmethod
@@ -79,7 +80,7 @@ def export_onnx(
     whatever ``path`` held before, and no temporary file.
     """
     if opset < 17:
-        raise ValueError(f"opset {opset} is too old; use 17 or newer.")
+        raise UsageError(f"opset {opset} is too old; use 17 or newer.")
     module = SegmentorLogits(copy.deepcopy(segmentor)).eval()
     # ONNX runtimes pick their own conv algorithms; the graph gets plain convs.
     disable_winograd(module)

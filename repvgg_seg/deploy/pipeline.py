@@ -15,6 +15,7 @@ from mmseg.models.segmentors import EncoderDecoder
 from ..atomic_io import save_atomically
 from ..checkpoint import meta_of, read_checkpoint
 from ..equivalence import Agreement
+from ..errors import UsageError
 from ..loader import config_name, input_size_of, load_segmentor, read_config
 from .onnx_export import compare_onnx, export_onnx
 from .publish import OutputFolder, new_deploy_id
@@ -67,24 +68,24 @@ class DeployOptions:
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
-            raise ValueError(
+            raise UsageError(
                 f"precision {self.precision!r} is not supported; pass one of "
                 f"{', '.join(PRECISIONS)}."
             )
         if self.onnx and self.precision != "fp32":
-            raise ValueError(
+            raise UsageError(
                 "ONNX export writes the float32 model; deploy once with --onnx and once with "
                 "--bf16 (into another output folder) to get both."
             )
         if self.opset < 17:
-            raise ValueError(f"ONNX opset {self.opset} is too old; pass 17 or newer.")
+            raise UsageError(f"ONNX opset {self.opset} is too old; pass 17 or newer.")
         winograd_mode(self.winograd)  # raises ValueError for an unknown mode
         if self.winograd_min_channels < 1:
-            raise ValueError(
+            raise UsageError(
                 f"winograd_min_channels must be at least 1, got {self.winograd_min_channels}."
             )
         if self.random_size is not None and min(self.random_size) < 1:
-            raise ValueError(f"random_size {self.random_size} must be positive.")
+            raise UsageError(f"random_size {self.random_size} must be positive.")
 
 
 @dataclass

@@ -13,6 +13,7 @@ from mmengine.config import Config
 from mmseg.models.segmentors import EncoderDecoder
 from mmseg.registry import MODELS
 
+from ..errors import UsageError
 from ..reparam import reparameterize_model
 from .fold import ConvBNPair, find_conv_bn_pairs, fold_conv_bn, prepare_folded_structure
 from .winograd import MIN_CHANNELS_PER_GROUP, enable_winograd, winograd_mode
@@ -51,11 +52,11 @@ class DeployedEncoderDecoder(EncoderDecoder):
     ) -> None:
         super().__init__(**kwargs)
         if winograd_min_channels < 1:
-            raise ValueError(
+            raise UsageError(
                 f"winograd_min_channels must be at least 1, got {winograd_min_channels}."
             )
         if precision not in PRECISIONS:
-            raise ValueError(f"precision is {precision!r}; pass one of {', '.join(PRECISIONS)}.")
+            raise UsageError(f"precision is {precision!r}; pass one of {', '.join(PRECISIONS)}.")
         self.folded_conv_bn = [tuple(pair) for pair in folded_conv_bn]
         prepare_folded_structure(self, self.folded_conv_bn)
         self.precision = precision
@@ -152,7 +153,7 @@ def make_deploy_config(
         "EncoderDecoder",
         "DeployedEncoderDecoder",
     ):
-        raise ValueError(
+        raise UsageError(
             f"model.type is {model.get('type')!r}; deploy supports mmseg 'EncoderDecoder' "
             "segmentors (PSPNet, FCN, DeepLabV3, ...)."
         )

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from ..atomic_io import remove_stale_temporaries, save_atomically
 from ..equivalence import Agreement
+from ..errors import UsageError
 from ..models.classifier import RepVGGClassifier
 from ..reparam import reparameterize_model
 from . import output_files as ckpt
@@ -56,7 +57,7 @@ def _check_resume_matches(saved: dict, current: dict, path: str) -> None:
     # silently bend it, so those must match.
     for key in ("model", "num_classes", "global_batch_size", "epochs", "lr_warmup_epochs"):
         if saved.get(key) != current[key]:
-            raise ValueError(
+            raise UsageError(
                 f"--resume {path} was trained with {key}={saved.get(key)!r} but this run has "
                 f"{key}={current[key]!r}; resume with the same value (for the global batch: "
                 "--batch-size x processes)."
@@ -68,10 +69,10 @@ def _load_for_evaluation(path: str, arch: str, num_classes: int) -> RepVGGClassi
     deploy = bool(checkpoint.get("deploy", False))
     saved_arch = checkpoint.get("arch") or checkpoint.get("args", {}).get("model")
     if saved_arch is not None and saved_arch != arch:
-        raise ValueError(f"--resume {path} holds model {saved_arch}, not --model {arch}.")
+        raise UsageError(f"--resume {path} holds model {saved_arch}, not --model {arch}.")
     fc_weight = checkpoint["model"].get("fc.weight")
     if fc_weight is not None and fc_weight.shape[0] != num_classes:
-        raise ValueError(
+        raise UsageError(
             f"--resume {path} has {fc_weight.shape[0]} classes but the dataset has "
             f"{num_classes}; evaluate on the dataset it was trained on."
         )

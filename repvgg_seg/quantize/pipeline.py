@@ -21,6 +21,7 @@ from torch import nn
 
 from ..atomic_io import write_atomically
 from ..deploy import OutputFolder, compare_on_batch, deploy_segmentor, export_onnx
+from ..errors import UsageError
 from ..host import cpu_info
 from ..loader import config_name, input_size_of, load_segmentor
 from ..onnx_segmentor import build_onnx_segmentor
@@ -75,7 +76,7 @@ class QuantizeOptions:
 
     def __post_init__(self) -> None:
         if self.calib_method not in CALIBRATION_METHODS:
-            raise ValueError(
+            raise UsageError(
                 f"--calib-method {self.calib_method!r} is not known; pass one of "
                 f"{', '.join(CALIBRATION_METHODS)}."
             )
@@ -84,11 +85,11 @@ class QuantizeOptions:
             ("--eval-images", self.eval_images),
         ):
             if value < 1:
-                raise ValueError(f"{flag} must be at least 1, got {value}.")
+                raise UsageError(f"{flag} must be at least 1, got {value}.")
         if self.keep_float < 0:
-            raise ValueError(f"--keep-float must be 0 or more, got {self.keep_float}.")
+            raise UsageError(f"--keep-float must be 0 or more, got {self.keep_float}.")
         if not self.max_miou_drop >= 0:
-            raise ValueError(f"--max-miou-drop must be 0 or more, got {self.max_miou_drop}.")
+            raise UsageError(f"--max-miou-drop must be 0 or more, got {self.max_miou_drop}.")
 
     @property
     def ranks_convs(self) -> bool:
@@ -258,7 +259,7 @@ def _check_layer_names(requested: tuple[str, ...], model: torch.nn.Module) -> No
     names = [name for name, module in model.named_modules() if isinstance(module, nn.Conv2d)]
     unknown = [name for name in requested if name not in names]
     if unknown:
-        raise ValueError(
+        raise UsageError(
             f"--keep-float-layers {' '.join(unknown)}: no such conv in the deployed model; "
             f"its convs are {', '.join(names[:3])}, ..., {names[-1]} ({len(names)}; "
             "--sensitivity lists them all)."
