@@ -311,7 +311,7 @@ def _open_writer(path: Path, fps: float, shape: tuple, source: Path) -> cv2.Vide
     height, width = shape[:2]
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*VIDEO_CODEC), fps, (width, height))
     if not writer.isOpened():
-        raise RuntimeError(
+        raise UsageError(
             f"OpenCV cannot write a {VIDEO_CODEC} video of {width}x{height} for {source}; "
             "install an opencv-python build with FFmpeg (the pinned one has it)."
         )
