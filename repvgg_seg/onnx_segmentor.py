@@ -23,50 +23,24 @@ from mmengine.config import Config, ConfigDict
 from mmseg.models.segmentors import BaseSegmentor, EncoderDecoder
 from mmseg.registry import MODELS
 
+from .onnx_session import OnnxModelError, open_session
+
 ONNX_SUFFIX = ".onnx"
-
-
-class OnnxModelError(ValueError):
-    """An ONNX file that cannot be read, or that does not fit its config (message names both)."""
+# open_session and OnnxModelError are onnx_session's, re-exported for quantize's modules.
+__all__ = [
+    "ONNX_SUFFIX",
+    "OnnxEncoderDecoder",
+    "OnnxModelError",
+    "build_onnx_segmentor",
+    "is_onnx_file",
+    "onnx_model_config",
+    "open_session",
+]
 
 
 def is_onnx_file(path: str | os.PathLike) -> bool:
     """Whether ``path`` names an ONNX model (by its suffix, as the tools recognise it)."""
     return Path(path).suffix.lower() == ONNX_SUFFIX
-
-
-def open_session(source: str | os.PathLike | bytes, num_threads: int = 0):
-    """An ONNX Runtime CPU session for an ONNX file (or a serialized model).
-
-    Args:
-        num_threads: Intra-op threads; 0 lets ONNX Runtime choose (one per physical core).
-
-    Raises:
-        FileNotFoundError: ``source`` names no file.
-        OnnxModelError: ``source`` is not an ONNX model ONNX Runtime can load.
-    """
-    import onnxruntime
-
-    if not isinstance(source, bytes):
-        source = Path(source)
-        if not source.is_file():
-            raise FileNotFoundError(f"ONNX model '{source}' does not exist.")
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = num_threads
-    options.log_severity_level = 3  # errors only: its graph-fusion notes are not for users
-    try:
-        return onnxruntime.InferenceSession(
-            source if isinstance(source, bytes) else str(source),
-            options,
-            providers=["CPUExecutionProvider"],
-        )
-    except Exception as error:  # ONNX Runtime raises its own InvalidProtobuf, Fail, ...
-        message = " ".join(str(error).split())[:200]
-        name = "The model" if isinstance(source, bytes) else f"'{source}'"
-        raise OnnxModelError(
-            f"{name} is not an ONNX model ONNX Runtime can load ({message}); pass a file "
-            "written by tools/deploy.py --onnx or tools/quantize.py."
-        ) from error
 
 
 @MODELS.register_module()

@@ -28,6 +28,7 @@ from torch import nn
 
 from ..deploy import export_onnx
 from ..errors import UsageError
+from ..onnx_session import open_session
 from .settings import RUNTIMES
 
 logger = logging.getLogger(__name__)
@@ -144,14 +145,9 @@ def quantize_onnx_int8(float_path: Path, int8_path: Path, batches: list[np.ndarr
 
 
 def onnxruntime_runner(path: Path, array: np.ndarray, threads: int) -> Callable[[], object]:
-    """One ONNX Runtime (CPU) session run of ``array`` on the model at ``path``."""
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    """One ONNX Runtime (CPU) session run of ``array`` on the model at ``path`` (the
+    package's session options: :func:`repvgg_seg.onnx_session.open_session`)."""
+    session = open_session(path, threads)
     return lambda: session.run(None, {"image": array})
 
 

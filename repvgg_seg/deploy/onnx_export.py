@@ -14,6 +14,7 @@ from torch import nn
 from ..atomic_io import write_atomically
 from ..equivalence import Agreement, compare_logits
 from ..errors import UsageError
+from ..onnx_session import open_session
 from .fold import replace_submodule
 from .winograd import disable_winograd
 
@@ -108,10 +109,9 @@ def export_onnx(
 def compare_onnx(
     path: str | Path, segmentor: EncoderDecoder, inputs: Sequence[torch.Tensor]
 ) -> list[Agreement]:
-    """Runs the ONNX file with onnxruntime (CPU) and PyTorch on each input and compares."""
-    import onnxruntime
-
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    """Runs the ONNX file with ONNX Runtime (CPU, :func:`repvgg_seg.onnx_session.open_session`)
+    and PyTorch on each input and compares."""
+    session = open_session(path)
     module = SegmentorLogits(segmentor).eval()
     agreements = []
     with torch.no_grad():
