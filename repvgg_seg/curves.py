@@ -24,7 +24,8 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from .atomic_io import write_atomically
-from .pretrain.output_files import METRICS_NAME, read_metrics
+from .errors import UsageError
+from .pretrain.output_files import METRICS_NAME
 
 SCALARS_NAME = "scalars.json"
 
@@ -41,8 +42,13 @@ PRETRAINING_PANELS = (
 )
 
 
-class NoLogsError(ValueError):
+class NoLogsError(UsageError):
     """A directory holds no log this module can read (the message names it)."""
+
+
+class LogFileError(UsageError):
+    """A log that is not text, or a logged value that is not a number (the message names
+    the file and the line)."""
 
 
 @dataclass(frozen=True)
@@ -69,32 +75,66 @@ def scalar_files(work_dir: Path) -> list[Path]:
     return found or sorted(work_dir.glob(f"vis_data/{SCALARS_NAME}"))
 
 
-def read_json_lines(path: Path) -> list[dict]:
+@dataclass(frozen=True)
+class LogRecord:
+    """One JSON object of a log, with where it was read (for messages)."""
+
+    where: str  # "<file> line <n>"
+    values: dict
+
+
+def read_json_lines(path: Path) -> list[LogRecord]:
     """The JSON objects of ``path``, one per line; a line cut short (a run killed while it
-    wrote) is skipped."""
+    wrote) is skipped.
+
+    Raises:
+        LogFileError: The file cannot be read, or is not UTF-8 text (the message names it).
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise LogFileError(
+            f"{path} is not a text log (byte {error.start} is not UTF-8): it is damaged or "
+            "not a log mmengine or tools/pretrain_imagenet.py wrote; move it out of the run "
+            "folder or pass another one."
+        ) from None
+    except OSError as error:
+        raise LogFileError(f"{path} cannot be read ({error.strerror or error}).") from None
     records = []
-    for line in path.read_text().splitlines():
+    for number, line in enumerate(text.splitlines(), start=1):
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue
         if isinstance(record, dict):
-            records.append(record)
+            records.append(LogRecord(f"{path} line {number}", record))
     return records
 
 
-def _points(records: Sequence[dict], key: str, x_key: str) -> list[tuple[float, float]]:
+def _number(record: LogRecord, key: str) -> float:
+    """``record``'s value of ``key`` as a float; anything but a JSON number is refused."""
+    value = record.values[key]
+    # bool is an int to Python, but true/false in a log is no measurement.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise LogFileError(
+            f"{record.where}: {key!r} is {json.dumps(value)[:40]}, not a number: the log is "
+            "damaged or was edited; repair or delete that line."
+        )
+    return float(value)
+
+
+def _points(records: Sequence[LogRecord], key: str, x_key: str) -> list[tuple[float, float]]:
     """(x, value) of every record holding ``key``; for an x logged twice (a resumed run
     repeats the iterations after its last checkpoint), the later record wins."""
     by_x = {}
     for record in records:
-        if key in record and x_key in record:
-            by_x[float(record[x_key])] = float(record[key])
+        if key in record.values and x_key in record.values:
+            by_x[_number(record, x_key)] = _number(record, key)
     return sorted(by_x.items())
 
 
 def _collect(
-    records: Sequence[dict], panels: tuple, x_key: str
+    records: Sequence[LogRecord], panels: tuple, x_key: str
 ) -> dict[str, dict[str, list[tuple[float, float]]]]:
     collected = {}
     for title, _, series in panels:
@@ -109,6 +149,7 @@ def read_run(path: str | Path, name: str | None = None) -> RunCurves:
     Raises:
         NoLogsError: ``path`` does not exist or holds neither ``*/vis_data/scalars.json``
             nor ``metrics.jsonl``, or those hold no training record.
+        LogFileError: A log is not text, or a logged value is not a number.
     """
     path = Path(path)
     name = name or path.name or str(path)
@@ -117,7 +158,7 @@ def read_run(path: str | Path, name: str | None = None) -> RunCurves:
     if (path / METRICS_NAME).is_file():
         kind, panels = (
             "pretraining",
-            _collect(read_metrics(path / METRICS_NAME), PRETRAINING_PANELS, "epoch"),
+            _collect(read_json_lines(path / METRICS_NAME), PRETRAINING_PANELS, "epoch"),
         )
     else:
         files = scalar_files(path)
@@ -157,14 +198,14 @@ def plot_runs(runs: Sequence[RunCurves], out: str | Path, title: str | None = No
 
     Raises:
         NoLogsError: ``runs`` is empty.
-        ValueError: The runs are of different kinds (iterations and epochs on one axis).
+        UsageError: The runs are of different kinds (iterations and epochs on one axis).
     """
     if not runs:
         raise NoLogsError("No run to plot.")
     kinds = {run.kind for run in runs}
     if len(kinds) > 1:
         names = ", ".join(f"{run.name} ({run.kind})" for run in runs)
-        raise ValueError(
+        raise UsageError(
             f"Cannot overlay segmentation and pretraining runs ({names}): "
             "plot each kind in its own figure."
         )

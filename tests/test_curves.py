@@ -18,6 +18,8 @@ from repvgg_seg.curves import NoLogsError, plot_runs, read_run, unique_names
 from repvgg_seg.datasets import make_synthetic_cityscapes
 from repvgg_seg.pretrain import PretrainConfig, run_pretraining
 
+from helpers import one_error_line, tool_exit
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "pspnet_repvgg_a0_synthetic.py"
 
@@ -154,21 +156,10 @@ def test_a_dir_without_logs_is_named(tmp_path, capsys):
         read_run(tmp_path)
 
 
-def test_the_tool_reports_no_logs_in_one_line(tmp_path, monkeypatch, capsys):
-    from repvgg_seg.cli import run_tool
-
-    spec = importlib.util.spec_from_file_location("plot_logs", ROOT / "tools" / "plot_logs.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    monkeypatch.setenv("REPVGG_SEG_VERBOSE", "1")  # leaves this process's warnings alone
+def test_the_tool_reports_no_logs_in_one_line(tmp_path, capsys):
     out = tmp_path / "x.png"
-    monkeypatch.setattr("sys.argv", ["tools/plot_logs.py", str(tmp_path), "--out", str(out)])
-    with pytest.raises(SystemExit) as exit_info:
-        run_tool(tool.main)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("tools/plot_logs.py: error: ") and str(tmp_path) in err
-    assert "\n" not in err
+    status, err = tool_exit("plot_logs", [str(tmp_path), "--out", str(out)], capsys)
+    assert status == 2 and str(tmp_path) in one_error_line(err, "plot_logs")
     assert not out.exists()
 
 
@@ -180,3 +171,27 @@ def test_runs_of_two_kinds_are_not_overlaid(work_dir, pretrain_dir, tmp_path):
 def test_legend_names_tell_runs_with_one_folder_name_apart(tmp_path):
     assert unique_names([tmp_path / "a" / "demo", tmp_path / "b" / "demo"]) == ["a/demo", "b/demo"]
     assert unique_names([tmp_path / "a", tmp_path / "b"]) == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    "log, where",
+    [
+        ('{"loss": 0.9, "lr": 0.01, "step": 1}\n{"loss": null, "lr": 0.01, "step": 2}\n', 2),
+        ('{"loss": "high", "lr": 0.01, "step": 1}\n', 1),
+        ('{"loss": 0.9, "lr": 0.01, "step": true}\n', 1),
+        (b"\x00\x9f\xff random bytes \xfe", None),
+    ],
+    ids=["null", "string", "bool step", "random bytes"],
+)
+def test_a_damaged_log_is_one_line_naming_file_and_line(tmp_path, capsys, log, where):
+    """null was a TypeError traceback, a string no file and no line, random bytes
+    "'utf-8' codec can't decode ..." without the file."""
+    scalars = tmp_path / "run" / "20260101_000000" / "vis_data" / "scalars.json"
+    scalars.parent.mkdir(parents=True)
+    scalars.write_bytes(log if isinstance(log, bytes) else log.encode())
+    argv = [str(tmp_path / "run"), "--out", str(tmp_path / "curves.png")]
+    status, err = tool_exit("plot_logs", argv, capsys)
+    message = one_error_line(err, "plot_logs")
+    assert status == 2 and str(scalars) in message
+    assert (f"line {where}:" in message) if where else ("not a text log" in message)
+    assert not (tmp_path / "curves.png").exists()
