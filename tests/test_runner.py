@@ -19,6 +19,7 @@ import pytest
 import torch
 from mmengine.evaluator import BaseMetric, Evaluator
 from mmengine.model import BaseModel
+from mmengine.runner import load_checkpoint
 from torch import nn
 
 import repvgg_seg.runner.runner as runner_module
@@ -198,6 +199,14 @@ def test_load_from_goes_through_the_one_reader(tmp_path, monkeypatch):
     runner.load_or_resume()
     assert read == [str(source)]
     torch.testing.assert_close(runner.model.weight.detach(), torch.tensor([0.75]))
+
+
+def test_mmengines_own_reads_of_local_files_go_through_the_one_reader(tmp_path):
+    # A Pretrained init_cfg of a ResNet, mmengine.runner.load_checkpoint: torch.load before.
+    path = tmp_path / "resnet.pth"
+    torch.save({"state_dict": {"weight": torch.zeros(1)}, "args": argparse.Namespace()}, path)
+    with pytest.raises(UnsafeCheckpointError, match="resnet.pth' holds Python objects"):
+        load_checkpoint(OneParameter(), str(path))
 
 
 def test_load_from_a_refused_or_diverged_checkpoint_is_one_error_naming_it(tmp_path):

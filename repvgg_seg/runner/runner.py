@@ -12,7 +12,7 @@ from mmengine.hooks import CheckpointHook
 from mmengine.model import is_model_wrapper
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
-from mmengine.runner.checkpoint import _load_checkpoint_to_model
+from mmengine.runner.checkpoint import CheckpointLoader, _load_checkpoint_to_model
 
 from ..checkpoint import read_checkpoint
 from ..errors import UsageError
@@ -25,6 +25,16 @@ from .claim import claim_work_dir, is_claimed
 
 # mmengine's default: the keys of a DistributedDataParallel wrapper lose their prefix.
 _DDP_KEYS = ((r"^module\.", ""),)
+
+
+@CheckpointLoader.register_scheme(prefixes="", force=True)
+def _read_local_checkpoint(filename: str, map_location=None) -> object:
+    """mmengine's reader of local files, replaced by the package's one reader (on CPU).
+
+    mmengine reads local checkpoints for more than the runner: a ``Pretrained`` init_cfg of a
+    module other than the RepVGG backbone (a ResNet's), ``mmengine.runner.load_checkpoint``.
+    """
+    return read_checkpoint(os.path.expanduser(filename))
 
 
 class NothingToTrainError(UsageError):
