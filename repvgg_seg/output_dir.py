@@ -289,11 +289,19 @@ class OutputDir:
             removed.append(path)
         return removed
 
+    def _staged(self, path: Path) -> bool:
+        # In this run's own staging or scratch folder: new files, published (and recorded)
+        # later or never; a refused run leaves no record behind.
+        inner = Path(os.path.relpath(os.path.abspath(path), os.path.abspath(self.path))).parent
+        return any(f".{self.marker}." in part for part in inner.parts)
+
     def admit(self, path: Path) -> None:
-        self.refuse_foreign([path])
+        if not self._staged(path):
+            self.refuse_foreign([path])
 
     def wrote(self, path: Path, temporary: Path) -> None:
-        self.record.add(path, self.role.writer, temporary)
+        if not self._staged(path):
+            self.record.add(path, self.role.writer, temporary)
 
 
 def files_under(folder: str | os.PathLike, skip: Iterable[str] = ()) -> list[Path]:

@@ -32,10 +32,11 @@ from repvgg_seg.deploy import (
     deploy_checkpoint,
     native_bf16,
 )
-from repvgg_seg.dir_lock import WorkDirBusyError, WorkDirLock
+from repvgg_seg.dir_lock import WorkDirBusyError
 from repvgg_seg.equivalence import compare_logits
 from repvgg_seg.inference import load_inference_model, predict_labels, read_image
 from repvgg_seg.loader import build_segmentor, load_segmentor
+from repvgg_seg.output_dir import RECORD_NAME, WrittenRecord
 from repvgg_seg.reparam import reparameterize_model
 
 from helpers import randomize_bn
@@ -198,14 +199,16 @@ def test_deploy_accepts_a_fused_checkpoint(tiny, tmp_path, capsys):
 def test_deploy_publishes_one_consistent_set(tiny, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    # An earlier deploy of this config with --onnx, and a user's own file.
+    # An earlier deploy of this config with --onnx (as the folder's record says), and a
+    # user's own file.
     (out / "tiny_deploy.onnx").write_bytes(b"an older model")
+    WrittenRecord(out).add(out / "tiny_deploy.onnx", "deploy", out / "tiny_deploy.onnx")
     (out / "notes.txt").write_text("mine")
     report = deploy_checkpoint(
         tiny.config, tiny.checkpoint, out, DeployOptions(check_real_image=False, **QUICK)
     )
-    assert report.written
-    assert sorted(p.name for p in out.iterdir()) == [
+    assert report.written and report.removed_earlier == [out / "tiny_deploy.onnx"]
+    assert sorted(p.name for p in out.iterdir() if p.name != RECORD_NAME) == [
         "notes.txt",
         "tiny_deploy.pth",
         "tiny_deploy.py",
@@ -216,6 +219,10 @@ def test_deploy_publishes_one_consistent_set(tiny, tmp_path):
 
 def test_deploy_removes_a_killed_runs_staging_folder_and_refuses_a_live_run(tiny, tmp_path):
     out = tmp_path / "out"
+    with OutputFolder(out, "tiny") as live:  # as a live deploy holds it
+        with pytest.raises(WorkDirBusyError, match="in use by another tools/deploy.py run"):
+            deploy_checkpoint(tiny.config, tiny.checkpoint, out, DeployOptions(**QUICK))
+        assert live.staging.is_dir()  # a live run's staging folder is left alone
     killed = subprocess.run(
         [
             sys.executable,
@@ -231,17 +238,12 @@ def test_deploy_removes_a_killed_runs_staging_folder_and_refuses_a_live_run(tiny
     )
     assert killed.returncode == -9
     (leftover,) = [p for p in out.iterdir() if p.name.endswith(".staging")]
-
-    with WorkDirLock(out, OutputFolder(out, "tiny").lock.role):  # as a live deploy holds it
-        with pytest.raises(WorkDirBusyError, match="in use by another tools/deploy.py run"):
-            deploy_checkpoint(tiny.config, tiny.checkpoint, out, DeployOptions(**QUICK))
-        assert leftover.is_dir()  # a live run's staging folder is left alone
-
     report = deploy_checkpoint(
         tiny.config, tiny.checkpoint, out, DeployOptions(check_real_image=False, **QUICK)
     )
     assert report.removed_leftovers == [leftover]
-    assert sorted(p.name for p in out.iterdir()) == ["tiny_deploy.pth", "tiny_deploy.py"]
+    published = sorted(p.name for p in out.iterdir() if p.name != RECORD_NAME)
+    assert published == ["tiny_deploy.pth", "tiny_deploy.py"]
 
 
 def test_sigterm_during_a_deploy_leaves_nothing_in_the_output_folder(tiny, tmp_path):
