@@ -1,0 +1,131 @@
+"""The mmengine runner of a quantization-aware fine-tuning: the config's data, optimizer and
+runtime settings, a poly schedule over the QAT iterations, and atomic checkpoints."""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass
+
+import torch
+from mmengine.config import Config
+
+from ..errors import UsageError
+from ..runner import AtomicCheckpointRunner, configure_for_cpu
+from .qat_model import QATSegmentor
+
+
+@dataclass(frozen=True)
+class QATSchedule:
+    """How the fake-quantized segmentor is fine-tuned (``tools/qat.py``'s training flags).
+
+    The defaults are measured on the demo's PSPNet-A0 (docs/quantization.md).
+
+    Attributes:
+        iterations: Training iterations (batches of the config's train dataloader).
+        lr: Starting learning rate of the config's optimizer; poly decay (power 0.9) to 0.
+        label_weight: Weight of the config's loss on the ground-truth labels.
+        distill_weight: Weight of the KL divergence from the float model's predictions.
+        checkpoint_interval: Iterations between checkpoints (``--resume`` continues there).
+        log_interval: Iterations between log lines (loss, LR, ETA).
+        amp: mmengine's AmpOptimWrapper (needs a GPU).
+    """
+
+    iterations: int = 200
+    lr: float = 1e-3
+    label_weight: float = 1.0
+    distill_weight: float = 1.0
+    checkpoint_interval: int = 50
+    log_interval: int = 10
+    amp: bool = False
+
+    def __post_init__(self) -> None:
+        for flag, value in (
+            ("--iters", self.iterations),
+            ("--checkpoint-interval", self.checkpoint_interval),
+            ("--log-interval", self.log_interval),
+        ):
+            if value < 1:
+                raise UsageError(f"{flag} must be at least 1, got {value}.")
+        if not self.lr > 0:
+            raise UsageError(f"--lr must be positive, got {self.lr}.")
+        if self.label_weight < 0 or self.distill_weight < 0:
+            raise UsageError("--label-weight and --distill-weight must be 0 or more.")
+        if self.label_weight == 0 and self.distill_weight == 0:
+            raise UsageError("--label-weight and --distill-weight are both 0: nothing to train.")
+
+
+def qat_config(cfg: Config, work_dir: str | os.PathLike, schedule: QATSchedule) -> Config:
+    """The config of the fine-tuning run (written to its work dir): the training config with
+    the QAT schedule, optimizer LR and hooks, adapted to a machine without GPUs.
+
+    Raises:
+        UsageError: ``amp`` without a GPU.
+    """
+    cfg = copy.deepcopy(cfg)
+    cfg.work_dir = os.fspath(work_dir)
+    cfg.train_cfg = dict(type="IterBasedTrainLoop", max_iters=schedule.iterations)
+    for key in ("val_dataloader", "val_cfg", "val_evaluator", "test_dataloader", "test_cfg"):
+        cfg.pop(key, None)  # the INT8 model is measured after export, by the pipeline
+    cfg.optim_wrapper.optimizer.lr = schedule.lr
+    if schedule.amp:
+        if not torch.cuda.is_available():
+            raise UsageError("--amp needs a CUDA GPU (mmengine's AmpOptimWrapper); none found.")
+        cfg.optim_wrapper.type = "AmpOptimWrapper"
+        cfg.optim_wrapper.setdefault("loss_scale", "dynamic")
+    cfg.param_scheduler = [
+        dict(
+            type="PolyLR",
+            eta_min=0.0,
+            power=0.9,
+            begin=0,
+            end=schedule.iterations,
+            by_epoch=False,
+        )
+    ]
+    cfg.default_hooks = dict(
+        timer=dict(type="IterTimerHook"),
+        logger=dict(type="LoggerHook", interval=schedule.log_interval, log_metric_by_epoch=False),
+        param_scheduler=dict(type="ParamSchedulerHook"),
+        checkpoint=dict(
+            type="CheckpointHook",
+            by_epoch=False,
+            interval=schedule.checkpoint_interval,
+            max_keep_ckpts=2,
+        ),
+        sampler_seed=dict(type="DistSamplerSeedHook"),
+    )
+    cfg.log_processor = dict(by_epoch=False)
+    cfg.load_from = None
+    cfg.qat = dict(
+        iterations=schedule.iterations,
+        lr=schedule.lr,
+        label_weight=schedule.label_weight,
+        distill_weight=schedule.distill_weight,
+    )
+    configure_for_cpu(cfg)
+    return cfg
+
+
+def build_qat_runner(
+    cfg: Config, model: QATSegmentor, launcher: str, resume: bool
+) -> AtomicCheckpointRunner:
+    """The runner that fine-tunes ``model`` as :func:`qat_config`'s ``cfg`` says."""
+    return AtomicCheckpointRunner(
+        model=model,
+        work_dir=cfg.work_dir,
+        train_dataloader=cfg.train_dataloader,
+        optim_wrapper=cfg.optim_wrapper,
+        param_scheduler=cfg.param_scheduler,
+        train_cfg=cfg.train_cfg,
+        default_hooks=cfg.default_hooks,
+        launcher=launcher,
+        env_cfg=cfg.get("env_cfg", dict(dist_cfg=dict(backend="gloo"))),
+        log_processor=cfg.log_processor,
+        log_level=cfg.get("log_level", "INFO"),
+        randomness=cfg.get("randomness", dict(seed=0)),
+        default_scope=cfg.get("default_scope", "mmseg"),
+        resume=resume,
+        load_from=None,
+        cfg=cfg,
+    )
