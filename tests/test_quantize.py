@@ -98,11 +98,13 @@ def quantize_args(model_files, out_dir: Path, *options: str) -> list[str]:
 @pytest.fixture(scope="module")
 def quantized(model_files, tmp_path_factory):
     """tools/quantize.py's output, two convs kept in float by name and the two most
-    sensitive others by rank: (onnx, report, printed)."""
+    sensitive others by rank, calibrated on more images than the 3 of the training set:
+    (onnx, report, printed, progress bars)."""
     from repvgg_seg.quantize import pipeline
 
     out_dir = tmp_path_factory.mktemp("int8")
-    args = quantize_args(model_files, out_dir, "--max-miou-drop", "100", "--keep-float", "2")
+    options = ("--max-miou-drop", "100", "--keep-float", "2", "--calib-images", "5")
+    args = quantize_args(model_files, out_dir, *options)
     export = pipeline.export_onnx
 
     def export_and_keep(model, path, example):  # for exported_once
@@ -111,11 +113,14 @@ def quantized(model_files, tmp_path_factory):
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(pipeline, "export_onnx", export_and_keep)
-        with contextlib.redirect_stdout(io.StringIO()) as printed:
+        with (
+            contextlib.redirect_stdout(io.StringIO()) as printed,
+            contextlib.redirect_stderr(io.StringIO()) as bars,
+        ):
             assert load_tool("quantize").main([*args, "--keep-float-layers", *KEEP]) == 0
     stem = model_files[0].stem
     report = json.loads((out_dir / f"{stem}_int8.json").read_text())
-    return out_dir / f"{stem}_int8.onnx", report, printed.getvalue()
+    return out_dir / f"{stem}_int8.onnx", report, printed.getvalue(), bars.getvalue()
 
 
 @pytest.fixture()
@@ -148,12 +153,11 @@ def test_calibration_reads_the_train_pipeline(model_files):
 
 
 def test_quantized_model_and_report(quantized):
-    path, report, _ = quantized
+    path, report, _, _ = quantized
     evaluation = report["evaluation"]
     assert evaluation["float32"]["mIoU"] == 100.0  # the labels are its predictions
     assert evaluation["pixels"] == 2 * 96 * 48
     assert 0 < evaluation["pixel_agreement_percent"] <= 100
-    assert report["quantization"]["calibration"]["images"] == 2
     assert report["quantization"]["convs"] == 28
     assert report["host"]["cpu"] and report["versions"]["onnxruntime"]
     assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]
@@ -167,8 +171,20 @@ def float_convs(model: onnx.ModelProto) -> list[str]:
     ]
 
 
+def test_a_small_training_set_is_calibrated_on_whole_and_said_so(quantized):
+    _, report, printed, bars = quantized
+    # --calib-images 5 on a training set of 3: the report, the line and the bar say 3.
+    calibration = report["quantization"]["calibration"]
+    assert (calibration["images"], calibration["images_requested"]) == (3, 5)
+    assert "calibrated on all 3 training images (--calib-images 5" in printed
+    # The bar ends at its total (reading and running 3 images is 6 steps), and the next
+    # step's header starts a line of its own.
+    assert "6/6," in bars and "/10," not in bars
+    assert "\nsensitivity (one conv quantized at a time):" in bars
+
+
 def test_named_and_most_sensitive_convs_stay_float(quantized):
-    path, report, printed = quantized
+    path, report, printed, _ = quantized
     ranking = report["sensitivity"]
     errors = [layer["relative_error"] for layer in ranking]
     assert len(ranking) == 28 and errors == sorted(errors, reverse=True) and errors[0] > 0
@@ -198,8 +214,10 @@ def test_onnx_segmentor_checks_the_file_and_the_config(model_files, quantized, t
 def test_a_drop_above_the_limit_writes_nothing(model_files, exported_once, tmp_path, capsys):
     out_dir = tmp_path / "refused"
     args = quantize_args(model_files, out_dir, "--max-miou-drop", "0", "--no-per-channel")
-    with pytest.raises(CheckFailedError, match="nothing written"):
+    with pytest.raises(CheckFailedError, match="nothing written") as refusal:
         load_tool("quantize").main(args)
+    # Its advice is what can help; more calibration images do not (docs/quantization.md).
+    assert "--keep-float K" in str(refusal.value) and "--calib-images" not in str(refusal.value)
     assert "mIoU float 100.00" in capsys.readouterr().out
     assert list(out_dir.iterdir()) == []
 
@@ -250,7 +268,7 @@ def test_missing_calibration_set_is_named(model_files, tmp_path):
 def test_test_and_infer_tools_run_the_int8_model(model_files, quantized, tmp_path):
     from mmseg.apis import inference_model
 
-    config, (path, report, _) = model_files[0], quantized
+    config, (path, report, _, _) = model_files[0], quantized
     metrics = load_tool("test").main([str(config), str(path), "--work-dir", str(tmp_path / "w")])
     # The same images, pipeline and metric as tools/quantize.py's own measurement.
     assert metrics["mIoU"] == pytest.approx(report["evaluation"]["int8"]["mIoU"], abs=0.01)

@@ -92,17 +92,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def progress_bar(what: str, total: int):
-    """A progress bar on stderr for one step; returns its update function."""
-    print(f"{what}:", file=sys.stderr)
-    bar = ProgressBar(total, file=sys.stderr)
+class ProgressBars:
+    """One progress bar on stderr per long step; :meth:`close` ends one left unfinished (an
+    error or Ctrl-C mid-step), so that the next line starts on a line of its own."""
 
-    def update() -> None:
-        bar.update()
-        if bar.completed == total:
+    def __init__(self) -> None:
+        self._bar: ProgressBar | None = None
+
+    def __call__(self, what: str, total: int):
+        """A bar of ``total`` steps for ``what``; returns its update function."""
+        self.close()
+        print(f"{what}:", file=sys.stderr)
+        bar = self._bar = ProgressBar(total, file=sys.stderr)
+
+        def update() -> None:
+            bar.update()
+            if bar.completed == total:
+                print(file=sys.stderr, flush=True)
+
+        return update
+
+    def close(self) -> None:
+        if self._bar is not None and self._bar.completed < self._bar.task_num:
             print(file=sys.stderr, flush=True)
-
-    return update
+        self._bar = None
 
 
 def print_report(report: QuantizeReport) -> None:
@@ -111,6 +124,11 @@ def print_report(report: QuantizeReport) -> None:
         for rank, layer in enumerate(report.sensitivity, 1):
             kept = "  (kept in float32)" if layer.name in report.kept_float else ""
             print(f"  {rank:3d}. {layer.name}: {layer.relative_error:.4f}{kept}")
+    if report.calibration_images < report.options.calib_images:
+        print(
+            f"calibrated on all {report.calibration_images} training images (--calib-images "
+            f"{report.options.calib_images} asked for more than the training set holds)"
+        )
     kept = ", ".join(report.kept_float) or "none"
     print(f"convs quantized: {report.convs - len(report.kept_float)}/{report.convs}; float: {kept}")
     print(report.evaluation.describe())
@@ -129,13 +147,18 @@ def main(argv: list[str] | None = None) -> int:
         keep_float_layers=tuple(args.keep_float_layers),
     )
     cfg = load_config(args.config, args.cfg_options)
-    report = quantize_checkpoint(cfg, args.checkpoint, args.out_dir, options, progress_bar)
+    bars = ProgressBars()
+    try:
+        report = quantize_checkpoint(cfg, args.checkpoint, args.out_dir, options, bars)
+    finally:
+        bars.close()
     print_report(report)
     if not report.passed:
         raise CheckFailedError(
             f"INT8 mIoU dropped by {report.miou_drop:.2f} (more than --max-miou-drop "
             f"{options.max_miou_drop:g}); nothing written to '{args.out_dir}'. Try --keep-float "
-            "K (the most sensitive convs in float32) or more --calib-images."
+            "K (the most sensitive convs in float32) or tools/qat.py (quantization-aware "
+            "fine-tuning)."
         )
     print(f"INT8 model: {report.onnx}\nreport:     {report.report}")
     return 0

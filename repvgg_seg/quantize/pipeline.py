@@ -105,6 +105,8 @@ class QuantizeReport:
         report: Its JSON report (in ``out_dir`` when written).
         evaluation: INT8 against float on the val images.
         options: The settings used.
+        calibration_images: Images calibrated on: ``options.calib_images``, or the whole
+            training set when it holds fewer.
         kept_float: Convs left in float32 (by name, then by rank).
         sensitivity: Every conv, most sensitive first (when ranked).
         convs: Convs in the model.
@@ -116,6 +118,7 @@ class QuantizeReport:
     report: Path
     evaluation: Evaluation | None = None
     options: QuantizeOptions = field(default_factory=QuantizeOptions)
+    calibration_images: int = 0
     kept_float: list[str] = field(default_factory=list)
     sensitivity: list[LayerSensitivity] | None = None
     convs: int = 0
@@ -177,7 +180,9 @@ def quantize_checkpoint(
         steps.done("export")
 
         # One bar: reading the images through the train pipeline, then running them.
-        bar = steps.bar("calibration", 2 * options.calib_images)
+        # A training set smaller than --calib-images is used whole, and said so.
+        report.calibration_images = min(options.calib_images, len(calibration_set))
+        bar = steps.bar("calibration", 2 * report.calibration_images)
         images = calibration_inputs(
             calibration_set, deployed.data_preprocessor, options.calib_images, options.seed, bar
         )
@@ -291,7 +296,8 @@ def describe(report: QuantizeReport, cfg: Config, checkpoint: str | os.PathLike)
             "weights": "int8 (symmetric)",
             "per_channel": report.options.per_channel,
             "calibration": {
-                "images": report.options.calib_images,
+                "images": report.calibration_images,
+                "images_requested": report.options.calib_images,
                 "method": report.options.calib_method,
                 "source": "train_dataloader.dataset with its train pipeline, seeded",
                 "seed": report.options.seed,
