@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,9 @@ import repvgg_seg  # noqa: F401  (registers the RepVGG backbone)
 from repvgg_seg.checkpoint import CheckpointError, read_checkpoint
 from repvgg_seg.cli import CheckFailedError, UsageError
 from repvgg_seg.deploy import (
+    Agreement,
     DeployOptions,
+    DeployReport,
     compare_on_tensor,
     compare_onnx,
     deploy_checkpoint,
@@ -26,11 +27,13 @@ from repvgg_seg.deploy import (
     export_onnx,
     find_conv_bn_pairs,
     fold_conv_bn,
+    is_bf16_deployment,
     make_deploy_config,
 )
 from repvgg_seg.equivalence import FusionMismatchError
+from repvgg_seg.output_dir import RECORD_NAME
 
-from helpers import assert_outputs_close, randomize_bn
+from helpers import assert_outputs_close, load_tool, one_error_line, randomize_bn, tool_exit
 
 ROOT = Path(__file__).resolve().parents[1]
 BN = {"type": "BN", "requires_grad": True}
@@ -174,13 +177,6 @@ def test_onnx_export_matches_pytorch(tmp_path):
 # --------------------------------------------------------------------------- end to end
 
 
-def load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"tools_{name}", ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def small_trained_model(tmp_path_factory):
     """The synthetic-data config trained for a few iterations: (config, checkpoint)."""
@@ -320,7 +316,8 @@ def test_deploy_refuses_a_broken_fusion_and_writes_nothing(small_trained_model, 
         with pytest.raises(CheckFailedError, match="nothing was written"):
             tool.main([str(config), str(checkpoint), str(out_dir)])
     assert "FAILED" in capsys.readouterr().out
-    assert list(out_dir.iterdir()) == []  # no deployed files, no staging folder
+    # No deployed files, no staging folder; only output_dir's record of what tools wrote.
+    assert [path.name for path in out_dir.iterdir()] in ([], [RECORD_NAME])
 
 
 def test_deploy_with_a_missing_dataset_writes_nothing(small_trained_model, tmp_path, capsys):
@@ -364,3 +361,83 @@ def test_deploy_names_a_checkpoint_that_does_not_fit_in_one_line(
     error = str(raised.value)
     assert "missing (1): decode_head.conv_seg.bias" in error and str(config) in error
     assert len(error) < 1000  # the config's text is not dumped
+
+
+# --------------------------------------------------------------------------- bf16 deployments
+
+
+@pytest.fixture(scope="module")
+def bf16_deployment(small_trained_model, tmp_path_factory):
+    """A tools/deploy.py --bf16 output of the small model: (deploy config, checkpoint)."""
+    config, checkpoint = small_trained_model
+    options = DeployOptions(precision="bf16", check_real_image=False, random_size=(48, 80))
+    report = deploy_checkpoint(config, checkpoint, tmp_path_factory.mktemp("bf16"), options)
+    assert report.written
+    return report.config, report.checkpoint
+
+
+@pytest.mark.parametrize("flags", [["--bf16"], ["--onnx"], []])
+def test_deploy_recognises_a_bf16_deployment_up_front(
+    small_trained_model, bf16_deployment, tmp_path, capsys, flags
+):
+    """Deployed again, a bf16 model was its own float32 reference ("pixel agreement 100 %",
+    proving nothing) or, with --onnx, failed as a fusion that did not happen."""
+    config, checkpoint = bf16_deployment
+    out_dir = tmp_path / "again"
+    argv = [str(config), str(checkpoint), str(out_dir), "--skip-real-image", *flags]
+    status, err = tool_exit("deploy", argv, capsys)
+    message = one_error_line(err, "deploy")
+    assert status == 2 and "is a bf16 deployment" in message
+    assert f"deployed from {str(small_trained_model[1])!r}" in message  # what to pass
+    assert not out_dir.exists() or list(out_dir.iterdir()) == []
+
+
+def test_quantize_recognises_a_bf16_deployment_up_front(bf16_deployment, tmp_path, capsys):
+    """It was 304 lines of torch.export traceback, and an empty output folder left."""
+    config, checkpoint = bf16_deployment
+    out_dir = tmp_path / "int8"
+    status, err = tool_exit("quantize", [str(config), str(checkpoint), str(out_dir)], capsys)
+    assert status == 2 and "is a bf16 deployment" in one_error_line(err, "quantize")
+    assert "training" in one_error_line(err, "quantize")
+    assert not out_dir.exists() or list(out_dir.iterdir()) == []
+
+
+def test_a_bf16_checkpoint_is_recognised_by_its_meta_too(bf16_deployment):
+    config, checkpoint = bf16_deployment
+    fp32_config = Config.fromfile(str(config))
+    fp32_config.model.precision = "fp32"  # a float32 config would cast the weights back
+    assert not is_bf16_deployment(fp32_config)
+    assert is_bf16_deployment(fp32_config, read_checkpoint(checkpoint))
+    assert is_bf16_deployment(Config.fromfile(str(config)))
+
+
+# --------------------------------------------------------------------------- the tool
+
+
+def test_deploy_accepts_cfg_options_as_its_dataset_message_says(
+    small_trained_model, tmp_path, capsys
+):
+    config, checkpoint = small_trained_model
+    data_root = Config.fromfile(str(config)).data_root
+    moved = tmp_path / "config.py"
+    moved.write_text(
+        config.read_text() + "\ntest_dataloader = dict(dataset=dict(data_root='/nope/'))\n"
+    )
+    status, err = tool_exit("deploy", [str(moved), str(checkpoint), str(tmp_path / "a")], capsys)
+    assert status == 2 and "--cfg-options test_dataloader.dataset.data_root=" in err
+    argv = [str(moved), str(checkpoint), str(tmp_path / "b"), "--random-size", "48", "80"]
+    argv += ["--cfg-options", f"test_dataloader.dataset.data_root={data_root}"]
+    assert load_tool("deploy").main(argv) == 0
+    assert "dataset image: " in capsys.readouterr().out
+
+
+def test_the_tool_prints_the_onnx_verdict_of_the_report(capsys):
+    agreement = Agreement(2e-3, 100.0, 2e-5, 0, 0, 100)  # within float32 round-off
+    report = DeployReport(Path("c.pth"), Path("c.py"), 0, 0, agreement)
+    report.onnx_agreements = [agreement]
+    tool = load_tool("deploy")
+    for atol, verdict in ((1e-3, "FAILED"), (5e-3, "ok")):
+        report.onnx_atol = atol
+        tool.print_report(report)
+        onnx_line = capsys.readouterr().out.splitlines()[-1]
+        assert onnx_line.endswith(verdict) and report.passed == (verdict == "ok")

@@ -25,8 +25,10 @@ from .segmentor import (
     PRECISIONS,
     DeployedEncoderDecoder,
     deploy_segmentor,
+    is_bf16_deployment,
     make_deploy_config,
     native_bf16,
+    refuse_bf16_deployment,
     to_bfloat16,
 )
 from .verify import (
@@ -52,7 +54,9 @@ __all__ = [
     "PRECISIONS",
     "DeployOptions",
     "OutputFolder",
+    "is_bf16_deployment",
     "native_bf16",
+    "refuse_bf16_deployment",
     "to_bfloat16",
     "Agreement",
     "ConvBNPair",

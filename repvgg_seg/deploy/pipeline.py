@@ -19,7 +19,13 @@ from ..errors import UsageError
 from ..loader import config_name, input_size_of, load_segmentor, read_config
 from .onnx_export import compare_onnx, export_onnx
 from .publish import OutputFolder, new_deploy_id
-from .segmentor import PRECISIONS, deploy_segmentor, make_deploy_config, to_bfloat16
+from .segmentor import (
+    PRECISIONS,
+    deploy_segmentor,
+    make_deploy_config,
+    refuse_bf16_deployment,
+    to_bfloat16,
+)
 from .verify import compare_on_batch, compare_on_tensor, first_dataset_batch
 from .winograd import MIN_CHANNELS_PER_GROUP, winograd_mode
 
@@ -131,10 +137,14 @@ class DeployReport:
             checks.append(("dataset image", self.real_image))
         return checks
 
+    def onnx_passed(self, agreement: Agreement) -> bool:
+        """Whether one ONNX Runtime vs PyTorch comparison is within :attr:`onnx_atol`."""
+        return agreement.max_abs_diff <= self.onnx_atol
+
     @property
     def passed(self) -> bool:
         """Fusion (:mod:`repvgg_seg.equivalence`), bf16 and ONNX checks all pass."""
-        onnx_ok = all(a.max_abs_diff <= self.onnx_atol for a in self.onnx_agreements or [])
+        onnx_ok = all(self.onnx_passed(agreement) for agreement in self.onnx_agreements or [])
         checks = self.fusion_checks + self.precision_checks
         return all(agreement.ok for _, agreement in checks) and onnx_ok
 
@@ -173,6 +183,9 @@ def deploy_checkpoint(
     folder = OutputFolder(out_dir, stem)
     folder.check()  # before the slow part
     contents = read_checkpoint(checkpoint)
+    refuse_bf16_deployment(
+        cfg, checkpoint, "deploy verifies against the float32 model it starts from", contents
+    )
     reference = load_segmentor(cfg, checkpoint, contents=contents)
     deployed = copy.deepcopy(reference)
     pairs = deploy_segmentor(deployed, torch.randn(1, 3, 64, 64), options.fuse_conv_bn)

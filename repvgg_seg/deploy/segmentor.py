@@ -13,6 +13,7 @@ from mmengine.config import Config
 from mmseg.models.segmentors import EncoderDecoder
 from mmseg.registry import MODELS
 
+from ..checkpoint import meta_of
 from ..errors import UsageError
 from ..reparam import reparameterize_model
 from .fold import ConvBNPair, find_conv_bn_pairs, fold_conv_bn, prepare_folded_structure
@@ -94,6 +95,47 @@ def native_bf16(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> bool | None:
         flag for line in text.splitlines() if line.startswith("flags") for flag in line.split()
     }
     return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def is_bf16_deployment(cfg: Config, contents: object | None = None) -> bool:
+    """Whether a config (and the checkpoint read with it) is a ``tools/deploy.py --bf16``
+    output: the deploy config's model records ``precision='bf16'``, or the checkpoint's meta
+    does (a bf16 checkpoint whose weights a float32 config would cast back, unnoticed).
+
+    Args:
+        cfg: The config.
+        contents: The checkpoint as :func:`repvgg_seg.checkpoint.read_checkpoint` returned
+            it, or None to decide from the config alone.
+    """
+    if cfg.get("model", {}).get("precision") == "bf16":
+        return True
+    return contents is not None and meta_of(contents).get("precision") == "bf16"
+
+
+def refuse_bf16_deployment(
+    cfg: Config, checkpoint: str | os.PathLike, needs: str, contents: object | None = None
+) -> None:
+    """Refuses a bf16 deployment as the float32 model a tool starts from.
+
+    Its weights are rounded to bfloat16: as a reference it would check a model against
+    itself, and ONNX export and quantization need float32 weights.
+
+    Args:
+        needs: What the tool does with the float32 model, for the message.
+
+    Raises:
+        UsageError: :func:`is_bf16_deployment`; the message says what to pass instead.
+    """
+    if not is_bf16_deployment(cfg, contents):
+        return
+    source = meta_of(contents).get("deployed_from") if contents is not None else None
+    origin = f" (this one was deployed from {source!r})" if source else ""
+    raise UsageError(
+        f"Checkpoint {os.fspath(checkpoint)!r} with config {cfg.filename!r} is a bf16 "
+        f"deployment (tools/deploy.py --bf16): its weights are rounded to bfloat16, and "
+        f"{needs}. Pass the training (or float32 deployed) checkpoint with its config"
+        f"{origin}."
+    )
 
 
 def to_bfloat16(model: EncoderDecoder) -> EncoderDecoder:

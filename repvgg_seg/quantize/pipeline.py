@@ -20,7 +20,13 @@ from mmengine.config import Config
 from torch import nn
 
 from ..atomic_io import write_atomically
-from ..deploy import OutputFolder, compare_on_batch, deploy_segmentor, export_onnx
+from ..deploy import (
+    OutputFolder,
+    compare_on_batch,
+    deploy_segmentor,
+    export_onnx,
+    refuse_bf16_deployment,
+)
 from ..errors import UsageError
 from ..host import cpu_info
 from ..loader import config_name, input_size_of, load_segmentor
@@ -164,6 +170,7 @@ def quantize_checkpoint(
     stem = Path(config_name(cfg)).stem
     folder = OutputFolder(out_dir, stem, "int8", (".onnx", ".json"), "tools/quantize.py")
     folder.check()  # an unusable out_dir, like missing datasets, ends the run before any long step
+    refuse_bf16_deployment(cfg, checkpoint, "quantization exports and calibrates float32 weights")
     calibration_set, val_set = calibration_dataset(cfg), evaluation_dataset(cfg)
     deployed = _deploy(load_segmentor(cfg, checkpoint), next(evaluation_samples(val_set, 1)))
     _check_layer_names(options.keep_float_layers, deployed)
