@@ -10,14 +10,19 @@
   with a new run's (:func:`~repvgg_seg.work_dir.plan_training_start`), temporary files of
   killed runs are removed at the start, ``--resume`` falls back to the newest readable
   ``iter_<n>.pth`` when ``last_checkpoint`` is empty or names an incomplete file, and the
-  best checkpoint is replaced by writing the new one before the old one is removed
-  (:class:`AtomicCheckpointHook`).
+  best checkpoint is replaced by writing the new one before the old one is removed, never
+  another folder's (:class:`AtomicCheckpointHook`). ``load_from`` and ``--resume`` are read
+  by :func:`~repvgg_seg.checkpoint.read_checkpoint`, and a resumed checkpoint must fit the
+  model as strictly as ``tools/test.py`` loads (:func:`~repvgg_seg.loader.check_resumable`).
 - :func:`claim_work_dir`: the same lock and checks, taken before the runner is built, so
   that a refused run changes nothing in the work dir (mmengine's runner writes its config
-  and log there as it is built).
-- :func:`init_distributed` and :func:`configure_for_cpu` make ``--launcher pytorch``
-  work on a machine without GPUs (gloo; mmengine's own start-up calls
-  ``torch.cuda.set_device`` and passes GPU ``device_ids`` to DistributedDataParallel).
+  and log there as it is built); :func:`check_resume` refuses a checkpoint that does not fit
+  there too.
+- :func:`~repvgg_seg.runner.distributed.init_process_group` is the package's one
+  distributed start-up (pretraining calls it too); :func:`init_distributed` and
+  :func:`configure_for_cpu` make ``--launcher pytorch`` work on a machine without GPUs
+  (gloo; mmengine's own start-up calls ``torch.cuda.set_device`` and passes GPU
+  ``device_ids`` to DistributedDataParallel).
 """
 
 from __future__ import annotations
