@@ -19,10 +19,3 @@ class UsageError(ValueError):
 
 class CheckFailedError(RuntimeError):
     """A check the run exists to make failed (the message says which and by how much)."""
-
-
-class NotWritableError(UsageError, PermissionError):
-    """A folder or file the user named cannot be written (no permission, read-only).
-
-    Also a ``PermissionError``, so that callers catching that still do.
-    """

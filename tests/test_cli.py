@@ -25,7 +25,6 @@ from repvgg_seg.cli import (
     KINETO_LOG_LEVEL,
     CheckFailedError,
     DictAction,
-    NotWritableError,
     UsageError,
     load_config,
     one_line,
@@ -88,7 +87,6 @@ def raising(error: BaseException):
         (CheckFailedError("fused logits differ"), 1, "fused logits differ"),
         (FileNotFoundError(2, "No such file or directory", "a.pth"), 2, "a.pth: No such file"),
         (PermissionError(13, "Permission denied", "/out"), 2, "/out: Permission denied"),
-        (NotWritableError("Cannot write into --out-dir '/out'"), 2, "Cannot write into"),
         (CheckpointError("'a.pth' is truncated"), 2, "'a.pth' is truncated"),
         (ConnectionError("the download of URL stopped"), 1, "the download of URL stopped"),
     ],
@@ -102,7 +100,9 @@ def test_refusals_are_one_line(error, status, message, capsys):
     assert code == status and "Traceback" in err and err.endswith(f"error: {one_line(error)}\n")
 
 
-@pytest.mark.parametrize("error", [RuntimeError("an internal invariant"), KeyError("k")])
+@pytest.mark.parametrize(
+    "error", [ValueError("an internal invariant"), PermissionError("no path"), KeyError("k")]
+)
 def test_other_exceptions_are_bugs_with_their_traceback(error, capsys):
     code, err = end_of(raising(error), capsys)
     assert code == EXIT_BUG == 3
@@ -112,6 +112,24 @@ def test_other_exceptions_are_bugs_with_their_traceback(error, capsys):
         f"tools/x.py: error: this is a bug in repvgg_seg ({type(error).__name__}"
     )
     assert lines[-1].endswith(f"{BUG_ADVICE}.")
+
+
+def test_an_internal_value_error_in_a_real_tool_keeps_its_traceback(tmp_path, monkeypatch, capsys):
+    tool = load_tool("convert_checkpoint")
+
+    def convert_with_a_defect(*args, **kwargs):
+        return np.zeros(3).reshape(2, 2)  # numpy's ValueError, as from a real defect
+
+    monkeypatch.setattr(tool, "convert_checkpoint_file", convert_with_a_defect)
+    (tmp_path / "a.pth").write_bytes(b"")
+    code, err = end_of(
+        lambda: tool.main([str(tmp_path / "a.pth"), str(tmp_path / "b.pth")]), capsys
+    )
+    assert code == EXIT_BUG
+    assert "in convert_with_a_defect" in err and "cannot reshape array of size 3" in err
+    assert err.splitlines()[-1].startswith(
+        "tools/x.py: error: this is a bug in repvgg_seg (ValueError"
+    )
 
 
 @pytest.mark.parametrize(
@@ -195,7 +213,7 @@ def test_every_tool_taking_cfg_options_uses_the_cli_action():
         assert tool.DictAction is DictAction, f"tools/{name}.py: mmengine's DictAction"
 
 
-@pytest.mark.parametrize("tool", ["train", "test", "quantize"])
+@pytest.mark.parametrize("tool", ["train", "test", "quantize", "deploy"])
 def test_dict_cfg_options_reach_the_config_in_every_tool(tool, tmp_path, capsys):
     # The options are parsed before the (missing) config is read: the run ends with the
     # config's one line, not mmengine's RecursionError.

@@ -31,7 +31,7 @@ A tool that takes ``--cfg-options`` declares it with this package's :class:`Dict
 
 from __future__ import annotations
 
-from ..errors import CheckFailedError, NotWritableError, UsageError
+from ..errors import CheckFailedError, UsageError
 from .config import DictAction, format_options, load_config, set_work_dir
 from .quiet import (
     KINETO_LOG_LEVEL,
@@ -81,7 +81,6 @@ __all__ = [
     "CheckFailedError",
     "ConsoleLine",
     "DictAction",
-    "NotWritableError",
     "UsageError",
     "fail",
     "format_options",

@@ -15,12 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NoReturn
 
-from ..checkpoint import CheckpointError
-from ..datasets import CityscapesDataError
-from ..dir_lock import WorkDirBusyError
-from ..equivalence import FusionMismatchError
 from ..errors import CheckFailedError, UsageError
-from ..weights import ChecksumError
 from .quiet import quiet_third_party, take_verbose_flag
 
 EXIT_FAILED_CHECK = 1
@@ -33,26 +28,19 @@ BUG_ADVICE = (
 )
 
 
-# Exception types whose message is written for a user: one line, exit 2 / exit 1.
+# Refusals: exception types whose message is written for a user, one line and exit 2 / 1.
+# The package's own error types all derive from UsageError or CheckFailedError
+# (repvgg_seg/errors.py); these OS errors name the user's path (a missing checkpoint, an
+# existing output). A bare ValueError, from the package or a library, is a bug.
 BAD_INPUT: tuple[type[BaseException], ...] = (
     UsageError,
-    CheckpointError,
     FileNotFoundError,
     FileExistsError,
     NotADirectoryError,
     IsADirectoryError,
-    PermissionError,
-    ValueError,
-    WorkDirBusyError,
-    CityscapesDataError,
 )
 # A download that failed (network, deadline, sha256) is no error in the user's input: exit 1.
-FAILED_CHECK: tuple[type[BaseException], ...] = (
-    CheckFailedError,
-    FusionMismatchError,
-    ChecksumError,
-    ConnectionError,
-)
+FAILED_CHECK: tuple[type[BaseException], ...] = (CheckFailedError, ConnectionError)
 
 
 def one_line(error: BaseException) -> str:
@@ -82,7 +70,8 @@ def refusal_status(error: BaseException) -> int | None:
     """The exit status of a refusal (a message written for the user); None for a bug.
 
     A ``PermissionError`` the OS raised for a path names it and is the user's (a file or
-    folder they cannot read or write); the package raises :class:`~.errors.NotWritableError`.
+    folder they cannot read or write); one without a path is a bug. The package itself
+    raises :class:`UsageError` for a folder it cannot write.
     """
     if isinstance(error, FAILED_CHECK):
         return EXIT_FAILED_CHECK
