@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import io
+import json
 import re
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from repvgg_seg.inference import (
 from repvgg_seg.inference.run import INFER_LOCK, Progress
 from repvgg_seg.loader import build_segmentor
 from repvgg_seg.models import RepVGGBlock
+from repvgg_seg.output_dir import RECORD_NAME
 from repvgg_seg.reparam import reparameterize_model
 from repvgg_seg.work_dir import WorkDirLock
 
@@ -211,7 +213,8 @@ def test_nothing_is_overwritten_without_the_flag(checkpoints, image_folder, tmp_
     assert status == 2 and "--overwrite" in one_error_line(err, "infer")
     assert overlay.stat().st_mtime_ns == before
     assert tool.main([*argv, "--overwrite"]) == 0
-    assert sorted(p.name for p in out.rglob("*") if p.is_file()) == ["street.png", "street.png"]
+    results = [p.name for p in out.rglob("*") if p.is_file() and p.name != RECORD_NAME]
+    assert sorted(results) == ["street.png", "street.png"]
 
 
 def test_video_in_annotated_video_out(checkpoints, tmp_path, capsys):
@@ -234,7 +237,7 @@ def test_video_in_annotated_video_out(checkpoints, tmp_path, capsys):
         decoded.append(frame[1])
     capture.release()
     assert [frame.shape for frame in decoded] == [(40, 56, 3)] * 5
-    assert not list(out.rglob(".*"))  # the video's scratch folder is gone
+    assert not hidden_files(out)  # the video's scratch folder is gone
     labels = sorted((out / "labels" / "drive").iterdir())
     assert [p.name for p in labels] == [f"{i:06d}.png" for i in range(5)]
     assert all(np.asarray(Image.open(p)).shape == (40, 56) for p in labels)
@@ -400,30 +403,39 @@ def test_ctrl_c_says_what_was_finished(checkpoints, image_folder, tmp_path, caps
     status, err = tool_exit("infer", infer_argv(checkpoints, image_folder, out=out), capsys)
     assert status == 130 and err.strip().endswith("tools/infer.py: error: interrupted (Ctrl-C)")
     assert "Traceback" not in err
-    assert len(list(out.rglob("*.png"))) == 2 and not list(out.rglob(".*"))
+    assert len(list(out.rglob("*.png"))) == 2 and not hidden_files(out)
+
+
+def hidden_files(out: Path) -> list[Path]:
+    """Hidden files and folders under ``out`` but the folder's record of written files."""
+    return [path for path in out.rglob(".*") if path.name != RECORD_NAME]
 
 
 def test_killed_runs_leftovers_are_removed_and_a_live_run_is_not_disturbed(
     checkpoints, image_folder, tmp_path, capsys
 ):
     out = tmp_path / "out"
-    leftover = out / "overlays" / "nested" / ".street.png.k2j4_x9a.part"
-    leftover.parent.mkdir(parents=True)
-    leftover.write_bytes(b"\0" * 100)
-    scratch = out / "overlays" / ".clip.mp4.q7_3kz0e.scratch"  # a video being encoded
-    (scratch / "video.mp4").parent.mkdir()
-    (scratch / "video.mp4").write_bytes(b"\0" * 100)
     argv = infer_argv(checkpoints, image_folder, out=out)
     with WorkDirLock(out, INFER_LOCK):
         status, err = tool_exit("infer", argv, capsys)
         assert status == 2 and "is in use by another tools/infer.py run" in one_error_line(
             err, "infer"
         )
-        assert leftover.exists() and scratch.exists()
+    # A run killed with -9: its lock names its marker, which its temporaries carry.
+    marker = "0badc0de"
+    record = {"pid": 2**22 + 1, "host": "h", "started": "t", "marker": marker}
+    (out / INFER_LOCK.file_name).write_text(json.dumps(record))
+    leftover = out / "overlays" / "nested" / f".street.png.{marker}.k2j4_x9a.part"
+    scratch = out / "overlays" / f".clip.mp4.{marker}.q7_3kz0e.scratch"  # a video being encoded
+    users = out / "overlays" / ".notes.k2j4_x9a.part"  # shaped like one, but no marker: kept
+    for path in (leftover, scratch / "video.mp4", users):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"\0" * 100)
     assert load_tool().main(argv + ["--overwrite"]) == 0
     err = capsys.readouterr().err
     assert f"removed {leftover}" in err and not leftover.exists()
     assert f"removed {scratch}" in err and not scratch.exists()
+    assert users.exists()
 
 
 def test_images_per_second_counts_only_segmented_images():
@@ -500,3 +512,39 @@ def test_overlay_blends_colours_and_lists_present_classes():
     clear = draw_overlay(image, labels, palette, opacity=0.0)
     np.testing.assert_array_equal(clear[100:], image[100:])
     assert (clear[:20, :20] != 100).any(), "no legend drawn in the top-left corner"
+
+
+def test_odd_images_are_reported_and_the_rest_still_run(checkpoints, tmp_path, capsys):
+    """A 5000x1 PNG aborted the run with a cv2 traceback (later images never ran, no
+    summary); a 32-bit float TIFF was segmented as an all-black image."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.fromarray(np.full((1, 5000, 3), 99, np.uint8)).save(folder / "a_thin.png")
+    Image.fromarray(np.full((3000, 1), 99, np.uint8)).save(folder / "b_tall.png")
+    floats = np.random.default_rng(0).random((20, 30)).astype(np.float32)
+    Image.fromarray(floats, mode="F").save(folder / "c_float.tif")
+    write_image(folder / "d_street.png", 30, 40, "RGB", 0)
+    out = tmp_path / "out"
+    status, err = tool_exit("infer", infer_argv(checkpoints, folder, out=out), capsys)
+    assert status == 1
+    failed = [line for line in err.splitlines() if line.startswith("failed: ")]
+    assert len(failed) == 3, err
+    assert f"{folder / 'a_thin.png'}: 5000x1 pixels is more than 100 times" in failed[0]
+    assert f"{folder / 'b_tall.png'}: 1x3000 pixels" in failed[1]
+    assert f"{folder / 'c_float.tif'}: a 32-bit floating-point image" in failed[2]
+    assert [p.name for p in (out / "overlays").iterdir()] == ["d_street.png"]
+
+
+def test_links_that_lead_nowhere(checkpoints, image_folder, tmp_path, capsys):
+    """Skipped without a word inside a folder; a traceback (RuntimeError from resolving a
+    loop) when named directly."""
+    (image_folder / "gone.png").symlink_to(tmp_path / "deleted.png")
+    (image_folder / "loop.png").symlink_to(image_folder / "loop.png")
+    out = tmp_path / "out"
+    assert load_tool().main(infer_argv(checkpoints, image_folder, out=out)) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if "symbolic link" in line]
+    assert len(notes) == 1 and notes[0].startswith("skipped 2 symbolic link(s)")
+    for link in ("loop.png", "gone.png"):
+        argv = infer_argv(checkpoints, image_folder / link, out=tmp_path / "out2")
+        status, err = tool_exit("infer", argv, capsys)
+        assert status == 2 and "symbolic link that leads nowhere" in one_error_line(err, "infer")

@@ -20,6 +20,7 @@ from mmengine.config import Config
 from mmseg.apis import inference_model
 from mmseg.models.segmentors import BaseSegmentor
 
+from ..errors import UsageError
 from ..loader import config_name, load_segmentor, read_config
 
 
@@ -27,21 +28,21 @@ def resolve_device(device: str) -> torch.device:
     """``cpu``, ``cuda`` or ``cuda:N`` as a device, checked to exist here.
 
     Raises:
-        ValueError: Not a device name, or CUDA (that GPU) is not available.
+        UsageError: Not a device name, or CUDA (that GPU) is not available.
     """
     try:
         resolved = torch.device(device)
     except RuntimeError as error:
-        raise ValueError(f"Unknown device {device!r}; pass cpu, cuda or cuda:N.") from error
+        raise UsageError(f"Unknown device {device!r}; pass cpu, cuda or cuda:N.") from error
     if resolved.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"Device {device!r}: CUDA is not available here; pass --device cpu.")
+            raise UsageError(f"Device {device!r}: CUDA is not available here; pass --device cpu.")
         if resolved.index is not None and resolved.index >= torch.cuda.device_count():
-            raise ValueError(
+            raise UsageError(
                 f"Device {device!r}: only {torch.cuda.device_count()} CUDA device(s) here."
             )
     elif resolved.type != "cpu":
-        raise ValueError(f"Device {device!r} is not supported; pass cpu, cuda or cuda:N.")
+        raise UsageError(f"Device {device!r} is not supported; pass cpu, cuda or cuda:N.")
     return resolved
 
 
@@ -66,17 +67,17 @@ def load_inference_model(
 
     Raises:
         CheckpointError: The checkpoint cannot be read or does not fit the config.
-        ValueError: The config has no ``test_pipeline``, or predicts more than 255 classes.
+        UsageError: The config has no ``test_pipeline``, or predicts more than 255 classes.
     """
     cfg = read_config(config)
     if "test_pipeline" not in cfg:
-        raise ValueError(
+        raise UsageError(
             f"Config {config_name(config)!r} has no test_pipeline (the loading and resizing "
             "of test images); inference needs one, like every mmseg config has."
         )
     model = load_segmentor(cfg, checkpoint, device=device, fuse=fuse)
     if num_classes_of(model) > 255:
-        raise ValueError(
+        raise UsageError(
             f"Config {config_name(config)!r} predicts {num_classes_of(model)} classes; label "
             "maps are written as 8-bit PNGs, which hold at most 255."
         )

@@ -15,6 +15,8 @@ import cv2
 import numpy as np
 from mmseg.utils import dataset_aliases, get_classes, get_palette
 
+from ..errors import UsageError
+
 PALETTE_NAMES = tuple(sorted(alias for aliases in dataset_aliases.values() for alias in aliases))
 
 
@@ -31,10 +33,10 @@ class Palette:
         """The classes and palette of an mmseg dataset (``cityscapes``, ``ade20k``, ...).
 
         Raises:
-            ValueError: mmseg knows no dataset of that name.
+            UsageError: mmseg knows no dataset of that name.
         """
         if name not in PALETTE_NAMES:
-            raise ValueError(f"Unknown palette {name!r}; choose one of {', '.join(PALETTE_NAMES)}.")
+            raise UsageError(f"Unknown palette {name!r}; choose one of {', '.join(PALETTE_NAMES)}.")
         classes = tuple(get_classes(name))
         return cls(name, classes, np.asarray(get_palette(name), dtype=np.uint8).reshape(-1, 3))
 
@@ -64,7 +66,7 @@ def draw_overlay(
     if image.shape[:2] != labels.shape:
         raise ValueError(f"image {image.shape[:2]} and labels {labels.shape} differ in size.")
     if not 0.0 <= opacity <= 1.0:
-        raise ValueError(f"opacity must be between 0 and 1, got {opacity}.")
+        raise UsageError(f"opacity must be between 0 and 1, got {opacity}.")
     num_classes = len(palette.classes)
     colored = labels < num_classes
     colors = palette.colors[np.where(colored, labels, 0)].astype(np.float32)
