@@ -192,7 +192,12 @@ def written_only_by(work_dir: str | os.PathLike, writer: str) -> bool:
     """Whether every earlier-run file of ``work_dir`` was written by ``writer`` (a tool's
     tag in the folder's record, e.g. ``demo``)."""
     record = WrittenRecord(work_dir)
-    return all(record.writer_of(path) == writer for path in earlier_run_files(work_dir))
+    return all(
+        _trainings(path, record)
+        if path.name == LAST_CHECKPOINT
+        else record.writer_of(path) == writer
+        for path in earlier_run_files(work_dir)
+    )
 
 
 def _trainings(path: Path, record: WrittenRecord) -> bool:

@@ -15,7 +15,8 @@ from test_robustness import snapshot, train_exit, train_in_process
 
 from repvgg_seg.checkpoint import read_checkpoint
 from repvgg_seg.datasets import make_synthetic_cityscapes
-from repvgg_seg.output_dir import RECORD_NAME
+from repvgg_seg.output_dir import RECORD_NAME, WrittenRecord
+from repvgg_seg.work_dir import written_only_by
 
 from helpers import one_error_line
 
@@ -81,3 +82,17 @@ def test_new_run_over_an_earlier_one_is_refused_unless_asked(tmp_path, data_root
     assert "iter_2.pth" not in os.listdir(work_dir)
     assert read_checkpoint(work_dir / "iter_1.pth")["meta"]["iter"] == 1
     assert (work_dir / "last_checkpoint").read_text().endswith("iter_1.pth")
+
+
+def test_a_demos_own_work_dir_is_told_from_another_runs(tmp_path):
+    work_dir = tmp_path / "demo"
+    work_dir.mkdir()
+    checkpoint = work_dir / "iter_2.pth"
+    checkpoint.write_bytes(b"weights")
+    # mmengine rewrites last_checkpoint in place: it is a run's when it names a recorded file.
+    (work_dir / "last_checkpoint").write_text(str(checkpoint))
+    record = WrittenRecord(work_dir)
+    record.add(checkpoint, "demo", checkpoint)
+    assert written_only_by(work_dir, "demo") and not written_only_by(work_dir, "train")
+    (work_dir / "last_checkpoint").write_text("/elsewhere/a_users_file.pth")
+    assert not written_only_by(work_dir, "demo")
