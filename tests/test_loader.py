@@ -217,6 +217,24 @@ def test_deploy_publishes_one_consistent_set(tiny, tmp_path):
     assert read_checkpoint(report.checkpoint)["meta"]["deploy_id"] == deploy_id
 
 
+def test_deploy_says_in_one_line_which_earlier_file_it_removes(tiny, tmp_path, capsys):
+    # Case 6: deploy's own advice is "once with --onnx and once with --bf16"; the second
+    # removes the first's ONNX (a model that is no longer the published one), and says so.
+    out = tmp_path / "out"
+    args = [str(tiny.config), str(tiny.checkpoint), str(out), "--random-size", "32", "64"]
+    onnx = ["--onnx", "--onnx-atol", "1"]  # the tiny model's logits reach 3e4
+    assert load_tool("deploy").main([*args, *onnx, "--skip-real-image"]) == 0
+    assert (out / "tiny_deploy.onnx").is_file()
+    capsys.readouterr()
+    assert load_tool("deploy").main([*args, "--skip-real-image", "--winograd", "off"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if "removed" in line]
+    assert lines == [
+        f"removed 1 file(s) of the earlier deploy that this one does not write (they belong "
+        f"to the replaced model): {out / 'tiny_deploy.onnx'}"
+    ]
+    assert not (out / "tiny_deploy.onnx").exists()
+
+
 def test_deploy_removes_a_killed_runs_staging_folder_and_refuses_a_live_run(tiny, tmp_path):
     out = tmp_path / "out"
     with OutputFolder(out, "tiny") as live:  # as a live deploy holds it

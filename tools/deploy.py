@@ -31,6 +31,7 @@ from repvgg_seg.deploy import (
     native_bf16,
 )
 from repvgg_seg.deploy.winograd import MIN_CHANNELS_PER_GROUP, WINOGRAD_MODES
+from repvgg_seg.output_dir import describe_removed
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -125,8 +126,8 @@ def options_from(args: argparse.Namespace) -> DeployOptions:
 
 def print_report(report: DeployReport) -> None:
     """The checks, one line each."""
-    for path in report.removed_leftovers:
-        print(f"removed the staging folder of a killed deploy run: {path}")
+    if report.removed_leftovers:
+        print(describe_removed(report.removed_leftovers, "staging folder(s) of a killed deploy"))
     print(f"conv+BN pairs folded outside RepVGG blocks: {report.folded_pairs}")
     print(f"convs run by Winograd F(4x4,3x3) on CPU: {report.winograd_convs}")
     for name, agreement in report.fusion_checks:
@@ -172,6 +173,16 @@ def main(argv: list[str] | None = None) -> int:
         raise CheckFailedError(
             f"the deployed model does not reproduce the trained one (lines marked FAILED "
             f"above); nothing was written to {args.out_dir}."
+        )
+    if report.removed_earlier:
+        # A deploy without --onnx into a folder where one with --onnx published: that ONNX is
+        # of another model now, and would be mixed with this one's files.
+        print(
+            describe_removed(
+                report.removed_earlier,
+                "file(s) of the earlier deploy that "
+                "this one does not write (they belong to the replaced model)",
+            )
         )
     print(f"deployed checkpoint: {report.checkpoint}")
     print(f"deploy config:       {report.config}")

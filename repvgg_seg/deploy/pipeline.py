@@ -112,6 +112,8 @@ class DeployReport:
         onnx_agreements: ONNX Runtime vs PyTorch, one per checked input.
         onnx_atol: Largest accepted ONNX Runtime vs PyTorch logit difference.
         removed_leftovers: Staging folders of killed deploy runs that were removed.
+        removed_earlier: Files of an earlier deploy of the same config that this one does
+            not write (an ``.onnx`` beside a new bf16 ``.pth``), removed when publishing.
         written: Whether the files were put in place (only when every check passed).
     """
 
@@ -127,6 +129,7 @@ class DeployReport:
     onnx_agreements: list[Agreement] | None = None
     onnx_atol: float = 1e-3
     removed_leftovers: list[Path] = field(default_factory=list)
+    removed_earlier: list[Path] = field(default_factory=list)
     written: bool = False
 
     @property
@@ -283,6 +286,7 @@ def _publish(report: DeployReport, folder: OutputFolder) -> None:
         return
     staged = [report.checkpoint, report.config] + ([report.onnx] if report.onnx else [])
     folder.publish(staged)
+    report.removed_earlier = folder.removed_earlier
     report.checkpoint = folder.path / report.checkpoint.name
     report.config = folder.path / report.config.name
     if report.onnx is not None:
