@@ -194,6 +194,14 @@ def test_cfg_options_take_dict_values_as_mmseg_configs_write_them():
     }
     cfg = load_config(ROOT / "configs/pspnet_repvgg_a0_synthetic.py", options)
     assert cfg.model.backbone.init_cfg == dict(type="Pretrained", checkpoint="x.pth")
+    # Into a dict, a dict merges (mmengine's rule): the backbone keeps its other keys.
+    merged = load_config(
+        ROOT / "configs/pspnet_repvgg_a0_synthetic.py",
+        parser.parse_args(["--cfg-options", "model.backbone=dict(arch=A1)"]).cfg_options,
+    )
+    assert merged.model.backbone.arch == "A1"
+    assert merged.model.backbone.type == cfg.model.backbone.type
+    assert merged.model.backbone.out_indices == cfg.model.backbone.out_indices
     # Values that mmengine's parser recurses on or asserts about are one line naming them.
     for value in ["a=x(1,2)", "a=[1,2", "a=dict(b=open('x'))", "a=dict(x=/abs.pth)", "a"]:
         with pytest.raises(UsageError, match=re.escape(f"--cfg-options {value!r}")):

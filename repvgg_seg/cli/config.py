@@ -130,13 +130,13 @@ def _replacing_no_dict(cfg: Config, cfg_options: dict) -> dict:
     """``cfg_options`` where a dict value whose key holds no dict in ``cfg`` (mmseg's
     ``init_cfg=None``) replaces it, as asked, instead of failing mmengine's merge; into a
     dict, a dict merges (mmengine's rule)."""
-    options = {}
+    options, tree = {}, cfg.to_dict()
     for key, value in cfg_options.items():
-        node = cfg
+        node: object = tree
         for part in key.split("."):
             if isinstance(node, dict) and part in node:
                 node = node[part]
-            elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            elif isinstance(node, list | tuple) and part.isdigit() and int(part) < len(node):
                 node = node[int(part)]
             else:
                 node = None
