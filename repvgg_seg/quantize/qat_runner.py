@@ -9,8 +9,11 @@ from dataclasses import dataclass
 
 import torch
 from mmengine.config import Config
+from mmengine.model import is_model_wrapper
 
+from ..checkpoint import CheckpointError, describe_key_mismatch, read_checkpoint
 from ..errors import UsageError
+from ..loader import check_finite_weights, segmentor_state
 from ..runner import AtomicCheckpointRunner, configure_for_cpu
 from .qat_model import QATSegmentor
 
@@ -107,11 +110,43 @@ def qat_config(cfg: Config, work_dir: str | os.PathLike, schedule: QATSchedule) 
     return cfg
 
 
+class QATRunner(AtomicCheckpointRunner):
+    """The atomic-checkpoint runner; ``--resume`` loads a QAT checkpoint strictly.
+
+    The training runner's resume check expects the config's training model; a QAT work
+    dir holds :class:`~.qat_model.QATSegmentor` states (fused convs, quantizer buffers).
+    """
+
+    def load_checkpoint(self, filename: str, map_location="cpu", strict=False, revise_keys=()):
+        """Reads ``filename`` by the package's reader and loads it strictly.
+
+        Raises:
+            CheckpointError: The file cannot be read, holds NaN/Inf weights, or is not a
+                tools/qat.py checkpoint of this model and settings.
+        """
+        contents = read_checkpoint(filename)
+        state = segmentor_state(contents, filename)
+        check_finite_weights(state, filename)
+        model = self.model.module if is_model_wrapper(self.model) else self.model
+        mismatch = describe_key_mismatch(model.state_dict(), state)
+        if mismatch is not None:
+            raise CheckpointError(
+                f"--resume: checkpoint {filename!r} is not a tools/qat.py checkpoint of this "
+                f"model ({mismatch}); pass another --work-dir or start over with "
+                "--overwrite-work-dir."
+            )
+        self.call_hook("after_load_checkpoint", checkpoint=contents)
+        model.load_state_dict(state, strict=True)
+        self._has_loaded = True
+        self.logger.info(f"Load checkpoint from {filename}")
+        return contents
+
+
 def build_qat_runner(
     cfg: Config, model: QATSegmentor, launcher: str, resume: bool
 ) -> AtomicCheckpointRunner:
     """The runner that fine-tunes ``model`` as :func:`qat_config`'s ``cfg`` says."""
-    return AtomicCheckpointRunner(
+    return QATRunner(
         model=model,
         work_dir=cfg.work_dir,
         train_dataloader=cfg.train_dataloader,
