@@ -87,6 +87,7 @@ def raising(error: BaseException):
         (CheckFailedError("fused logits differ"), 1, "fused logits differ"),
         (FileNotFoundError(2, "No such file or directory", "a.pth"), 2, "a.pth: No such file"),
         (PermissionError(13, "Permission denied", "/out"), 2, "/out: Permission denied"),
+        (OSError(30, "Read-only file system", "/mnt/a.pth"), 2, "/mnt/a.pth: Read-only file"),
         (CheckpointError("'a.pth' is truncated"), 2, "'a.pth' is truncated"),
         (ConnectionError("the download of URL stopped"), 1, "the download of URL stopped"),
     ],

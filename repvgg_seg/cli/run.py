@@ -69,15 +69,16 @@ def fail(message: str, status: int = EXIT_BAD_INPUT) -> NoReturn:
 def refusal_status(error: BaseException) -> int | None:
     """The exit status of a refusal (a message written for the user); None for a bug.
 
-    A ``PermissionError`` the OS raised for a path names it and is the user's (a file or
-    folder they cannot read or write); one without a path is a bug. The package itself
-    raises :class:`UsageError` for a folder it cannot write.
+    An ``OSError`` the OS raised for a path (``PermissionError``, a read-only file system)
+    names it, and the path is the user's: a file or folder they cannot read or write. One
+    without a path (a bare ``PermissionError``) is a bug. The package itself raises
+    :class:`UsageError` for a folder it cannot write.
     """
     if isinstance(error, FAILED_CHECK):
         return EXIT_FAILED_CHECK
     if isinstance(error, BAD_INPUT):
         return EXIT_BAD_INPUT
-    if isinstance(error, PermissionError) and error.filename is not None:
+    if isinstance(error, OSError) and error.filename is not None:
         return EXIT_BAD_INPUT
     return None
 
