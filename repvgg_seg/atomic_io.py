@@ -14,7 +14,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
@@ -150,14 +150,20 @@ def remove_marked(folder: str | os.PathLike, marker: str) -> list[Path]:
             if not path.is_symlink():
                 shutil.rmtree(path, ignore_errors=True)
                 removed.append(path)
-        for name in files:
-            path = Path(top) / name
-            if marked_temporary(name, marker) and not path.is_symlink():
-                try:
-                    path.unlink()
-                except FileNotFoundError:
-                    continue
-                removed.append(path)
+        marked = [Path(top) / name for name in files if marked_temporary(name, marker)]
+        removed += remove_files(path for path in marked if not path.is_symlink())
+    return removed
+
+
+def remove_files(paths: Iterable[Path]) -> list[Path]:
+    """Removes each of ``paths``; returns those that were there to remove."""
+    removed = []
+    for path in paths:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            continue
+        removed.append(path)
     return removed
 
 

@@ -28,7 +28,7 @@ import os
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
-from .atomic_io import guard_folder, remove_marked
+from .atomic_io import guard_folder, remove_files, remove_marked
 from .dir_lock import LockOwner, LockRole, WorkDirLock
 from .errors import UsageError
 
@@ -280,14 +280,7 @@ class OutputDir:
         """
         paths = [Path(p) for p in paths if os.path.lexists(p)]
         self.refuse_foreign(paths, "delete")
-        removed = []
-        for path in paths:
-            try:
-                path.unlink()
-            except FileNotFoundError:
-                continue
-            removed.append(path)
-        return removed
+        return remove_files(paths)
 
     def _staged(self, path: Path) -> bool:
         # In this run's own staging or scratch folder: new files, published (and recorded)

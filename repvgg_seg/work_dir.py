@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .atomic_io import remove_files
 from .checkpoint import CheckpointError, UnsafeCheckpointError, read_checkpoint
 from .dir_lock import LOCK_NAME, LockOwner, LockRole, WorkDirBusyError, WorkDirLock
 from .errors import UsageError
@@ -278,11 +279,4 @@ def plan_training_start(
             f"--resume to continue that run, another --work-dir for a new one, or "
             f"{START_OVER_FLAG} to delete them and start over."
         )
-    removed = []
-    for path in candidates:
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            continue
-        removed.append(path)
-    return TrainingStart(resume=False, removed=tuple(removed))
+    return TrainingStart(resume=False, removed=tuple(remove_files(candidates)))
