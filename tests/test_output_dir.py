@@ -302,3 +302,14 @@ def test_demo_refuses_another_runs_work_dir(dataset, tmp_path, capsys):
     assert status == 2 and "holds checkpoints of an earlier run" in message
     assert "--overwrite-work-dir" in message
     assert snapshot(run) == {**before, RECORD_NAME: (run / RECORD_NAME).read_bytes()}
+
+
+def test_quantize_tool_refuses_a_users_report_file_in_one_line(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    users = out / f"{Path(CONFIG).stem}_int8.json"
+    users.write_text('{"my notes": 1}')
+    argv = [CONFIG, str(tmp_path / "never_read.pth"), str(out)]
+    status, err = tool_exit("quantize", argv, capsys)
+    assert status == 2 and f"{users.name}' was not written by a repvgg_seg tool" in err
+    assert users.read_text() == '{"my notes": 1}' and sorted(out.iterdir()) == [users]
