@@ -7,7 +7,9 @@
 A work dir holds one training: a second one started in it while it runs is refused, and a
 run started where an earlier one left checkpoints must say what it wants: ``--resume`` to
 continue that run, or ``--overwrite-work-dir`` to delete its checkpoints and start over. A
-refused run changes nothing in the work dir.
+file no training wrote (a user's ``best_model.pth``, or ``<config name>.py`` where the config
+is dumped) is never replaced or deleted: the run is refused, naming it. A refused run
+changes nothing in the work dir.
 
 Multi-GPU (or multi-process CPU): tools/dist_train.sh CONFIG NUM_PROCESSES [args].
 """
@@ -54,8 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         dest="overwrite_work_dir",
         action="store_true",
         help="start over in a work dir that holds an earlier run's checkpoints: they "
-        "(iter_*.pth, epoch_*.pth, best_*.pth, last_checkpoint) are deleted first; its logs "
-        "stay",
+        "(iter_*.pth, epoch_*.pth, best_*.pth, last_checkpoint that a training wrote) are "
+        "deleted first; its logs stay",
     )
     parser.add_argument(
         "--amp", action="store_true", help="automatic mixed precision (needs a GPU)"
