@@ -36,8 +36,6 @@ from .errors import UsageError
 # {"writer", "path" (relative), "ino", "size", "mtime"}. A file is the tool's while its
 # inode, size and modification time are the recorded ones, whatever its name.
 RECORD_NAME = ".repvgg_seg-written"
-
-
 # The claims this process holds, by the real path of their folder.
 _HELD: dict[str, OutputDir] = {}
 
@@ -110,11 +108,7 @@ def refuse_input_as_output(
 
 def check_file_output(path: str | os.PathLike, option: str, overwrite: bool) -> None:
     """Refuses a one-file output (no folder to claim) that is a folder, or that exists and
-    ``overwrite`` (``--overwrite``) was not given; creates nothing.
-
-    Raises:
-        UsageError: Naming the path and what to pass.
-    """
+    ``overwrite`` (``--overwrite``) was not given, with a :class:`UsageError`."""
     path = Path(path)
     if path.is_dir():
         raise UsageError(f"{option} {str(path)!r} is a folder; pass a file name.")
@@ -226,11 +220,15 @@ class OutputDir:
             OSError: The folder cannot be created or locked (no ``flock``: see callers).
         """
         self.stale_owner = self.lock.acquire()
-        self.record = WrittenRecord(self.path)
-        guard_folder(self.path, self)
-        _HELD[os.path.realpath(self.path)] = self
-        if self.stale_owner is not None and self.stale_owner.marker:
-            self.removed_leftovers = remove_marked(self.path, self.stale_owner.marker)
+        try:
+            self.record = WrittenRecord(self.path)
+            guard_folder(self.path, self)
+            _HELD[os.path.realpath(self.path)] = self
+            if self.stale_owner is not None and self.stale_owner.marker:
+                self.removed_leftovers = remove_marked(self.path, self.stale_owner.marker)
+        except BaseException:
+            self.release()  # a claim that failed half-way holds nothing
+            raise
         return self.removed_leftovers
 
     def release(self) -> None:
