@@ -352,6 +352,18 @@ def test_test_tool_refuses_an_rgb_label_in_one_line(tiny, tmp_path, capsys):
     assert status == 2 and label.name in one_line_error(err)
 
 
+def test_test_tool_never_replaces_a_file_of_its_work_dir(tiny, tmp_path, capsys):
+    work_dir = tmp_path / "mine"
+    work_dir.mkdir()
+    users = work_dir / Path(tiny.config).name  # where mmengine dumps the config
+    users.write_text("# the user's own notes\n")
+    options = ["--cfg-options", f"test_dataloader.dataset.data_root={tiny.data_root}"]
+    args = [str(tiny.config), str(tiny.checkpoint), "--work-dir", str(work_dir), *options]
+    assert load_tool("test").main(args)["mIoU"] >= 0
+    assert users.read_text() == "# the user's own notes\n"
+    assert not [p for p in work_dir.glob("*.py") if p != users]  # no dump beside it
+
+
 # --------------------------------------------------------------------- bf16 (issue 17)
 
 

@@ -138,6 +138,13 @@ def build_runner(cfg: Config, model: nn.Module) -> Runner:
         def build_model(self, _model_cfg) -> nn.Module:  # from_cfg passes cfg.model
             return model
 
+        def dump_config(self) -> None:
+            # A test never replaces a file of the work dir (a training's config dump, or a
+            # user's file of that name): mmengine's dump goes only where none exists.
+            name = Path(self.cfg.filename).name if self.cfg.filename else f"{self.timestamp}.py"
+            if not os.path.lexists(os.path.join(self.work_dir, name)):
+                super().dump_config()
+
     return LoadedModelRunner.from_cfg(cfg)
 
 
