@@ -2,6 +2,7 @@
 
     python tools/quantize.py CONFIG CHECKPOINT OUT_DIR [--calib-images N]
         [--calib-method minmax|percentile|entropy] [--per-channel|--no-per-channel]
+        [--activations auto|int8|uint8]
         [--eval-images M] [--max-miou-drop D] [--sensitivity] [--keep-float K]
         [--keep-float-layers NAME ...] [--cfg-options key=value ...]
 
@@ -24,7 +25,7 @@ from mmengine.utils import ProgressBar
 
 from repvgg_seg.cli import CheckFailedError, DictAction, load_config, run_tool
 from repvgg_seg.quantize import QuantizeOptions, QuantizeReport, quantize_checkpoint
-from repvgg_seg.quantize.onnx_quant import CALIBRATION_METHODS
+from repvgg_seg.quantize.onnx_quant import ACTIVATION_FORMATS, CALIBRATION_METHODS
 
 DEFAULTS = QuantizeOptions()
 
@@ -52,6 +53,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action=argparse.BooleanOptionalAction,
         default=DEFAULTS.per_channel,
         help="one weight scale per output channel (default: on)",
+    )
+    parser.add_argument(
+        "--activations",
+        choices=ACTIVATION_FORMATS,
+        default=DEFAULTS.activations,
+        help="how the INT8 model stores activations: int8, uint8 (the same numbers; ONNX "
+        "Runtime's fast form on CPUs with VNNI or AMX) or auto, by this host's CPU (default)",
     )
     parser.add_argument(
         "--eval-images",
@@ -130,7 +138,10 @@ def print_report(report: QuantizeReport) -> None:
             f"{report.options.calib_images} asked for more than the training set holds)"
         )
     kept = ", ".join(report.kept_float) or "none"
-    print(f"convs quantized: {report.convs - len(report.kept_float)}/{report.convs}; float: {kept}")
+    print(
+        f"convs quantized: {report.convs - len(report.kept_float)}/{report.convs}; float: {kept}; "
+        f"activations {report.activations}"
+    )
     print(report.evaluation.describe())
 
 
@@ -140,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         calib_images=args.calib_images,
         calib_method=args.calib_method,
         per_channel=args.per_channel,
+        activations=args.activations,
         eval_images=args.eval_images,
         max_miou_drop=args.max_miou_drop,
         sensitivity=args.sensitivity,

@@ -28,6 +28,7 @@ from torch import nn
 
 from ..deploy import export_onnx
 from ..errors import UsageError
+from ..host import cpu_info
 from ..onnx_session import open_session
 from .settings import RUNTIMES
 
@@ -127,21 +128,27 @@ def bf16_runner(module: nn.Module, image: torch.Tensor) -> Callable[[], object]:
 
 
 def quantize_onnx_int8(float_path: Path, int8_path: Path, batches: list[np.ndarray]) -> None:
-    """Static INT8 quantization as ``tools/quantize.py`` does it (:mod:`repvgg_seg.quantize`:
-    ONNX Runtime's pre-processing, MinMax calibration, QDQ S8S8, per-channel weights)."""
+    """Static INT8 quantization as ``tools/quantize.py`` does it with its defaults
+    (:mod:`repvgg_seg.quantize`: ONNX Runtime's pre-processing, MinMax calibration, QDQ with
+    per-channel weights, activations stored as ``--activations auto`` picks on this host)."""
     # ONNX Runtime's quantization tools are a development requirement: imported on use.
     from ..quantize.onnx_quant import (
+        activation_format,
         collect_ranges,
         prepare_float_model,
         quantize_model,
         save_model,
+        with_uint8_activations,
     )
 
     prepared_path = int8_path.with_name(f"{int8_path.stem}.prepared.onnx")
     prepared = prepare_float_model(float_path, prepared_path)
     ranges = collect_ranges(prepared_path, batches, "minmax", int8_path.parent)
+    quantized = quantize_model(prepared, ranges, per_channel=True)
+    if activation_format("auto", cpu_info()[1]) == "uint8":
+        quantized = with_uint8_activations(quantized)
     with int8_path.open("wb") as file:  # a scratch file of the runners' temporary folder
-        save_model(quantize_model(prepared, ranges, per_channel=True), file)
+        save_model(quantized, file)
 
 
 def onnxruntime_runner(path: Path, array: np.ndarray, threads: int) -> Callable[[], object]:

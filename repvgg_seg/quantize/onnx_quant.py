@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx.numpy_helper
 from onnxruntime.quantization import (
     CalibrationDataReader,
     CalibrationMethod,
@@ -211,6 +212,53 @@ def quantize_model(
         )
         quantizer.quantize_model()
     return quantizer.model.model
+
+
+ACTIVATION_FORMATS = ("auto", "int8", "uint8")
+"""``--activations``: how the written model stores its activations (``auto``: by the host)."""
+UINT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+"""CPU flags of int8 dot products without saturation (VNNI, AMX), where ``auto`` means
+``uint8``: their instructions multiply unsigned by signed bytes, and ONNX Runtime's fast x86
+kernels (VNNI convs, the AMX GEMM) take U8S8; without them (AVX2's ``vpmaddubsw`` saturates
+16-bit sums of U8S8 products) ONNX Runtime recommends S8S8."""
+
+
+def activation_format(requested: str, cpu_flags: Sequence[str]) -> str:
+    """``int8`` or ``uint8``: ``requested``, or for ``auto`` the one the host runs fast."""
+    if requested not in ACTIVATION_FORMATS:
+        raise UsageError(
+            f"--activations {requested!r} is not known; pass one of "
+            f"{', '.join(ACTIVATION_FORMATS)}."
+        )
+    if requested != "auto":
+        return requested
+    return "uint8" if set(UINT8_FLAGS) & set(cpu_flags) else "int8"
+
+
+def with_uint8_activations(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The same QDQ model with unsigned 8-bit activations; ``model`` is left unchanged.
+
+    Every activation zero point ``z`` (int8) becomes ``z + 128`` (uint8): each quantized value
+    moves by 128 and each dequantized one stays bit for bit what it was, so the accuracy is the
+    S8S8 model's. Weights stay signed. ONNX Runtime then runs U8S8 kernels: on this project's
+    AMX Xeon in about half the S8S8 model's time (docs/benchmarks.md).
+    """
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    initializers = {tensor.name: tensor for tensor in copy.graph.initializer}
+    # Activations pass through QuantizeLinear; weights and biases are stored quantized and
+    # only dequantized, so the zero points that QuantizeLinear nodes take are activations'.
+    zero_points = {
+        node.input[2]
+        for node in copy.graph.node
+        if node.op_type == "QuantizeLinear" and len(node.input) > 2
+    }
+    for name in zero_points:
+        values = onnx.numpy_helper.to_array(initializers[name])
+        if values.dtype == np.int8:
+            shifted = (values.astype(np.int16) + 128).astype(np.uint8)
+            initializers[name].CopyFrom(onnx.numpy_helper.from_array(shifted, name))
+    return copy
 
 
 def save_model(model: onnx.ModelProto, file) -> None:
