@@ -6,8 +6,11 @@ forward pass of a fixed input (what :mod:`repvgg_seg.benchmark.timing` times):
 - ``torch-bf16``: bfloat16 weights and input, channels-last (oneDNN's bf16 kernels);
 - ``onnxruntime`` / ``onnxruntime-int8``: the ONNX graph of :func:`repvgg_seg.deploy.export_onnx`
   in ONNX Runtime, float32 or statically quantized to INT8 (QDQ, per-channel weights);
-- ``openvino`` / ``openvino-int8``: the same ONNX graph in OpenVINO, float32 (inference
-  precision pinned to f32: OpenVINO would pick bf16 on CPUs with AMX) or quantized by NNCF.
+- ``openvino`` / ``openvino-int8``: the same ONNX files in OpenVINO, the float32 one
+  (inference precision pinned to f32: OpenVINO would pick bf16 on CPUs with AMX) or the
+  INT8 QDQ one, which OpenVINO runs with int8 kernels for every conv. NNCF's own
+  quantization of the float graph left B1g2-fast's grouped convs and its PSP bottleneck
+  conv in float32 (docs/benchmarks.md).
 
 INT8 models are calibrated on random inputs: their speed does not depend on the values, only
 on the graph. Every runtime gets the thread count torch has, and ONNX Runtime's idle threads
@@ -83,10 +86,9 @@ class RuntimeRunners:
         array = image.float().contiguous().numpy()
         if runtime.startswith("onnxruntime"):
             return onnxruntime_runner(self._onnx(module, runtime, image), array, self.threads)
-        # OpenVINO reads the float32 export; its INT8 is NNCF's, calibrated on the same inputs.
-        calibration = self._calibration(image) if runtime.endswith("int8") else None
-        float_path = self._onnx(module, "onnxruntime", image)
-        return openvino_runner(float_path, array, self.threads, calibration)
+        # OpenVINO reads the same files as ONNX Runtime: one INT8 model for both runtimes.
+        onnx_runtime = "onnxruntime-int8" if runtime.endswith("int8") else "onnxruntime"
+        return openvino_runner(self._onnx(module, onnx_runtime, image), array, self.threads)
 
     def _calibration(self, image: torch.Tensor) -> list[np.ndarray]:
         generator = torch.Generator().manual_seed(0)
@@ -158,20 +160,13 @@ def onnxruntime_runner(path: Path, array: np.ndarray, threads: int) -> Callable[
     return lambda: session.run(None, {"image": array})
 
 
-def openvino_runner(
-    path: Path, array: np.ndarray, threads: int, calibration: list[np.ndarray] | None
-) -> Callable[[], object]:
-    """One OpenVINO (CPU) inference of ``array``; quantized by NNCF first when given
-    ``calibration`` inputs."""
+def openvino_runner(path: Path, array: np.ndarray, threads: int) -> Callable[[], object]:
+    """One OpenVINO (CPU) inference of ``array`` by the ONNX model at ``path`` (float32, or
+    INT8 QDQ, whose Quantize/DequantizeLinear pairs OpenVINO turns into int8 kernels)."""
     import openvino
 
     core = openvino.Core()
     model = core.read_model(str(path))
-    if calibration is not None:
-        import nncf
-
-        nncf.set_log_level(logging.ERROR)
-        model = nncf.quantize(model, nncf.Dataset(calibration), subset_size=len(calibration))
     compiled = core.compile_model(
         model,
         "CPU",
