@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import repvgg_seg.deploy.winograd as winograd_module
+import repvgg_seg.deploy.winograd_algorithm as algorithm
 from repvgg_seg.deploy import (
     WinogradConv2d,
     compare_on_tensor,
@@ -191,11 +192,11 @@ def test_deploy_segmentor_then_winograd_changes_no_pixel():
 def test_winograd_in_input_and_output_chunks(monkeypatch):
     """Wide inputs (the PSP head's 4096 channels) are transformed in chunks and summed;
     wide outputs (B1g2's 2048) are computed in chunks from the kept input chunks."""
-    monkeypatch.setattr(winograd_module, "CHUNK_BYTES", 1)  # chunks of 64 channels
-    monkeypatch.setattr(winograd_module, "OUTPUT_CHUNK", 4)  # 12 outputs per group: 3 chunks
-    assert winograd_module._output_chunks(12) == [(0, 4), (4, 8), (8, 12)]
-    assert winograd_module._output_chunks(8) == [(0, 8)]
-    assert winograd_module._channel_chunks(136, tiles=9, element_size=4) == [
+    monkeypatch.setattr(algorithm, "CHUNK_BYTES", 1)  # chunks of 64 channels
+    monkeypatch.setattr(algorithm, "OUTPUT_CHUNK", 4)  # 12 outputs per group: 3 chunks
+    assert algorithm._output_chunks(12) == [(0, 4), (4, 8), (8, 12)]
+    assert algorithm._output_chunks(8) == [(0, 8)]
+    assert algorithm._channel_chunks(136, tiles=9, element_size=4) == [
         (0, 64),
         (64, 128),
         (128, 136),
