@@ -1,17 +1,20 @@
-"""The package's layering: no import cycle, one checkpoint reader, one layer plan.
+"""The package's layering: every module in a layer, no import from above, one owner each.
 
-Layers, lowest first (docs/architecture.md): checkpoint / atomic_io / reparam ->
-models (arch -> blocks -> backbone) -> weights -> loader -> deploy / inference / benchmark /
-pretrain -> cli -> tools. A module may import from its own layer and the ones below it,
-never from one above, not even inside a function (a lazy import would only hide the cycle).
-One owner per concern: ``loader`` alone builds a segmentor from a config and loads a
-checkpoint into it; ``checkpoint`` alone reads checkpoint files.
+The layer map is written down twice, in docs/architecture.md ("Layers") and in
+:data:`LAYERS` here, and the tests hold the two together: every module of the package is in
+exactly one layer (an entry is a module or a folder, with every file in it, present or
+added later), every entry names something that exists and stands in the same layer in the
+docs, and a module imports only from its own layer and the ones below, never from one
+above, not even inside a function (a lazy import would only hide the cycle). One owner per
+concern: ``loader`` alone builds a segmentor from a config and loads a checkpoint into it;
+``checkpoint`` alone reads checkpoint files.
 """
 
 from __future__ import annotations
 
 import ast
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,44 +22,59 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "repvgg_seg"
 
-# module (or package) prefix -> packages it must never import.
-FORBIDDEN = {
-    "repvgg_seg.checkpoint": ("repvgg_seg.",),
-    "repvgg_seg.errors": ("repvgg_seg.",),
-    "repvgg_seg.atomic_io": ("repvgg_seg.",),
-    "repvgg_seg.dir_lock": ("repvgg_seg.",),
-    "repvgg_seg.equivalence": ("repvgg_seg.",),
-    "repvgg_seg.models": (
-        "repvgg_seg.weights",
-        "repvgg_seg.deploy",
-        "repvgg_seg.pretrain",
-        "repvgg_seg.benchmark",
-        "repvgg_seg.runner",
-    ),
-    "repvgg_seg.weights": (
-        "repvgg_seg.deploy",
-        "repvgg_seg.pretrain",
-        "repvgg_seg.benchmark",
-        "repvgg_seg.loader",
-    ),
-    "repvgg_seg.loader": (
-        "repvgg_seg.deploy",
-        "repvgg_seg.inference",
-        "repvgg_seg.benchmark",
-        "repvgg_seg.pretrain",
-        "repvgg_seg.runner",
-    ),
+# Module or folder under repvgg_seg/ (as the docs write it without ".py" or "/": a file may
+# become a folder of modules without a change here) -> layer, lowest first; the package's
+# own __init__.py is "__init__". The same entries, in the same layers, as the docs.
+LAYERS = {
+    "errors": 1,
+    "checkpoint": 1,
+    "atomic_io": 1,
+    "reparam": 1,
+    "equivalence": 1,
+    "dir_lock": 1,
+    "host": 1,
+    "onnx_session": 1,
+    "output_dir": 1,
+    "models": 2,
+    "weights": 3,
+    "datasets": 3,
+    "loader": 4,
+    "onnx_segmentor": 4,
+    "deploy": 5,
+    "quantize": 5,
+    "pretrain": 5,
+    "runner": 5,
+    "work_dir": 5,
+    "inference": 5,
+    "benchmark": 5,
+    "curves": 5,
+    "__init__": 5,
+    "cli": 6,
 }
-# The top floor: only tools/ import it.
-CLI = "repvgg_seg.cli"
 
 
 def module_names() -> list[str]:
-    names = []
-    for path in sorted(PACKAGE.rglob("*.py")):
-        parts = path.relative_to(ROOT).with_suffix("").parts
-        names.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
-    return names
+    return [module_name(path) for path in sorted(PACKAGE.rglob("*.py"))]
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def entries_of(module: str) -> list[str]:
+    """The :data:`LAYERS` entries that ``module`` (a dotted name) falls under."""
+    relative = module.removeprefix("repvgg_seg").removeprefix(".") or "__init__"
+    return [e for e in LAYERS if relative == e or relative.startswith(e + ".")]
+
+
+def layer_of_module() -> dict[str, int]:
+    """Every package module -> its layer (modules in no layer, or in two, left out)."""
+    return {
+        module: LAYERS[entries[0]]
+        for module in module_names()
+        if len(entries := entries_of(module)) == 1
+    }
 
 
 def imported_modules(path: Path, module: str) -> set[str]:
@@ -76,22 +94,51 @@ def imported_modules(path: Path, module: str) -> set[str]:
     return found
 
 
-def test_lower_layers_never_import_higher_ones():
+def test_every_module_is_in_exactly_one_layer():
+    placed = {module: entries_of(module) for module in module_names()}
+    unplaced = [module for module, entries in placed.items() if len(entries) != 1]
+    assert not unplaced, (
+        f"{unplaced}: in no layer (or in two); add each to LAYERS here and to the layer map "
+        "in docs/architecture.md"
+    )
+    used = {entry for entries in placed.values() for entry in entries}
+    assert set(LAYERS) == used, f"entries naming no module: {sorted(set(LAYERS) - used)}"
+
+
+def documented_layers() -> dict[int, set[str]]:
+    """Layer number -> the names in backticks of its item in docs/architecture.md."""
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    section = text.split("\n## Layers\n", 1)[1].split("\n## ", 1)[0]
+    items = re.split(r"^(\d)\. ", section, flags=re.MULTILINE)
+    # An item runs to the next item or to the first blank line.
+    bodies = [body.split("\n\n", 1)[0] for body in items[2::2]]
+    return {int(n): set(re.findall(r"`([^`]+)`", body)) for n, body in zip(items[1::2], bodies)}
+
+
+def test_the_docs_give_every_entry_the_same_layer():
+    documented = documented_layers()
+    assert sorted(documented) == sorted(set(LAYERS.values())), documented
+    wrong = [
+        entry
+        for entry, layer in LAYERS.items()
+        if not {f"{entry}.py", f"{entry}/"} & documented[layer]
+    ]
+    assert not wrong, f"{wrong}: not in their layer's item of docs/architecture.md"
+
+
+def test_no_module_imports_from_a_higher_layer():
+    layers = layer_of_module()
+    names = sorted(layers, key=len, reverse=True)
     violations = []
     for path in sorted(PACKAGE.rglob("*.py")):
-        parts = path.relative_to(ROOT).with_suffix("").parts
-        module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-        if module != CLI:
-            imported = imported_modules(path, module)
-            violations += [f"{module} imports {name}" for name in imported if name == CLI]
-        for prefix, forbidden in FORBIDDEN.items():
-            if module == prefix or module.startswith(prefix + "."):
-                violations += [
-                    f"{module} imports {name}"
-                    for name in sorted(imported_modules(path, module))
-                    # errors.py is the floor under every module, layer 1 included.
-                    if name.startswith(forbidden) and not name.startswith("repvgg_seg.errors")
-                ]
+        module = module_name(path)
+        for imported in sorted(imported_modules(path, module)):
+            # The module an imported name lives in: its longest prefix that is a module.
+            target = next((n for n in names if imported == n or imported.startswith(n + ".")), None)
+            if target is not None and module in layers and layers[target] > layers[module]:
+                violations.append(
+                    f"{module} (layer {layers[module]}) imports {target} (layer {layers[target]})"
+                )
     assert not violations, violations
 
 
