@@ -423,3 +423,14 @@ def test_auto_activations_follow_the_cpu(flags, expected):
 
     assert activation_format("auto", flags) == expected
     assert activation_format("int8", ["amx_int8"]) == "int8"
+
+
+def test_entropy_calibration_is_not_offered():
+    # ONNX Runtime's entropy thresholds lost 1.2-1.9 mIoU on the demo model (docs/quantization.md).
+    from repvgg_seg.errors import UsageError
+    from repvgg_seg.quantize import QuantizeOptions
+
+    with pytest.raises(UsageError, match="'entropy' is not known; pass one of minmax, percentile"):
+        QuantizeOptions(calib_method="entropy")
+    with pytest.raises(SystemExit):  # argparse: not one of the choices
+        load_tool("quantize").parse_args(["c.py", "m.pth", "out", "--calib-method", "entropy"])

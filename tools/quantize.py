@@ -1,7 +1,7 @@
 """Quantize a trained segmentor to INT8 (ONNX Runtime, static QDQ) and measure its accuracy.
 
     python tools/quantize.py CONFIG CHECKPOINT OUT_DIR [--calib-images N]
-        [--calib-method minmax|percentile|entropy] [--per-channel|--no-per-channel]
+        [--calib-method minmax|percentile] [--per-channel|--no-per-channel]
         [--activations auto|int8|uint8]
         [--eval-images M] [--max-miou-drop D] [--sensitivity] [--keep-float K]
         [--keep-float-layers NAME ...] [--cfg-options key=value ...]
