@@ -408,7 +408,8 @@ def test_tools_test_tta_runs_end_to_end(data_root, tmp_path):
 @pytest.mark.parametrize(
     "model, recipe, epochs",
     [("B3", "heavy", 200), ("RepVGG-B3g2", "heavy", 200), ("b3g4", "heavy", 200)]
-    + [("B2", "simple", 120), ("B2g4", "simple", 120), ("A0", "simple", 120)],
+    + [("B2", "simple", 120), ("B2g4", "simple", 120), ("A0", "simple", 120)]
+    + [("QARepVGG-B0", "qarepvgg", 120), ("qarepvgg_a0", "qarepvgg", 120)],
 )
 def test_default_recipe_is_the_papers(model, recipe, epochs):
     resolved = PretrainConfig(data_path="unused", model=model).resolved()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,8 +13,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision import transforms
+from torchvision.transforms import InterpolationMode
 
 from repvgg_seg.atomic_io import TEMPORARY_SUFFIX
+from repvgg_seg.errors import UsageError
 from repvgg_seg.models import RepVGGClassifier
 from repvgg_seg.pretrain import (
     PretrainConfig,
@@ -21,12 +25,18 @@ from repvgg_seg.pretrain import (
     named_parameter_groups,
     run_pretraining,
 )
-from repvgg_seg.pretrain.output_files import read_metrics
 from repvgg_seg.pretrain.data import build_datasets, load_rgb_image
-from repvgg_seg.pretrain.recipe import get_recipe, lr_factor, scaled_lr
+from repvgg_seg.pretrain.output_files import read_metrics
+from repvgg_seg.pretrain.recipe import build_lr_scheduler, get_recipe, lr_factor, scaled_lr
+from repvgg_seg.pretrain.transforms import (
+    Augmentation,
+    RandAugmentSpec,
+    train_transform,
+    val_transform,
+)
 from repvgg_seg.weights import load_classifier
 
-from helpers import assert_outputs_close, one_error_line, tool_exit
+from helpers import assert_outputs_close, load_tool, one_error_line, tool_exit
 
 REPO = Path(__file__).resolve().parents[1]
 CLASS_COLOURS = {
@@ -397,21 +407,163 @@ def test_qarepvgg_a0_trains_resumes_exactly_and_deploys_repvggs_network(data_roo
         assert_outputs_close(fused(images), trained(images))
 
 
-def test_qarepvgg_recipe_is_the_default_and_decays_every_parameter(data_root):
+def test_qarepvgg_recipe_is_the_authors(data_root):
+    # train_QAV2_B0.sh, main.py, datasets.py and B0_log.txt (recipe.py cites each).
     cfg = tiny_config(data_root, None, model="qarepvgg_b0", lr=None).resolved()
-    assert (cfg.model, cfg.recipe, cfg.epochs, cfg.lr, cfg.wd) == (
-        "QARepVGG-B0",
-        "qarepvgg",
+    assert (cfg.model, cfg.recipe, cfg.model_label) == ("QARepVGG-B0", "qarepvgg", "QARepVGG-B0")
+    assert (cfg.epochs, cfg.lr, cfg.momentum, cfg.wd, cfg.lr_warmup_epochs) == (
         120,
         0.1,
+        0.9,
         4e-5,
+        0,
     )
-    assert cfg.decay_norm_and_bias and not cfg.model_ema and cfg.model_label == "QARepVGG-B0"
-    assert (cfg.label_smoothing, cfg.mixup_alpha, cfg.lr_warmup_epochs) == (0.0, 0.0, 0)
-    assert get_recipe("qarepvgg").global_batch_size == 1024
-    model = RepVGGClassifier("A0", num_classes=4, block_type="QARepVGG")
-    optimizer = build_optimizer(model, 0.1, 0.9, cfg.wd, decay_norm_and_bias=True)
-    decayed = [p for g in optimizer.param_groups if g["weight_decay"] == 4e-5 for p in g["params"]]
-    assert len(decayed) == len(list(model.parameters()))
+    assert not cfg.decay_norm_and_bias and not cfg.model_ema and cfg.lr_1x1_scale == 1.0
+    assert (cfg.label_smoothing, cfg.mixup_alpha) == (0.0, 0.0)
+    assert (cfg.auto_augment, cfg.interpolation) == ("rand-m9-mstd0.5-inc1", "bicubic")
+    assert (cfg.color_jitter, cfg.random_erasing) == (0.4, 0.25)
+    recipe = get_recipe("qarepvgg")
+    # 0.2 x 1024 / 512 in main.py: 0.4 at their global batch, as their log starts.
+    assert recipe.global_batch_size == 1024
+    assert scaled_lr(cfg.lr, recipe.global_batch_size) == pytest.approx(0.4)
     # --recipe still picks any preset for any model.
-    assert tiny_config(data_root, None, model="QARepVGG-A0", recipe="simple").resolved().wd == 1e-4
+    simple = tiny_config(data_root, None, model="QARepVGG-A0", recipe="simple").resolved()
+    assert (simple.wd, simple.auto_augment, simple.interpolation) == (1e-4, "none", "bilinear")
+
+
+def test_qarepvgg_a0_decays_conv_and_fc_kernels_only():
+    model = RepVGGClassifier("A0", num_classes=10, block_type="QARepVGG")
+    decayed, not_decayed = ({name for name, _ in group} for group in named_parameter_groups(model))
+    # Kernels: each block's 3x3 conv and bare 1x1 conv, and the FC weight.
+    kinds = {name.rsplit(".", 2)[-2] + "." + name.rsplit(".", 1)[-1] for name in decayed}
+    assert kinds == {"conv.weight", "branch_1x1.weight", "fc.weight"}
+    assert sum(name.endswith("branch_1x1.weight") for name in decayed) == 22  # A0: 22 layers
+    # timm's create_optimizer (main.py, --tag qa): 1-D parameters and biases undecayed.
+    params = dict(model.named_parameters())
+    timm_rule = {n for n, p in params.items() if p.ndim <= 1 or n.endswith(".bias")}
+    # train.py: sgd_optimizer: no decay for any key with 'bias' or 'bn'.
+    sgd_optimizer_rule = {n for n in params if "bias" in n or "bn" in n}
+    assert not_decayed == timm_rule == sgd_optimizer_rule
+    assert decayed == set(params) - not_decayed
+    assert "fc.bias" in not_decayed and "backbone.stem.bn.weight" in not_decayed
+
+    optimizer = build_optimizer(model, 0.4, 0.9, 4e-5)
+    by_id = {id(p): n for n, p in params.items()}
+    groups = [
+        ({by_id[id(p)] for p in g["params"]}, g["weight_decay"]) for g in optimizer.param_groups
+    ]
+    assert groups == [(decayed, 4e-5), (not_decayed, 0.0)]
+
+
+def test_lr_1x1_scale_slows_only_qarepvggs_bare_1x1_kernels():
+    model = RepVGGClassifier("A0", num_classes=10, block_type="QARepVGG")
+    optimizer = build_optimizer(model, 0.4, 0.9, 4e-5, lr_1x1_scale=0.1)
+    by_id = {id(p): n for n, p in model.named_parameters()}
+    main, _, slow = optimizer.param_groups
+    assert main["lr"] == 0.4 and slow["lr"] == pytest.approx(0.04)
+    assert slow["weight_decay"] == 4e-5
+    slow_names = {by_id[id(p)] for p in slow["params"]}
+    assert len(slow_names) == 22 and all(n.endswith("branch_1x1.weight") for n in slow_names)
+    assert not slow_names & {by_id[id(p)] for p in main["params"]}
+    # The schedule scales every group alike: the ratio holds at every step.
+    scheduler = build_lr_scheduler(optimizer, epochs=2, steps_per_epoch=5, warmup_epochs=0)
+    for _ in range(7):
+        scheduler.step()
+    assert slow["lr"] == pytest.approx(0.1 * main["lr"]) and main["lr"] < 0.4
+    # RepVGG's 1x1 branches have their own BN: nothing to slow down, two groups.
+    assert (
+        len(build_optimizer(RepVGGClassifier("A0"), 0.4, 0.9, 4e-5, lr_1x1_scale=0.1).param_groups)
+        == 2
+    )
+    with pytest.raises(UsageError, match="lr-1x1-scale must be >= 0"):
+        build_optimizer(model, 0.4, 0.9, 4e-5, lr_1x1_scale=-1)
+
+
+def test_qarepvgg_transforms_are_the_authors_in_torchvision():
+    cfg = PretrainConfig(data_path="unused", model="QARepVGG-A0").resolved()
+    steps = train_transform(224, cfg.augmentation).transforms
+    assert [type(t).__name__ for t in steps] == [
+        "RandomResizedCrop",
+        "RandomHorizontalFlip",
+        "RandAugment",
+        "ToTensor",
+        "Normalize",
+        "RandomErasing",
+    ]
+    crop, flip, rand_augment, _, normalize, erasing = steps
+    bicubic = InterpolationMode.BICUBIC
+    assert (crop.size, crop.scale, crop.interpolation) == ((224, 224), (0.08, 1.0), bicubic)
+    assert flip.p == 0.5
+    # timm's m9 of 10 = torchvision's magnitude 9 of 11 bins; two ops; borders filled with
+    # the mean pixel, as timm does.
+    assert (rand_augment.num_ops, rand_augment.magnitude) == (2, 9)
+    assert (rand_augment.num_magnitude_bins, rand_augment.interpolation) == (11, bicubic)
+    assert rand_augment.fill == [124, 116, 104]
+    assert tuple(normalize.mean) == (0.485, 0.456, 0.406)
+    # timm's --reprob 0.25 --remode pixel: per-pixel normal noise in normalized space.
+    assert (erasing.p, erasing.value, erasing.scale) == (0.25, "random", (0.02, 0.33))
+    # Colour jitter 0.4 is set, but timm applies it only without an auto-augment policy.
+    assert cfg.color_jitter == 0.4 and not any(isinstance(t, transforms.ColorJitter) for t in steps)
+    jitter = train_transform(224, Augmentation(color_jitter=0.4)).transforms[2]
+    assert isinstance(jitter, transforms.ColorJitter) and jitter.brightness == (0.6, 1.4)
+
+    evaluation = val_transform(256, 224, cfg.interpolation).transforms
+    assert [type(t).__name__ for t in evaluation] == [
+        "Resize",
+        "CenterCrop",
+        "ToTensor",
+        "Normalize",
+    ]
+    assert (evaluation[0].size, evaluation[0].interpolation) == (256, bicubic)
+    assert evaluation[1].size == (224, 224)
+
+    torch.manual_seed(0)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 48, 3), np.uint8))
+    outputs = [train_transform(32, cfg.augmentation)(image) for _ in range(8)]
+    assert all(o.shape == (3, 32, 32) for o in outputs)
+    assert not all(torch.equal(outputs[0], o) for o in outputs[1:])
+
+
+@pytest.mark.parametrize(
+    "spec, expected",
+    [
+        ("rand-m9-mstd0.5-inc1", RandAugmentSpec(9, 2, 0.5, True)),
+        ("rand-m7-n3", RandAugmentSpec(7, 3, 0.0, False)),
+    ],
+)
+def test_rand_augment_spec_reads_timms_syntax(spec, expected):
+    assert RandAugmentSpec.parse(spec) == expected
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("rand-m9.5", "integer magnitude m0..m10"),
+        ("rand-n2", "integer magnitude"),
+        ("rand-m9-mmax12", "Cannot read --auto-augment 'rand-m9-mmax12'"),
+        ("random", "Cannot read"),
+        ("cifar100", "Unknown --auto-augment policy 'cifar100'"),
+    ],
+)
+def test_bad_auto_augment_is_one_usage_error(spec, message):
+    with pytest.raises(UsageError, match=re.escape(message)):
+        PretrainConfig(data_path="unused", auto_augment=spec).resolved()
+
+
+def test_bad_augmentation_values_are_named():
+    with pytest.raises(UsageError, match=r"--random-erase must be in \[0, 1\], got 1.5"):
+        PretrainConfig(data_path="unused", random_erasing=1.5).resolved()
+    with pytest.raises(UsageError, match="Unknown --interpolation 'nearest'"):
+        PretrainConfig(data_path="unused", interpolation="nearest").resolved()
+
+
+def test_cli_overrides_the_augmentation_and_names_a_bad_value(data_root, capsys):
+    argv = ["--data-path", str(data_root), "--model", "QARepVGG-A0", "--random-erase", "2"]
+    status, err = tool_exit("pretrain_imagenet", argv, capsys)
+    assert status == 2
+    assert one_error_line(err, "pretrain_imagenet") == "--random-erase must be in [0, 1], got 2.0."
+    args = load_tool("pretrain_imagenet").parse_args(
+        ["--data-path", "x", "--interpolation", "bilinear", "--lr-1x1-scale", "0.1"]
+    )
+    resolved = PretrainConfig(**vars(args)).resolved()
+    assert (resolved.interpolation, resolved.lr_1x1_scale) == ("bilinear", 0.1)

@@ -15,8 +15,10 @@ authors publish (15,808,616 with a 1000-class head), which checks the lists.
 from __future__ import annotations
 
 import copy
+import importlib.util
 import logging
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -242,3 +244,36 @@ def test_classifier_quantization_measures_float_and_both_int8_forms(tmp_path):
     for result in results[1:]:
         assert result.top1 == result.agreement  # labels are the float predictions
         assert 0.0 <= result.top1 <= 100.0
+
+
+# ---------------------------------------------------------------- the quantization study
+
+
+def load_experiment(name: str):
+    path = Path(__file__).resolve().parents[1] / "experiments" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"experiments_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    # dataclasses look their module up in sys.modules while the class is being built.
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_study_data_is_every_digit_once_unaugmented_and_the_lr_holdout_is_disjoint():
+    pytest.importorskip("sklearn")
+    study = load_experiment("quantization_study")
+    train, val = study.digits()
+    assert train.images.shape == (1437, 3, 16, 16) and val.images.shape == (360, 3, 16, 16)
+    assert sorted(set(val.labels.tolist())) == list(range(10))
+    # No flips or crops: two calls give the same tensors, and the three channels are one.
+    again, _ = study.digits()
+    torch.testing.assert_close(again.images, train.images, rtol=0, atol=0)
+    torch.testing.assert_close(
+        train.images[:, 0] * 0.229 + 0.485, train.images[:, 2] * 0.225 + 0.406
+    )
+    fit, holdout = study.holdout(train)
+    assert len(fit.labels) + len(holdout.labels) == 1437 and len(holdout.labels) == 360
+    # The LR is chosen on a quarter of train (never on val), and trained on the rest.
+    torch.testing.assert_close(holdout.images, train.images[::4], rtol=0, atol=0)
+    keep = torch.arange(1437) % 4 != 0
+    torch.testing.assert_close(fit.images, train.images[keep], rtol=0, atol=0)

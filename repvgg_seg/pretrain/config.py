@@ -6,9 +6,10 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import UsageError
 from ..models.arch import ModelName
-from .data import AUTO_AUGMENT_POLICIES
 from .recipe import default_recipe, get_recipe
+from .transforms import Augmentation
 
 
 @dataclass(frozen=True)
@@ -36,8 +37,13 @@ class PretrainConfig:
             weight decay, the QARepVGG recipe's).
         label_smoothing: Cross-entropy label smoothing.
         mixup_alpha: Mixup alpha; 0 disables mixup.
-        auto_augment: AutoAugment policy or ``'none'``.
+        auto_augment: AutoAugment policy, RandAugment spec (``'rand-m9-mstd0.5-inc1'``) or
+            ``'none'``.
         lr_warmup_epochs: Epochs of linear warmup.
+        interpolation: ``'bilinear'`` or ``'bicubic'`` (crop, RandAugment, eval resize).
+        color_jitter: Colour jitter strength (only without an auto-augment policy).
+        random_erasing: Random erasing probability.
+        lr_1x1_scale: LR multiplier of QARepVGG's bare 1x1 kernels.
         amp: Mixed precision (float16 + grad scaler on CUDA, bfloat16 on CPU).
         model_ema: Keep an exponential moving average of the weights and evaluate it too.
         model_ema_steps: Update the EMA every this many steps.
@@ -69,6 +75,10 @@ class PretrainConfig:
     mixup_alpha: float | None = None
     auto_augment: str | None = None
     lr_warmup_epochs: int | None = None
+    interpolation: str | None = None
+    color_jitter: float | None = None
+    random_erasing: float | None = None
+    lr_1x1_scale: float | None = None
     amp: bool = False
     model_ema: bool = False
     model_ema_steps: int = 32
@@ -88,7 +98,7 @@ class PretrainConfig:
         """A copy with the recipe chosen, its values filled in and the model name canonical.
 
         Raises:
-            ValueError: An unknown model, recipe or policy, or an out-of-range value; the
+            UsageError: An unknown model, recipe or policy, or an out-of-range value; the
                 message names the option.
         """
         model = ModelName.parse(self.model).canonical
@@ -104,6 +114,10 @@ class PretrainConfig:
             "mixup_alpha": recipe.mixup_alpha,
             "auto_augment": recipe.auto_augment,
             "lr_warmup_epochs": recipe.lr_warmup_epochs,
+            "interpolation": recipe.interpolation,
+            "color_jitter": recipe.color_jitter,
+            "random_erasing": recipe.random_erasing,
+            "lr_1x1_scale": recipe.lr_1x1_scale,
         }
         filled = {k: v for k, v in from_recipe.items() if getattr(self, k) is None}
         config = dataclasses.replace(self, model=model, recipe=recipe_name, **filled)
@@ -115,35 +129,41 @@ class PretrainConfig:
         positive += ("train_crop_size", "val_resize_size", "val_crop_size")
         for name in positive:
             if getattr(self, name) < 1:
-                raise ValueError(
+                raise UsageError(
                     f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}."
                 )
-        for name in ("lr", "wd", "mixup_alpha", "lr_warmup_epochs", "workers"):
+        for name in ("lr", "wd", "mixup_alpha", "lr_warmup_epochs", "workers", "lr_1x1_scale"):
             if getattr(self, name) < 0:
-                raise ValueError(
+                raise UsageError(
                     f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}."
                 )
         if not 0 <= self.label_smoothing < 1:
-            raise ValueError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}.")
+            raise UsageError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}.")
         if not 0 < self.model_ema_decay < 1:
-            raise ValueError(f"--model-ema-decay must be in (0, 1), got {self.model_ema_decay}.")
+            raise UsageError(f"--model-ema-decay must be in (0, 1), got {self.model_ema_decay}.")
         if self.lr_warmup_epochs >= self.epochs:
-            raise ValueError(
+            raise UsageError(
                 f"--lr-warmup-epochs ({self.lr_warmup_epochs}) must be smaller than --epochs "
                 f"({self.epochs})."
             )
-        if self.auto_augment not in AUTO_AUGMENT_POLICIES:
-            raise ValueError(
-                f"Unknown --auto-augment policy {self.auto_augment!r}; choose one of "
-                f"{', '.join(AUTO_AUGMENT_POLICIES)}."
-            )
+        self.augmentation.check()
         if self.stop_after_epoch is not None and not 1 <= self.stop_after_epoch <= self.epochs:
-            raise ValueError(
+            raise UsageError(
                 f"--stop-after-epoch must be in [1, --epochs={self.epochs}], got "
                 f"{self.stop_after_epoch}."
             )
         if self.test_only and not self.resume:
-            raise ValueError("--test-only needs --resume CHECKPOINT: the weights to evaluate.")
+            raise UsageError("--test-only needs --resume CHECKPOINT: the weights to evaluate.")
+
+    @property
+    def augmentation(self) -> Augmentation:
+        """The training transform's choices (of a :meth:`resolved` config)."""
+        return Augmentation(
+            auto_augment=self.auto_augment,
+            color_jitter=self.color_jitter,
+            random_erasing=self.random_erasing,
+            interpolation=self.interpolation,
+        )
 
     @property
     def model_label(self) -> str:

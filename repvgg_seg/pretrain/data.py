@@ -1,7 +1,6 @@
-"""ImageNet-style data: an ImageFolder root with ``train/`` and ``val/``, transforms, loaders.
+"""ImageNet-style data: an ImageFolder root with ``train/`` and ``val/``, loaders.
 
-Training: RandomResizedCrop + horizontal flip (+ AutoAugment in the heavy recipe), mixup on
-whole batches. Evaluation: resize to ``val_resize_size``, centre crop ``val_crop_size``.
+The transforms are in :mod:`.transforms`; mixup acts on whole batches (:class:`MixupCollate`).
 """
 
 from __future__ import annotations
@@ -18,25 +17,42 @@ from torch.utils.data.distributed import DistributedSampler
 from torchvision import datasets, transforms
 from torchvision.transforms import v2
 
+from ..errors import UsageError
+from .transforms import (
+    AUTO_AUGMENT_POLICIES,
+    CROP_AND_FLIP,
+    Augmentation,
+    train_transform,
+    val_transform,
+)
+
 logger = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-AUTO_AUGMENT_POLICIES = ("none", *(policy.value for policy in transforms.AutoAugmentPolicy))
+# Re-exported: tools/pretrain_imagenet.py offers these as --auto-augment choices.
+__all__ = [
+    "AUTO_AUGMENT_POLICIES",
+    "Augmentation",
+    "ImageNetSplits",
+    "MixupCollate",
+    "ShardSampler",
+    "build_datasets",
+    "build_loaders",
+    "load_rgb_image",
+]
 
 
 def load_rgb_image(path: str) -> Image.Image:
     """Opens an image as RGB, naming the file if it cannot be read.
 
     Raises:
-        ValueError: The file is missing, truncated, or not an image.
+        UsageError: The file is missing, truncated, or not an image.
     """
     try:
         with open(path, "rb") as file:
             image = Image.open(file)
             return image.convert("RGB")
     except (OSError, SyntaxError, ValueError) as error:
-        raise ValueError(
+        raise UsageError(
             f"Cannot read image {path}: {error}. Replace the file with a valid image or delete "
             "it from the dataset."
         ) from error
@@ -68,35 +84,6 @@ def _image_folder(root: Path, transform: transforms.Compose) -> datasets.ImageFo
     return datasets.ImageFolder(str(root), transform=transform, loader=load_rgb_image)
 
 
-def train_transform(crop_size: int, auto_augment: str = "none") -> transforms.Compose:
-    """RandomResizedCrop + flip (+ AutoAugment with ``auto_augment``), then normalize."""
-    if auto_augment not in AUTO_AUGMENT_POLICIES:
-        raise ValueError(
-            f"Unknown --auto-augment policy {auto_augment!r}; choose one of "
-            f"{', '.join(AUTO_AUGMENT_POLICIES)}."
-        )
-    steps: list = [
-        transforms.RandomResizedCrop(crop_size, antialias=True),
-        transforms.RandomHorizontalFlip(),
-    ]
-    if auto_augment != "none":
-        steps.append(transforms.AutoAugment(transforms.AutoAugmentPolicy(auto_augment)))
-    steps += [transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
-    return transforms.Compose(steps)
-
-
-def val_transform(resize_size: int, crop_size: int) -> transforms.Compose:
-    """Resize the short side to ``resize_size``, centre crop ``crop_size``, normalize."""
-    return transforms.Compose(
-        [
-            transforms.Resize(resize_size, antialias=True),
-            transforms.CenterCrop(crop_size),
-            transforms.ToTensor(),
-            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-        ]
-    )
-
-
 @dataclass
 class ImageNetSplits:
     """The two ImageFolder datasets of a root, with the same class list."""
@@ -114,23 +101,25 @@ def build_datasets(
     train_crop_size: int,
     val_resize_size: int,
     val_crop_size: int,
-    auto_augment: str = "none",
+    augmentation: Augmentation = CROP_AND_FLIP,
 ) -> ImageNetSplits:
     """Loads ``data_path/train`` and ``data_path/val`` and checks that their classes agree.
 
     Raises:
         FileNotFoundError: A split or class folder is missing or empty.
-        ValueError: ``train/`` and ``val/`` have different class folders.
+        UsageError: ``train/`` and ``val/`` have different class folders, or an option of
+            ``augmentation`` is out of range.
     """
     root = Path(data_path)
     if not root.is_dir():
         raise FileNotFoundError(f"--data-path {root} does not exist or is not a folder.")
-    train = _image_folder(root / "train", train_transform(train_crop_size, auto_augment))
-    val = _image_folder(root / "val", val_transform(val_resize_size, val_crop_size))
+    train = _image_folder(root / "train", train_transform(train_crop_size, augmentation))
+    interpolation = augmentation.interpolation
+    val = _image_folder(root / "val", val_transform(val_resize_size, val_crop_size, interpolation))
     if train.classes != val.classes:
         only_train = sorted(set(train.classes) - set(val.classes))[:10]
         only_val = sorted(set(val.classes) - set(train.classes))[:10]
-        raise ValueError(
+        raise UsageError(
             f"{root}/train and {root}/val must have the same class folders (labels are their "
             f"sorted order); only in train: {only_train}, only in val: {only_val}."
         )
@@ -192,10 +181,10 @@ def build_loaders(
     was scaled for.
 
     Raises:
-        ValueError: The training set has fewer images than one global batch.
+        UsageError: The training set has fewer images than one global batch.
     """
     if len(splits.train) < batch_size * world_size:
-        raise ValueError(
+        raise UsageError(
             f"The training set has {len(splits.train)} images, fewer than one global batch "
             f"({batch_size} x {world_size} processes); lower --batch-size."
         )

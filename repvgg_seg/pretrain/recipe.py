@@ -7,10 +7,28 @@ Three presets:
   RandomResizedCrop + flip.
 - ``heavy`` (B3, and B2 in both settings): 200 epochs, 5-epoch linear warmup, cosine, label
   smoothing 0.1, mixup, AutoAugment (ImageNet policy) + crop + flip.
-- ``qarepvgg`` (the QARepVGG authors' ``train_QAV2_B0.sh``): 120 epochs, global batch 1024
-  (8 x 128), plain weight decay 4e-5 on every parameter (BN and biases included; no custom
-  L2 on the equivalent kernel), no EMA, crop + flip. Their schedule's LR is not in our
-  sources: the preset keeps 0.1 per 256 images (0.4 at 1024), cosine.
+- ``qarepvgg``: the QARepVGG authors' recipe, each fact from their repository
+  (cxxgtxy/QARepVGG):
+
+  * ``train_QAV2_B0.sh``: 8 GPUs x ``--batch-size 128`` (global batch 1024), ``--tag qa``,
+    ``--wd 4e-5``, ``--no-model-ema``.
+  * ``main.py``: ``--lr`` 0.2 scaled by global batch / 512, i.e. 0.4 at 1024 = 0.1 per 256
+    images; 120 epochs, no warmup; ``--smoothing 0``, ``--mixup 0``, ``--cutmix 0``. With
+    ``--tag qa`` it builds timm's ``create_optimizer``, which leaves 1-D parameters (BN
+    weights and biases, biases) undecayed; ``train.py: sgd_optimizer`` (the other branch)
+    sets decay 0 for every key with ``bias`` or ``bn``: either way 4e-5 on conv and FC
+    kernels only.
+  * ``datasets.py: build_transform`` -> timm ``create_transform`` with ``main.py``'s
+    defaults: RandomResizedCrop (``--train-interpolation bicubic``) + flip, RandAugment
+    ``--aa rand-m9-mstd0.5-inc1``, ``--color-jitter 0.4`` (which timm applies only without
+    an auto-augment policy, so not here), random erasing ``--reprob 0.25 --remode pixel``;
+    evaluation resize 256 (bicubic) + centre crop 224.
+  * ``B0_log.txt``: the epoch-mean LR starts at 0.39998 and ends at 2.4e-5 after 120
+    epochs, a per-iteration cosine to 0 (as :func:`lr_factor`); 74.78 % top-1 for
+    QARepVGG-B0, 15,808,616 parameters.
+
+  The transforms are torchvision's (:mod:`repvgg_seg.pretrain.transforms`), which differ
+  from timm's where docs/qarepvgg.md says.
 
 The default preset of a model (:func:`default_recipe`) is its paper's: ``qarepvgg`` for
 QARepVGG models, ``heavy`` for the B3 family, which the RepVGG paper trains only that way
@@ -30,7 +48,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..errors import UsageError
 from ..models.arch import ModelName
+from ..models.blocks import QARepVGGBlock
 
 # The paper's learning rates are for a global batch of 256; other batches scale linearly.
 REFERENCE_BATCH_SIZE = 256
@@ -52,8 +72,17 @@ class Recipe:
             weight decay on every parameter); otherwise they are never decayed.
         label_smoothing: Cross-entropy label smoothing.
         mixup_alpha: Beta(alpha, alpha) of mixup; 0 disables it.
-        auto_augment: torchvision AutoAugment policy (``'imagenet'``, ...) or ``'none'``.
+        auto_augment: torchvision AutoAugment policy (``'imagenet'``, ...), a RandAugment spec
+            in timm's syntax (``'rand-m9-mstd0.5-inc1'``), or ``'none'``.
         lr_warmup_epochs: Epochs of linear LR warmup before the cosine.
+        interpolation: ``'bilinear'`` or ``'bicubic'``, of RandomResizedCrop, RandAugment's
+            geometric ops and the evaluation resize.
+        color_jitter: Brightness, contrast and saturation jitter; as in timm, applied only
+            when ``auto_augment`` is ``'none'``.
+        random_erasing: Probability of erasing one random rectangle (per-pixel normal noise,
+            timm's ``pixel`` mode) after normalization.
+        lr_1x1_scale: LR multiplier of the bare 1x1 kernels of QARepVGG blocks (the 1x1 conv
+            without a BN of its own); 1 trains them like every other parameter.
         global_batch_size: The global batch the preset was published with. Runs take their
             batch from ``--batch-size`` x processes and scale the LR linearly; this value is
             the one to aim for (e.g. ``-b 128`` on 8 GPUs for 1024).
@@ -69,6 +98,10 @@ class Recipe:
     lr_warmup_epochs: int
     decay_norm_and_bias: bool = False
     global_batch_size: int = REFERENCE_BATCH_SIZE
+    interpolation: str = "bilinear"
+    color_jitter: float = 0.0
+    random_erasing: float = 0.0
+    lr_1x1_scale: float = 1.0
 
 
 RECIPES: dict[str, Recipe] = {
@@ -92,6 +125,7 @@ RECIPES: dict[str, Recipe] = {
         auto_augment="imagenet",
         lr_warmup_epochs=5,
     ),
+    # Each value's source file is in the module docstring.
     "qarepvgg": Recipe(
         epochs=120,
         lr=0.1,
@@ -99,10 +133,12 @@ RECIPES: dict[str, Recipe] = {
         weight_decay=4e-5,
         label_smoothing=0.0,
         mixup_alpha=0.0,
-        auto_augment="none",
+        auto_augment="rand-m9-mstd0.5-inc1",
         lr_warmup_epochs=0,
-        decay_norm_and_bias=True,
         global_batch_size=1024,
+        interpolation="bicubic",
+        color_jitter=0.4,
+        random_erasing=0.25,
     ),
 }
 
@@ -124,10 +160,10 @@ def get_recipe(name: str) -> Recipe:
     """The preset called ``name``.
 
     Raises:
-        ValueError: No such preset; the message lists the valid ones.
+        UsageError: No such preset; the message lists the valid ones.
     """
     if name not in RECIPES:
-        raise ValueError(f"Unknown recipe {name!r}; choose one of {', '.join(RECIPES)}.")
+        raise UsageError(f"Unknown recipe {name!r}; choose one of {', '.join(RECIPES)}.")
     return RECIPES[name]
 
 
@@ -144,15 +180,26 @@ def _decayed_parameter_ids(model: nn.Module) -> set[int]:
     }
 
 
+def bare_1x1_kernel_ids(model: nn.Module) -> set[int]:
+    """The kernels of QARepVGG's 1x1 branches: convs without a BN of their own, whose
+    gradient is not rescaled by one (``lr_1x1_scale`` slows them down)."""
+    return {
+        id(module.branch_1x1.weight)
+        for module in model.modules()
+        if isinstance(module, QARepVGGBlock) and hasattr(module, "branch_1x1")
+    }
+
+
 def named_parameter_groups(
     model: nn.Module, decay_norm_and_bias: bool = False
 ) -> tuple[list[tuple[str, nn.Parameter]], list[tuple[str, nn.Parameter]]]:
     """Splits trainable parameters into ``(decayed, not_decayed)``.
 
-    By the RepVGG paper's rule, decayed: the kernels of ``Conv2d`` and ``Linear`` layers;
-    not decayed: everything else, i.e. BN weights and biases and the FC bias. With
-    ``decay_norm_and_bias`` (the QARepVGG recipe), every parameter is decayed. Frozen
-    parameters are left out.
+    By the RepVGG paper's rule and the QARepVGG authors' (timm's ``create_optimizer``:
+    1-D parameters undecayed), decayed: the kernels of ``Conv2d`` and ``Linear`` layers (a
+    QARepVGG block's bare 1x1 conv included); not decayed: everything else, i.e. BN weights
+    and biases and the FC bias. With ``decay_norm_and_bias`` every parameter is decayed
+    (plain SGD weight decay; no preset uses it). Frozen parameters are left out.
     """
     decayed_ids = _decayed_parameter_ids(model)
     decayed, not_decayed = [], []
@@ -169,8 +216,13 @@ def build_optimizer(
     momentum: float,
     weight_decay: float,
     decay_norm_and_bias: bool = False,
+    lr_1x1_scale: float = 1.0,
 ) -> torch.optim.SGD:
-    """SGD with two parameter groups: decayed with ``weight_decay``, the rest with none.
+    """SGD with parameter groups: decayed with ``weight_decay``, the rest with none.
+
+    The first group is always the decayed one at ``lr`` (the LR that logs report). With
+    ``lr_1x1_scale`` other than 1, QARepVGG's bare 1x1 kernels form a third group, decayed,
+    at ``lr * lr_1x1_scale``; the LR schedule scales every group alike.
 
     Args:
         model: The classifier (unwrapped from DDP).
@@ -179,12 +231,22 @@ def build_optimizer(
         weight_decay: Decay of conv and FC kernels.
         decay_norm_and_bias: Decay every other parameter too (see
             :func:`named_parameter_groups`).
+        lr_1x1_scale: LR multiplier of QARepVGG's bare 1x1 kernels.
+
+    Raises:
+        UsageError: ``lr_1x1_scale`` is negative.
     """
+    if lr_1x1_scale < 0:
+        raise UsageError(f"--lr-1x1-scale must be >= 0, got {lr_1x1_scale}.")
     decayed, not_decayed = named_parameter_groups(model, decay_norm_and_bias)
+    slow = bare_1x1_kernel_ids(model) if lr_1x1_scale != 1 else set()
     groups = [
-        {"params": [p for _, p in decayed], "weight_decay": weight_decay},
+        {"params": [p for _, p in decayed if id(p) not in slow], "weight_decay": weight_decay},
         {"params": [p for _, p in not_decayed], "weight_decay": 0.0},
     ]
+    if slow:
+        kernels = [p for _, p in decayed if id(p) in slow]
+        groups.append({"params": kernels, "weight_decay": weight_decay, "lr": lr * lr_1x1_scale})
     return torch.optim.SGD(groups, lr=lr, momentum=momentum)
 
 

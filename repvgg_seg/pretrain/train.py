@@ -173,7 +173,7 @@ def _run(cfg: PretrainConfig, ctx: DistContext) -> dict[str, Any]:
 
 def _build_data(cfg: PretrainConfig, ctx: DistContext) -> _Data:
     splits = build_datasets(
-        cfg.data_path, cfg.train_crop_size, cfg.val_resize_size, cfg.val_crop_size, cfg.auto_augment
+        cfg.data_path, cfg.train_crop_size, cfg.val_resize_size, cfg.val_crop_size, cfg.augmentation
     )
     train_loader, val_loader, train_sampler = build_loaders(
         splits,
@@ -224,7 +224,7 @@ def _build_state(
     torch.manual_seed(cfg.seed)
     model = RepVGGClassifier.from_model_name(cfg.model, num_classes=num_classes).to(ctx.device)
     optimizer = build_optimizer(
-        model, lr, cfg.momentum, cfg.wd, decay_norm_and_bias=cfg.decay_norm_and_bias
+        model, lr, cfg.momentum, cfg.wd, cfg.decay_norm_and_bias, cfg.lr_1x1_scale
     )
     train_model: nn.Module = model
     if ctx.distributed:

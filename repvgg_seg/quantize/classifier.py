@@ -2,8 +2,9 @@
 
 The segmentor path (:mod:`.pipeline`, ``tools/quantize.py``) for a classifier, on the same
 ONNX Runtime steps (:mod:`.onnx_quant`: pre-processing, one calibration, static QDQ S8S8
-quantization per tensor or per channel): the QARepVGG study (``tools/quantization_study.py``,
-docs/qarepvgg.md) compares RepVGG, QARepVGG and ResNet classifiers with it.
+quantization per tensor or per channel): the QARepVGG study
+(``experiments/quantization_study.py``, docs/qarepvgg.md) compares RepVGG and QARepVGG
+classifiers with it.
 """
 
 from __future__ import annotations
