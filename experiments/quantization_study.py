@@ -289,52 +289,36 @@ def spread(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} ± {std:.2f} ({min(values):.1f}-{max(values):.1f})"
 
 
-def report(ledger: Ledger, lr: float | None) -> None:
+def select(records: list[dict], **fields) -> list[dict]:
+    """The records whose ``fields`` have these values."""
+    return [r for r in records if all(r[k] == v for k, v in fields.items())]
+
+
+def report(ledger: Ledger, lr: float) -> None:
     """Prints the three tables as markdown (docs/qarepvgg.md takes them as they are)."""
     records = list(ledger.records.values())
-    if lr is None:  # a high-lr-only process: the LR the main stage used, if it ran
-        lr = next((r["lr"] for r in records if r["stage"] == "main"), float("nan"))
     print("\n| LR per 256 images (sweep, holdout top-1 %, seed 0) | " + " | ".join(BLOCKS) + " |")
     print("|---|" + "---|" * len(BLOCKS))
-    for sweep_lr in sorted({r["lr"] for r in records if r["stage"] == "sweep"}):
-        cells = [
-            f"{r['top1']:.2f}"
-            for model in BLOCKS
-            for r in records
-            if (r["stage"], r["model"], r["lr"]) == ("sweep", model, sweep_lr)
-        ]
-        print(
-            f"| {sweep_lr:g}{' (chosen)' if sweep_lr == lr else ''} | " + " | ".join(cells) + " |"
-        )
-    forms = ("top1", "int8 per-tensor", "int8 per-channel")
+    sweep = select(records, stage="sweep")
+    for at in sorted({r["lr"] for r in sweep}):
+        tops = [f"{r['top1']:.2f}" for m in BLOCKS for r in select(sweep, model=m, lr=at)]
+        print(f"| {at:g}{' (chosen)' if at == lr else ''} | " + " | ".join(tops) + " |")
+    forms = ("top1", "int8 per-tensor", "int8 per-channel", "int8 per-tensor agreement")
     print(f"\n| model, preset (LR {lr:g} per 256, val top-1 %) | float (PyTorch) | ", end="")
     print("INT8 per tensor | INT8 per channel | INT8 per tensor, same class as float % |")
     print("|---|---|---|---|---|")
     for preset in PRESETS:
         for model in BLOCKS:
-            rows = [
-                r
-                for r in records
-                if (r["stage"], r["model"], r["preset"]) == ("main", model, preset)
-            ]
+            rows = select(records, stage="main", model=model, preset=preset)
             cells = [spread([r[f] for r in rows if f in r]) for f in forms]
-            cells.append(spread([r[k] for r in rows if (k := "int8 per-tensor agreement") in r]))
             print(f"| {model}, {preset} | " + " | ".join(cells) + " |")
-    print("\n| at the high LR (val top-1 %, float) | seeds | mean ± std (min-max) |")
+    high = select(records, stage="high-lr")
+    at = high[0]["lr"] if high else float("nan")
+    print(f"\n| at LR {at:g} per 256 (val top-1 %, float) | seeds | mean ± std (min-max) |")
     print("|---|---|---|")
-    order = {"RepVGG-A0": 0, "QARepVGG-A0": 1}
-    variants = sorted(
-        {(r["model"], r["lr_1x1_scale"], r["lr"]) for r in records if r["stage"] == "high-lr"},
-        key=lambda v: (order.get(v[0], 2), -v[1]),
-    )
-    for model, scale, high in variants:
-        rows = [
-            r
-            for r in records
-            if (r["stage"], r["model"], r["lr_1x1_scale"]) == ("high-lr", model, scale)
-        ]
-        label = f"{model}, LR {high:g}" + (f", 1x1 kernels x{scale:g}" if scale != 1 else "")
-        tops = [r["top1"] for r in rows]
+    for model, scale in [(m, 1.0) for m in BLOCKS] + [("QARepVGG-A0", 0.1)]:
+        tops = [r["top1"] for r in select(high, model=model, lr_1x1_scale=scale)]
+        label = f"{model}" + (f", 1x1 kernels x{scale:g}" if scale != 1 else "")
         print(f"| {label} | {' / '.join(f'{t:.1f}' for t in tops)} | {spread(tops)} |")
 
 
@@ -354,12 +338,10 @@ def main(argv: list[str] | None = None) -> None:
     args.work_dir.mkdir(parents=True, exist_ok=True)
     cpu, flags = cpu_info()
     print(f"# host: {cpu} ({', '.join(flags)}), one thread, torch {torch.__version__}")
-    sizes = f"{IMAGE_SIZE}x{IMAGE_SIZE} digits, batch {BATCH}, {args.epochs} epochs"
-    print(f"# {sizes}, seeds {args.seeds}")
+    print(f"# {IMAGE_SIZE}px digits, batch {BATCH}, {args.epochs} epochs, seeds {args.seeds}")
     ledger = Ledger(args.work_dir / "runs.jsonl")
     lr = work(ledger, digits(), args)
-    # Re-read: other workers may have added runs to the same ledger.
-    ledger.reload()
+    ledger.reload()  # other workers' runs too
     report(ledger, lr)
 
 
