@@ -176,7 +176,7 @@ def deploy_segmentor(
 def make_deploy_config(
     cfg: Config,
     pairs: Sequence[ConvBNPair],
-    winograd: bool | str = "auto",
+    winograd: bool | str = "off",
     winograd_min_channels: int = MIN_CHANNELS_PER_GROUP,
     precision: str = "fp32",
 ) -> Config:
