@@ -241,9 +241,10 @@ def with_uint8_activations(model: onnx.ModelProto) -> onnx.ModelProto:
     """The same QDQ model with unsigned 8-bit activations; ``model`` is left unchanged.
 
     Every activation zero point ``z`` (int8) becomes ``z + 128`` (uint8): each quantized value
-    moves by 128 and each dequantized one stays bit for bit what it was, so the accuracy is the
-    S8S8 model's. Weights stay signed. ONNX Runtime then runs U8S8 kernels: on this project's
-    AMX Xeon in about half the S8S8 model's time (docs/benchmarks.md).
+    moves by 128 and each dequantized one stays bit for bit what it was (ONNX Runtime's U8S8
+    kernels may still round a few sums unlike its S8S8 ones). Weights stay signed. ONNX
+    Runtime then runs U8S8 kernels: on this project's AMX Xeon in about half the S8S8
+    model's time (docs/benchmarks.md).
     """
     copy = onnx.ModelProto()
     copy.CopyFrom(model)

@@ -1,0 +1,91 @@
+"""INT8 ONNX models (repvgg_seg.quantize.onnx_quant): the activations' storage, the
+calibration methods offered. Small graphs built here; no segmentor."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from helpers import load_tool
+
+pytest.importorskip("onnxruntime")
+
+
+def _conv_relu_conv(path: Path) -> None:
+    """A float ONNX model: 3x3 conv, ReLU, 1x1 conv (seeded weights)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = [
+        numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+        for name, shape in (("w1", (8, 3, 3, 3)), ("b1", (8,)), ("w2", (4, 8, 1, 1)))
+    ]
+    nodes = [
+        helper.make_node("Conv", ["image", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 4, 16, 16])],
+        weights,
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+def test_uint8_activations_are_the_same_numbers(tmp_path):
+    from repvgg_seg.onnx_session import open_session
+    from repvgg_seg.quantize import onnx_quant
+
+    _conv_relu_conv(tmp_path / "float.onnx")
+    prepared = onnx_quant.prepare_float_model(tmp_path / "float.onnx", tmp_path / "prep.onnx")
+    rng = np.random.default_rng(1)
+    images = [rng.standard_normal((1, 3, 16, 16)).astype(np.float32) for _ in range(3)]
+    ranges = onnx_quant.collect_ranges(tmp_path / "prep.onnx", images, "minmax", tmp_path)
+    signed = onnx_quant.quantize_model(prepared, ranges, per_channel=True)
+    unsigned = onnx_quant.with_uint8_activations(signed)
+
+    def zero_point_types(model, op_type):
+        constants = {t.name: t.data_type for t in model.graph.initializer}
+        return {constants[n.input[2]] for n in model.graph.node if n.op_type == op_type}
+
+    int8, uint8 = onnx.TensorProto.INT8, onnx.TensorProto.UINT8
+    assert zero_point_types(signed, "QuantizeLinear") == {int8}
+    assert zero_point_types(unsigned, "QuantizeLinear") == {uint8}
+    # Weights stay signed (their DequantizeLinear nodes take int8 zero points).
+    assert int8 in zero_point_types(unsigned, "DequantizeLinear")
+    outputs = [
+        open_session(model.SerializeToString()).run(None, {"image": images[0]})[0]
+        for model in (signed, unsigned)
+    ]
+    np.testing.assert_array_equal(outputs[0], outputs[1])  # bit for bit
+    assert not np.array_equal(
+        outputs[0], open_session(tmp_path / "prep.onnx").run(None, {"image": images[0]})[0]
+    )
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [(["avx2", "fma"], "int8"), (["avx2", "avx512_vnni"], "uint8"), (["amx_int8"], "uint8")],
+)
+def test_auto_activations_follow_the_cpu(flags, expected):
+    from repvgg_seg.quantize.onnx_quant import activation_format
+
+    assert activation_format("auto", flags) == expected
+    assert activation_format("int8", ["amx_int8"]) == "int8"
+
+
+def test_entropy_calibration_is_not_offered():
+    # ONNX Runtime's entropy thresholds lost 1.2-1.9 mIoU on the demo model (docs/quantization.md).
+    from repvgg_seg.errors import UsageError
+    from repvgg_seg.quantize import QuantizeOptions
+
+    with pytest.raises(UsageError, match="'entropy' is not known; pass one of minmax, percentile"):
+        QuantizeOptions(calib_method="entropy")
+    with pytest.raises(SystemExit):  # argparse: not one of the choices
+        load_tool("quantize").parse_args(["c.py", "m.pth", "out", "--calib-method", "entropy"])
