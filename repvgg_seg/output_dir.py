@@ -23,7 +23,6 @@ name; what a run removes it says in one line.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -31,11 +30,22 @@ from pathlib import Path
 from .atomic_io import guard_folder, remove_files, remove_marked
 from .dir_lock import LockOwner, LockRole, WorkDirLock
 from .errors import UsageError
+from .written_record import RECORD_NAME, WrittenRecord
 
-# The folder's record of the files repvgg_seg tools wrote into it: one JSON object a line,
-# {"writer", "path" (relative), "ino", "size", "mtime"}. A file is the tool's while its
-# inode, size and modification time are the recorded ones, whatever its name.
-RECORD_NAME = ".repvgg_seg-written"
+__all__ = [
+    "RECORD_NAME",
+    "NotWrittenByToolError",
+    "OutputDir",
+    "WrittenRecord",
+    "check_file_output",
+    "check_out_dir",
+    "claim_result_folders",
+    "describe_removed",
+    "files_under",
+    "held_claim",
+    "refuse_input_as_output",
+]
+
 # The claims this process holds, by the real path of their folder.
 _HELD: dict[str, OutputDir] = {}
 
@@ -124,64 +134,6 @@ def describe_removed(paths: Iterable[Path], why: str) -> str:
     """The one line that says what a run removed."""
     paths = list(paths)
     return f"removed {len(paths)} {why}: {', '.join(str(path) for path in paths)}"
-
-
-class WrittenRecord:
-    """The files repvgg_seg tools wrote into ``folder`` (:data:`RECORD_NAME`)."""
-
-    def __init__(self, folder: str | os.PathLike) -> None:
-        self.folder = Path(folder)
-        self.path = self.folder / RECORD_NAME
-        self._entries: dict[str, dict] = {}
-        try:
-            lines = self.path.read_text(errors="replace").splitlines()
-        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-            lines = []
-        for line in lines:
-            try:
-                entry = json.loads(line)
-                self._entries[str(entry["path"])] = entry
-            except (ValueError, KeyError, TypeError):
-                continue  # a line cut short by a crash: that file is not known as ours
-
-    def _key(self, path: Path) -> str:
-        return os.path.relpath(os.path.abspath(path), os.path.abspath(self.folder))
-
-    def writer_of(self, path: str | os.PathLike) -> str | None:
-        """The tool that wrote ``path`` (as it is now), or None: not a file a tool wrote."""
-        entry = self._entries.get(self._key(Path(path)))
-        try:
-            stat = os.lstat(path)
-        except OSError:
-            return None
-        if entry is None or (entry.get("ino"), entry.get("size"), entry.get("mtime")) != (
-            stat.st_ino,
-            stat.st_size,
-            stat.st_mtime_ns,
-        ):
-            return None
-        return str(entry.get("writer", ""))
-
-    def known_name(self, path: str | os.PathLike) -> bool:
-        """Whether a tool once wrote a file named ``path`` (it may have changed since)."""
-        return self._key(Path(path)) in self._entries
-
-    def add(self, path: str | os.PathLike, writer: str, written: str | os.PathLike) -> None:
-        """Records ``path`` as written by ``writer``; ``written`` is the file as it is now
-        (``path`` itself, or the temporary file about to be renamed to it)."""
-        stat = os.lstat(written)
-        entry = {
-            "writer": writer,
-            "path": self._key(Path(path)),
-            "ino": stat.st_ino,
-            "size": stat.st_size,
-            "mtime": stat.st_mtime_ns,
-        }
-        # Appended before the rename: a crash in between leaves an entry for an inode that
-        # is only a (marked) temporary file, never a user's file taken for ours.
-        with open(self.path, "a", encoding="utf-8") as record:
-            record.write(json.dumps(entry) + "\n")
-        self._entries[entry["path"]] = entry
 
 
 class OutputDir:

@@ -35,6 +35,7 @@ LAYERS = {
     "host": 1,
     "onnx_session": 1,
     "output_dir": 1,
+    "written_record": 1,
     "models": 2,
     "weights": 3,
     "datasets": 3,
