@@ -31,7 +31,6 @@ from repvgg_seg.deploy import (
     make_deploy_config,
 )
 from repvgg_seg.equivalence import FusionMismatchError
-from repvgg_seg.output_dir import RECORD_NAME
 
 from helpers import assert_outputs_close, load_tool, one_error_line, randomize_bn, tool_exit
 
@@ -316,8 +315,8 @@ def test_deploy_refuses_a_broken_fusion_and_writes_nothing(small_trained_model, 
         with pytest.raises(CheckFailedError, match="nothing was written"):
             tool.main([str(config), str(checkpoint), str(out_dir)])
     assert "FAILED" in capsys.readouterr().out
-    # No deployed files, no staging folder; only output_dir's record of what tools wrote.
-    assert [path.name for path in out_dir.iterdir()] in ([], [RECORD_NAME])
+    # No deployed files, no staging folder, no record of what tools wrote.
+    assert list(out_dir.iterdir()) == []
 
 
 def test_deploy_with_a_missing_dataset_writes_nothing(small_trained_model, tmp_path, capsys):
@@ -441,3 +440,18 @@ def test_the_tool_prints_the_onnx_verdict_of_the_report(capsys):
         tool.print_report(report)
         onnx_line = capsys.readouterr().out.splitlines()[-1]
         assert onnx_line.endswith(verdict) and report.passed == (verdict == "ok")
+
+
+def test_a_bug_in_deploy_options_keeps_its_traceback(monkeypatch):
+    tool = load_tool("deploy")
+
+    def buggy(**options):
+        raise ValueError("an internal defect, not the user's input")
+
+    monkeypatch.setattr(tool, "DeployOptions", buggy)
+    with pytest.raises(ValueError, match="internal defect") as raised:
+        tool.options_from(tool.parse_args(["config.py", "model.pth", "out"]))
+    assert not isinstance(raised.value, UsageError)  # cli would make it one line, exit 2
+    monkeypatch.undo()
+    with pytest.raises(UsageError, match="opset 16 is too old"):
+        tool.options_from(tool.parse_args(["config.py", "model.pth", "out", "--opset", "16"]))

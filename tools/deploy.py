@@ -48,11 +48,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--winograd",
         choices=WINOGRAD_MODES,
-        default="off",
+        default="auto",
         help="how the deployed model runs its 3x3 stride-1 convs with enough channels by "
-        "Winograd F(4x4,3x3) on CPU: off (oneDNN's direct convs), auto (where timing on "
-        "first use finds it faster), on (default off: slower on the hosts measured, "
-        "docs/benchmarks.md; same checkpoint either way; float32 only)",
+        "Winograd F(4x4,3x3) on CPU: auto (where timing on first use finds it faster), on, "
+        "off (default auto; same checkpoint either way; float32 only)",
     )
     parser.add_argument(
         "--no-winograd", dest="winograd", action="store_const", const="off", help="--winograd off"
@@ -107,22 +106,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def options_from(args: argparse.Namespace) -> DeployOptions:
-    """The command line's deploy options, checked (a bad combination is a UsageError)."""
-    try:
-        return DeployOptions(
-            fuse_conv_bn=args.fuse_conv_bn,
-            random_size=tuple(args.random_size) if args.random_size else None,
-            check_real_image=not args.skip_real_image,
-            onnx=args.onnx,
-            opset=args.opset,
-            onnx_atol=args.onnx_atol,
-            winograd=args.winograd,
-            winograd_min_channels=args.winograd_min_channels,
-            precision="bf16" if args.bf16 else "fp32",
-            device=args.device,
-        )
-    except ValueError as error:
-        raise UsageError(str(error)) from error
+    """The command line's deploy options, checked (a bad combination is a UsageError that
+    DeployOptions raises; any other exception there is a bug and keeps its traceback)."""
+    return DeployOptions(
+        fuse_conv_bn=args.fuse_conv_bn,
+        random_size=tuple(args.random_size) if args.random_size else None,
+        check_real_image=not args.skip_real_image,
+        onnx=args.onnx,
+        opset=args.opset,
+        onnx_atol=args.onnx_atol,
+        winograd=args.winograd,
+        winograd_min_channels=args.winograd_min_channels,
+        precision="bf16" if args.bf16 else "fp32",
+        device=args.device,
+    )
 
 
 def print_report(report: DeployReport) -> None:

@@ -1,6 +1,6 @@
 """Segment your own images, folders and videos; writes coloured overlays (and label maps).
 
-    python tools/infer.py CONFIG CHECKPOINT INPUTS... --out-dir DIR [--device cpu|cuda]
+    python tools/infer.py CONFIG CHECKPOINT INPUTS... --out DIR [--device cpu|cuda]
         [--batch-size N] [--opacity A] [--fuse] [--save-labels] [--palette cityscapes]
         [--overwrite] [--strict-float32] [--max-pixels N]
 

@@ -67,7 +67,7 @@ class DeployOptions:
     onnx: bool = False
     opset: int = 18
     onnx_atol: float = 1e-3
-    winograd: bool | str = "off"
+    winograd: bool | str = "auto"
     winograd_min_channels: int = MIN_CHANNELS_PER_GROUP
     precision: str = "fp32"
     device: str = "cpu"
@@ -85,7 +85,7 @@ class DeployOptions:
             )
         if self.opset < 17:
             raise UsageError(f"ONNX opset {self.opset} is too old; pass 17 or newer.")
-        winograd_mode(self.winograd)  # raises ValueError for an unknown mode
+        winograd_mode(self.winograd)  # raises UsageError for an unknown mode
         if self.winograd_min_channels < 1:
             raise UsageError(
                 f"winograd_min_channels must be at least 1, got {self.winograd_min_channels}."
