@@ -1,10 +1,11 @@
 """Quantization-aware fine-tuning of a trained segmentor, exported as INT8 (ONNX Runtime QDQ).
 
     python tools/qat.py CONFIG CHECKPOINT OUT_DIR [--iters 200] [--lr 0.001]
-        [--label-weight 1] [--distill-weight 1] [--work-dir DIR]
+        [--label-weight 0] [--distill-weight 1] [--work-dir DIR]
         [--resume | --overwrite-work-dir] [--amp] [--launcher none|pytorch]
-        [--calib-images N] [--calib-method minmax|percentile|entropy]
-        [--per-channel|--no-per-channel] [--keep-float-layers NAME ...]
+        [--calib-images N] [--calib-method minmax|percentile]
+        [--per-channel|--no-per-channel] [--activations auto|int8|uint8]
+        [--keep-float-layers NAME ...]
         [--eval-images M] [--max-miou-drop D] [--compare-ptq] [--cfg-options key=value ...]
 
 Deploys the checkpoint (fusion, conv+BN folding), calibrates and quantizes it as
@@ -26,7 +27,7 @@ import os
 from pathlib import Path
 
 from repvgg_seg.cli import CheckFailedError, DictAction, load_config, run_tool
-from repvgg_seg.quantize.onnx_quant import CALIBRATION_METHODS
+from repvgg_seg.quantize.onnx_quant import ACTIVATION_FORMATS, CALIBRATION_METHODS
 from repvgg_seg.quantize.pipeline import QuantizeOptions
 from repvgg_seg.quantize.qat import QATOptions, QATReport, qat_checkpoint
 from repvgg_seg.quantize.qat_runner import QATSchedule
@@ -75,6 +76,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     quant.add_argument("--calib-images", type=int, default=PTQ.calib_images, metavar="N")
     quant.add_argument("--calib-method", choices=sorted(CALIBRATION_METHODS), default="minmax")
     quant.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=True)
+    quant.add_argument(
+        "--activations",
+        choices=ACTIVATION_FORMATS,
+        default=PTQ.activations,
+        help="how the INT8 model stores activations (as tools/quantize.py; auto: by the host)",
+    )
     quant.add_argument("--keep-float-layers", nargs="+", default=[], metavar="NAME")
     quant.add_argument("--eval-images", type=int, default=PTQ.eval_images, metavar="M")
     quant.add_argument("--max-miou-drop", type=float, default=PTQ.max_miou_drop, metavar="D")
@@ -95,6 +102,7 @@ def options_of(args: argparse.Namespace) -> QATOptions:
             calib_images=args.calib_images,
             calib_method=args.calib_method,
             per_channel=args.per_channel,
+            activations=args.activations,
             eval_images=args.eval_images,
             max_miou_drop=args.max_miou_drop,
             keep_float_layers=tuple(args.keep_float_layers),

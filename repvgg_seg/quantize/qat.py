@@ -34,6 +34,7 @@ from torch import nn
 from ..atomic_io import write_atomically
 from ..deploy import OutputFolder, export_onnx
 from ..errors import UsageError
+from ..host import cpu_info
 from ..loader import config_name, input_size_of, load_segmentor
 from ..onnx_segmentor import build_onnx_segmentor
 from ..runner import claim_work_dir
@@ -44,7 +45,15 @@ from .calibration import (
     evaluation_samples,
 )
 from .evaluation import Evaluation, compare_segmentors
-from .onnx_quant import collect_ranges, conv_names, prepare_float_model, quantize_model, save_model
+from .onnx_quant import (
+    activation_format,
+    collect_ranges,
+    conv_names,
+    prepare_float_model,
+    quantize_model,
+    save_model,
+    with_uint8_activations,
+)
 from .pipeline import QuantizeOptions, QuantizeReport, _check_layer_names, _deploy, _Steps, describe
 from .qat_model import QATSegmentor, conv_quantization, insert_fake_quant
 from .qat_runner import QATSchedule, build_qat_runner, qat_config
@@ -157,6 +166,9 @@ def qat_checkpoint(
         quantized = quantize_model(
             qat_float, ptq.ranges, options.quantize.per_channel, nodes_to_exclude=report.kept_float
         )
+        report.activations = ptq.activations
+        if report.activations == "uint8":  # as tools/quantize.py writes it on this host
+            quantized = with_uint8_activations(quantized)
         write_atomically(report.onnx, lambda file: save_model(quantized, file))
         steps.done("export")
         _evaluate(report, cfg, ptq, val_set)
@@ -180,6 +192,7 @@ class _PostTraining:
     quantization: dict
     ptq_path: Path
     convs: int
+    activations: str
 
 
 def _post_training(cfg, deployed, calibration_set, staging: Path, options: QATOptions):
@@ -194,15 +207,20 @@ def _post_training(cfg, deployed, calibration_set, staging: Path, options: QATOp
     ptq = quantize_model(
         prepared, ranges, settings.per_channel, nodes_to_exclude=settings.keep_float_layers
     )
+    quantization = conv_quantization(ptq)
+    activations = activation_format(settings.activations, cpu_info()[1])
+    if activations == "uint8":
+        ptq = with_uint8_activations(ptq)
     ptq_path = staging / "ptq.onnx"
     write_atomically(ptq_path, lambda file: save_model(ptq, file))
     return _PostTraining(
         prepared,
         prepared_path,
         ranges,
-        conv_quantization(ptq),
+        quantization,
         ptq_path,
         len(conv_names(prepared)),
+        activations,
     )
 
 

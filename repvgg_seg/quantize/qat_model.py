@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 
+import numpy as np
 import onnx
 import torch
 import torch.nn.functional as F
@@ -73,7 +74,9 @@ def conv_quantization(qdq_model: onnx.ModelProto) -> dict[str, ConvQuant]:
     def parameters(node: onnx.NodeProto) -> TensorQuant:
         scale = numpy_helper.to_array(constants[node.input[1]])
         zero_point = numpy_helper.to_array(constants[node.input[2]])
-        return TensorQuant(float(scale), int(zero_point))
+        # A uint8 activation (tools/quantize.py --activations uint8) is the int8 one + 128.
+        shift = 128 if zero_point.dtype == np.uint8 else 0
+        return TensorQuant(float(scale), int(zero_point) - shift)
 
     found = {}
     for node in graph.node:

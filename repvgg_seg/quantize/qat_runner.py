@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 from mmengine.config import Config
 from mmengine.model import is_model_wrapper
+from mmengine.runner.checkpoint import _load_checkpoint_to_model
 
 from ..checkpoint import CheckpointError, describe_key_mismatch, read_checkpoint
 from ..errors import UsageError
@@ -36,7 +37,7 @@ class QATSchedule:
 
     iterations: int = 200
     lr: float = 1e-3
-    label_weight: float = 1.0
+    label_weight: float = 0.0
     distill_weight: float = 1.0
     checkpoint_interval: int = 50
     log_interval: int = 10
@@ -136,7 +137,8 @@ class QATRunner(AtomicCheckpointRunner):
                 "--overwrite-work-dir."
             )
         self.call_hook("after_load_checkpoint", checkpoint=contents)
-        model.load_state_dict(state, strict=True)
+        # The training runner's loading call (strict here; DDP prefixes removed).
+        _load_checkpoint_to_model(model, contents, strict=True, revise_keys=[(r"^module\.", "")])
         self._has_loaded = True
         self.logger.info(f"Load checkpoint from {filename}")
         return contents
