@@ -48,10 +48,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--winograd",
         choices=WINOGRAD_MODES,
-        default="auto",
+        default="off",
         help="how the deployed model runs its 3x3 stride-1 convs with enough channels by "
-        "Winograd F(4x4,3x3) on CPU: auto (where timing on first use finds it faster), on, "
-        "off (default auto; same checkpoint either way; float32 only)",
+        "Winograd F(4x4,3x3) on CPU: off (oneDNN's direct convs), auto (where timing on "
+        "first use finds it faster), on (default off: slower on the hosts measured, "
+        "docs/benchmarks.md; same checkpoint either way; float32 only)",
     )
     parser.add_argument(
         "--no-winograd", dest="winograd", action="store_const", const="off", help="--winograd off"

@@ -67,7 +67,7 @@ class DeployOptions:
     onnx: bool = False
     opset: int = 18
     onnx_atol: float = 1e-3
-    winograd: bool | str = "auto"
+    winograd: bool | str = "off"
     winograd_min_channels: int = MIN_CHANNELS_PER_GROUP
     precision: str = "fp32"
     device: str = "cpu"
