@@ -313,3 +313,24 @@ def test_quantize_tool_refuses_a_users_report_file_in_one_line(tmp_path, capsys)
     status, err = tool_exit("quantize", argv, capsys)
     assert status == 2 and f"{users.name}' was not written by a repvgg_seg tool" in err
     assert users.read_text() == '{"my notes": 1}' and sorted(out.iterdir()) == [users]
+
+
+def test_quantize_says_which_staging_folders_of_a_killed_run_it_removed(tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from repvgg_seg.quantize import QuantizeReport
+
+    from helpers import load_tool
+
+    out = OutputFolder(tmp_path, "model", "int8", (".onnx", ".json"), "tools/quantize.py")
+    leave_dead_lock(tmp_path, out.claim.role, "0badc0de")
+    leftover = tmp_path / ".model_int8.0badc0de.ab12cd34.staging"
+    leftover.mkdir()
+    with out:
+        assert out.removed_leftovers == [leftover] and not leftover.exists()
+    report = QuantizeReport(tmp_path / "model_int8.onnx", tmp_path / "model_int8.json")
+    report.removed_leftovers = out.removed_leftovers
+    report.evaluation = SimpleNamespace(describe=lambda: "INT8 vs float: ...")
+    load_tool("quantize").print_report(report)
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == f"removed 1 staging folder(s) of a killed run: {leftover}"

@@ -24,6 +24,7 @@ from pathlib import Path
 from mmengine.utils import ProgressBar
 
 from repvgg_seg.cli import CheckFailedError, DictAction, load_config, run_tool
+from repvgg_seg.output_dir import describe_removed
 from repvgg_seg.quantize import QuantizeOptions, QuantizeReport, quantize_checkpoint
 from repvgg_seg.quantize.onnx_quant import ACTIVATION_FORMATS, CALIBRATION_METHODS
 
@@ -127,6 +128,8 @@ class ProgressBars:
 
 
 def print_report(report: QuantizeReport) -> None:
+    if report.removed_leftovers:
+        print(describe_removed(report.removed_leftovers, "staging folder(s) of a killed run"))
     if report.sensitivity is not None:
         print("convs by sensitivity (relative logit error when quantized alone):")
         for rank, layer in enumerate(report.sensitivity, 1):

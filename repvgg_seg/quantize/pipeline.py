@@ -130,6 +130,7 @@ class QuantizeReport:
         convs: Convs in the model.
         seconds: Wall time of each step.
         written: Whether the files were put in place (only when within max_miou_drop).
+        removed_leftovers: Staging folders of killed runs that were removed.
     """
 
     onnx: Path
@@ -143,6 +144,7 @@ class QuantizeReport:
     convs: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
     written: bool = False
+    removed_leftovers: list[Path] = field(default_factory=list)
 
     @property
     def miou_drop(self) -> float:
@@ -193,6 +195,7 @@ def quantize_checkpoint(
         staging = folder.staging
         report = QuantizeReport(staging / f"{stem}_int8.onnx", staging / f"{stem}_int8.json")
         report.options = options
+        report.removed_leftovers = folder.removed_leftovers
         export_onnx(deployed, staging / "float.onnx", torch.randn(1, 3, *input_size_of(cfg)))
         prepared_path = staging / "float_prepared.onnx"
         prepared = prepare_float_model(staging / "float.onnx", prepared_path)
