@@ -241,7 +241,8 @@ def plan_training_start(
         NotWrittenByToolError: A file this run would replace or delete (an output's name,
             or, without ``resume``, a checkpoint's) was not written by a tool.
         EarlierRunError: The work dir holds checkpoints, and neither ``resume`` nor
-            ``start_over`` is set.
+            ``start_over`` is set; or ``resume_from`` is not one of the work dir's files
+            while the work dir holds a training's checkpoints (the runs would mix).
         CheckpointError: ``resume_from`` cannot be read; or ``resume`` without a file, and
             the work dir's checkpoints cannot be resumed (:func:`checkpoint_to_resume`).
     """
@@ -259,6 +260,9 @@ def plan_training_start(
             f"(it is not in {record.path.name}); this run would replace or delete it. Move it "
             "out of the work dir, or pass another --work-dir."
         )
+    runs = [path for path in candidates if _trainings(path, record)]
+    if resume and runs and resume_from is not None:
+        _refuse_resuming_elsewhere(work_dir, resume_from, runs)
     if resume:
         for path in candidates:
             if record.writer_of(path) is None and record.known_name(path):
@@ -271,12 +275,31 @@ def plan_training_start(
             read_checkpoint(resume_from)  # its error names the file, before the run starts
         return TrainingStart(resume=True)
     if candidates and not start_over:
-        newest = iteration_checkpoints(work_dir)
-        shown = (newest[0] if newest else candidates[0]).name
         raise EarlierRunError(
-            f"Work dir '{work_dir}' holds checkpoints of an earlier run ({len(candidates)} "
-            f"files, e.g. {shown}); this run would write over them and mix the two. Pass "
-            f"--resume to continue that run, another --work-dir for a new one, or "
+            f"{_earlier_run(work_dir, candidates)}; this run would write over them and mix the "
+            f"two. Pass --resume to continue that run, another --work-dir for a new one, or "
             f"{START_OVER_FLAG} to delete them and start over."
         )
     return TrainingStart(resume=False, removed=tuple(remove_files(candidates)))
+
+
+def _earlier_run(work_dir: Path, candidates: list[Path]) -> str:
+    newest = iteration_checkpoints(work_dir)
+    shown = (newest[0] if newest else candidates[0]).name
+    count = len(candidates)
+    return (
+        f"Work dir '{work_dir}' holds checkpoints of an earlier run ({count} files, e.g. {shown})"
+    )
+
+
+def _refuse_resuming_elsewhere(work_dir: Path, resume_from: str, candidates: list[Path]) -> None:
+    """Refuses ``--resume FILE`` of another folder (or a URL) into a work dir that holds a
+    run's checkpoints: the resumed run's checkpoints would mix with that run's."""
+    folder = os.path.dirname(os.path.abspath(resume_from))
+    if "://" not in resume_from and os.path.realpath(folder) == os.path.realpath(work_dir):
+        return
+    raise EarlierRunError(
+        f"{_earlier_run(work_dir, candidates)}, and --resume {resume_from} continues a run of "
+        "another folder: the two would mix. Pass --resume without a file to continue the work "
+        "dir's run, or a new --work-dir to continue that checkpoint's run there."
+    )

@@ -96,3 +96,23 @@ def test_a_demos_own_work_dir_is_told_from_another_runs(tmp_path):
     assert written_only_by(work_dir, "demo") and not written_only_by(work_dir, "train")
     (work_dir / "last_checkpoint").write_text("/elsewhere/a_users_file.pth")
     assert not written_only_by(work_dir, "demo")
+
+
+def test_resuming_another_folders_checkpoint_into_a_work_dir_of_a_third_run_is_refused(tmp_path):
+    import torch
+
+    from repvgg_seg.work_dir import EarlierRunError, plan_training_start
+
+    other, work_dir, new = tmp_path / "A", tmp_path / "B", users_folder(tmp_path, "best_model.pth")
+    other.mkdir(), work_dir.mkdir()
+    torch.save({"meta": {"iter": 2}}, other / "iter_2.pth")
+    torch.save({"meta": {"iter": 4}}, work_dir / "iter_4.pth")
+    WrittenRecord(work_dir).add(work_dir / "iter_4.pth", "train", work_dir / "iter_4.pth")
+    before = snapshot(work_dir)
+    with pytest.raises(EarlierRunError, match=r"iter_4.pth\), and --resume .*A/iter_2.pth"):
+        plan_training_start(work_dir, True, str(other / "iter_2.pth"), False)
+    assert snapshot(work_dir) == before
+    # The work dir's own checkpoint resumes; so does another's into a folder without a
+    # training's checkpoints (a user's best_model.pth is no run's).
+    assert plan_training_start(work_dir, True, str(work_dir / "iter_4.pth"), False).resume
+    assert plan_training_start(new, True, str(other / "iter_2.pth"), False).resume
