@@ -22,8 +22,7 @@ import torch
 
 TEMPORARY_SUFFIX = ".part"
 # write_atomically's temporary names: ".<final name>.<mkstemp's 8 random [a-z0-9_]>.part",
-# in a guarded folder ".<final name>.<marker>.<8 random>.part".
-_TEMPORARY_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}" + re.escape(TEMPORARY_SUFFIX) + "$")
+# in a guarded folder ".<final name>.<marker>.<8 random>.part" (marked_temporary).
 
 
 class WriteGuard(Protocol):
@@ -164,27 +163,4 @@ def remove_files(paths: Iterable[Path]) -> list[Path]:
         except FileNotFoundError:
             continue
         removed.append(path)
-    return removed
-
-
-def remove_stale_temporaries(directory: str | Path) -> list[Path]:
-    """Removes, by name, temporary files that killed :func:`write_atomically` calls left.
-
-    Only for a folder no tool claims (pretraining's output dir): a claimed folder's
-    leftovers are recognised by their run's marker instead (:mod:`repvgg_seg.output_dir`).
-    Only call it on a directory that no other process is writing to: a temporary file being
-    written right now looks the same.
-
-    Returns:
-        The files removed (none when ``directory`` does not exist).
-    """
-    directory = Path(directory)
-    if not directory.is_dir():
-        return []
-    removed = []
-    for path in directory.iterdir():
-        if _TEMPORARY_NAME.match(path.name) and path.is_file():
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-                removed.append(path)
     return removed

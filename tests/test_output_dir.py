@@ -334,3 +334,30 @@ def test_quantize_says_which_staging_folders_of_a_killed_run_it_removed(tmp_path
     load_tool("quantize").print_report(report)
     first = capsys.readouterr().out.splitlines()[0]
     assert first == f"removed 1 staging folder(s) of a killed run: {leftover}"
+
+
+def test_pretraining_claims_its_output_dir_and_never_replaces_a_users_file(tmp_path):
+    from test_pretrain import make_image_folder, tiny_config
+
+    from repvgg_seg.pretrain import run_pretraining
+
+    data = make_image_folder(tmp_path / "imagenet")
+    out = tmp_path / "out"
+    users = put(out / "notes" / "x", b"")  # the folder exists; then a user's files in it
+    (out / "checkpoint.pth").write_bytes(b"the user's")
+    unmarked = out / ".checkpoint.pth.k1ll3d_x.part"
+    unmarked.write_bytes(b"the user's too")
+    with pytest.raises(NotWrittenByToolError, match=r"checkpoint.pth' was not written"):
+        run_pretraining(tiny_config(data, out, epochs=1))
+    assert (out / "checkpoint.pth").read_bytes() == b"the user's"
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [".checkpoint.pth.k1ll3d_x.part", "checkpoint.pth", "notes"]
+    )
+
+    (out / "checkpoint.pth").unlink()
+    run_pretraining(tiny_config(data, out, epochs=1))
+    record = WrittenRecord(out)
+    for name in ("checkpoint.pth", "model_best.pth", "model_deploy.pth", "metrics.jsonl"):
+        assert record.writer_of(out / name) == "pretrain", name
+    assert unmarked.read_bytes() == b"the user's too" and users.exists()
+    assert not (out / ".pretrain.lock").exists()

@@ -190,8 +190,11 @@ def test_resume_after_one_epoch_equals_uninterrupted_run(data_root, tmp_path):
     run_pretraining(tiny_config(data_root, split, stop_after_epoch=1, **common))
     assert load(split / "checkpoint.pth")["epoch"] == 0
     assert not (split / "model_deploy.pth").exists()
-    # A write killed mid-way left its temporary file; the resumed run removes it.
-    stale = split / f".checkpoint.pth.k1ll3d_x{TEMPORARY_SUFFIX}"
+    # A write killed mid-way left its temporary file, named with the marker that the killed
+    # run recorded in its lock (output_dir's rule); the resumed run removes it.
+    killed = {"pid": 2**22 + 1, "host": "h", "started": "t", "marker": "0badc0de"}
+    (split / ".pretrain.lock").write_text(json.dumps(killed))
+    stale = split / f".checkpoint.pth.0badc0de.k1ll3d_x{TEMPORARY_SUFFIX}"
     stale.write_bytes(b"\0" * 64)
     # Different global RNG state before resuming must not matter.
     torch.manual_seed(12345)
@@ -246,7 +249,8 @@ def test_two_process_torchrun_completes_and_writes_one_checkpoint(data_root, tmp
     assert checkpoint["args"]["scaled_lr"] == pytest.approx(0.1 * 16 / 256)
     assert len(read_metrics(output_dir / "metrics.jsonl")) == 1
     written = sorted(p.name for p in output_dir.iterdir())
-    assert written == ["checkpoint.pth", "metrics.jsonl", "model_best.pth", "model_deploy.pth"]
+    files = ["checkpoint.pth", "metrics.jsonl", "model_best.pth", "model_deploy.pth"]
+    assert written == [".repvgg_seg-written", *files]  # and the record of what it wrote
     # Only rank 0 logs at INFO; the other rank stays quiet.
     assert "[rank 0] INFO" in done.stderr and "[rank 1] INFO" not in done.stderr
 

@@ -17,16 +17,21 @@ Everything is plain tensors, numbers, strings and lists, so it loads with
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import torch.distributed as dist
+
 from ..atomic_io import write_atomically
 from ..checkpoint import CheckpointError, read_checkpoint
+from ..dir_lock import LockRole
 from ..errors import UsageError
+from ..output_dir import OutputDir, describe_removed, held_claim
 
 logger = logging.getLogger(__name__)
 
@@ -34,9 +39,50 @@ CHECKPOINT_NAME = "checkpoint.pth"
 BEST_NAME = "model_best.pth"
 DEPLOY_NAME = "model_deploy.pth"
 METRICS_NAME = "metrics.jsonl"
+# The files a run replaces, appends to or writes in its output dir.
+OUTPUT_NAMES = (CHECKPOINT_NAME, BEST_NAME, DEPLOY_NAME, METRICS_NAME)
+# --output-dir's lock (.pretrain.lock); the record names its files' writer "pretrain".
+PRETRAINING = LockRole(".pretrain.lock", "--output-dir", "another pretraining", "--output-dir")
 
 # Keys every training checkpoint written here has; --resume checks them.
 TRAINING_KEYS = ("model", "optimizer", "lr_scheduler", "epoch", "args")
+
+
+@contextlib.contextmanager
+def claim_output_dir(output_dir: str | None, is_main: bool, distributed: bool) -> Iterator[None]:
+    """Holds ``--output-dir`` for a run, as a training holds its work dir
+    (:class:`~repvgg_seg.output_dir.OutputDir`): one pretraining at a time, the record of
+    the files it wrote, a killed run's leftovers removed by its marker (said in one line),
+    and a file of :data:`OUTPUT_NAMES` that no tool wrote refused before any work.
+
+    Rank 0 claims (only it writes); every process gets its refusal.
+
+    Raises:
+        WorkDirBusyError: Another live pretraining writes into ``output_dir``.
+        NotWrittenByToolError: A file of the run's names there was not written by a tool.
+    """
+    claim, refusal = None, None
+    if is_main and output_dir:
+        claim = OutputDir(output_dir, PRETRAINING)
+        try:
+            claim.acquire()
+            claim.refuse_foreign([claim.path / name for name in OUTPUT_NAMES])
+        except UsageError as error:
+            claim.release()
+            claim, refusal = None, error
+    if distributed:
+        shared = [refusal]
+        dist.broadcast_object_list(shared, src=0)
+        refusal = shared[0]
+    if refusal is not None:
+        raise refusal
+    if claim is not None and claim.removed_leftovers:
+        logger.info(describe_removed(claim.removed_leftovers, "leftovers of a killed run"))
+    try:
+        yield
+    finally:
+        if claim is not None:
+            claim.release()
 
 
 def read_pretraining_checkpoint(path: str | Path) -> dict:
@@ -107,3 +153,6 @@ def append_metrics(path: str | Path, record: Mapping[str, Any]) -> None:
         file.write(json.dumps(dict(record)) + "\n")
         file.flush()
         os.fsync(file.fileno())
+    claim = held_claim(path.parent)
+    if claim is not None:  # appended in place: the record learns its new size
+        claim.record_written([path])

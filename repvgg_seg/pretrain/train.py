@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
-from ..atomic_io import remove_stale_temporaries, save_atomically
+from ..atomic_io import save_atomically
 from ..equivalence import Agreement
 from ..errors import UsageError
 from ..models.classifier import RepVGGClassifier
@@ -127,8 +127,10 @@ def run_pretraining(config: PretrainConfig) -> dict[str, Any]:
     """
     cfg = config.resolved()
     ctx = init_distributed(cfg.device)
+    writes = None if cfg.test_only else cfg.output_dir
     try:
-        return _run(cfg, ctx)
+        with ckpt.claim_output_dir(writes, ctx.is_main, ctx.distributed):
+            return _run(cfg, ctx)
     finally:
         if ctx.distributed:
             cleanup_distributed()
@@ -154,8 +156,6 @@ def _run(cfg: PretrainConfig, ctx: DistContext) -> dict[str, Any]:
     start_epoch, best_acc1 = _resume(state, cfg.resume, args) if cfg.resume else (0, 0.0)
     if ctx.is_main and output_dir is not None:
         ckpt.truncate_metrics(output_dir / ckpt.METRICS_NAME, completed_epochs=start_epoch)
-        for path in remove_stale_temporaries(output_dir):
-            logger.info("Removed %s, left by a killed write", path)
     end_epoch = cfg.stop_after_epoch or cfg.epochs
     last, best_acc1 = _train_epochs(
         cfg, ctx, state, data, range(start_epoch, end_epoch), best_acc1, args, output_dir
