@@ -116,3 +116,44 @@ def test_resuming_another_folders_checkpoint_into_a_work_dir_of_a_third_run_is_r
     # training's checkpoints (a user's best_model.pth is no run's).
     assert plan_training_start(work_dir, True, str(work_dir / "iter_4.pth"), False).resume
     assert plan_training_start(new, True, str(other / "iter_2.pth"), False).resume
+
+
+THREE_ITERATIONS = (
+    "train_cfg.max_iters=3",
+    "default_hooks.checkpoint.interval=1",
+    "param_scheduler.0.end=3",
+)
+
+
+def earlier_release_work_dir(tmp_path, data_root) -> Path:
+    """A work dir as the release before the record left it when killed after iteration 2 of
+    3: a training's files, no record."""
+    work_dir = tmp_path / "work"
+    train_in_process(work_dir, data_root, *THREE_ITERATIONS)
+    (work_dir / "iter_3.pth").unlink()
+    (work_dir / "last_checkpoint").write_text(str(work_dir / "iter_2.pth"))
+    (work_dir / RECORD_NAME).unlink()
+    return work_dir
+
+
+def test_an_earlier_releases_work_dir_is_adopted_when_it_is_exactly_a_training(
+    tmp_path, data_root, caplog
+):
+    work_dir = earlier_release_work_dir(tmp_path, data_root)
+    train_in_process(work_dir, data_root, *THREE_ITERATIONS, flags=["--resume"])
+    (line,) = [r.getMessage() for r in caplog.records if "an earlier release" in r.getMessage()]
+    assert "adopted as a training's" in line and f"{CONFIG_DUMP}" in line and "iter_2.pth" in line
+    assert read_checkpoint(work_dir / "iter_3.pth")["meta"]["iter"] == 3
+    record = WrittenRecord(work_dir)
+    assert record.writer_of(work_dir / "iter_1.pth") == "train"
+
+
+def test_an_earlier_releases_work_dir_with_anything_else_stays_refused(tmp_path, data_root, capsys):
+    work_dir = earlier_release_work_dir(tmp_path, data_root)
+    dump = work_dir / CONFIG_DUMP
+    dump.write_text(dump.read_text() + "# the user's edit\n")
+    before = snapshot(work_dir)
+    flags = ["--resume"]
+    status, err = train_exit(work_dir, data_root, *THREE_ITERATIONS, flags=flags, capsys=capsys)
+    assert status == 2 and f"holds {CONFIG_DUMP}, which no training wrote" in err
+    assert snapshot(work_dir) == before and not (work_dir / RECORD_NAME).exists()

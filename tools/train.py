@@ -135,7 +135,12 @@ def main(argv: list[str] | None = None) -> None:
     # The config dump must not replace a file of the user's of that name (output_dir's rule).
     dump = [name] if (name := config_dump_name(cfg)) else []
     with claim_work_dir(
-        cfg.work_dir, bool(args.resume), resume_from, args.overwrite_work_dir, outputs=dump
+        cfg.work_dir,
+        bool(args.resume),
+        resume_from,
+        args.overwrite_work_dir,
+        outputs=dump,
+        config=cfg,
     ):
         if args.resume:
             check_resume(cfg)  # as strictly as tools/test.py loads, before anything is written

@@ -18,8 +18,9 @@ from mmengine.config import Config
 from mmengine.dist import broadcast_object_list, is_distributed, is_main_process
 
 from ..dir_lock import TRAINING, LockRole
-from ..output_dir import OutputDir, describe_removed, held_claim
+from ..output_dir import RECORD_NAME, OutputDir, describe_removed, held_claim
 from ..work_dir import TrainingStart, WorkDirBusyError, plan_training_start
+from .adopt import adopt_earlier_release
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ def claim_work_dir(
     log: logging.Logger = logger,
     outputs: Iterable[str] = (),
     role: LockRole = TRAINING,
+    config: Config | None = None,
 ) -> Iterator[TrainingStart]:
     """Holds a training's work dir for the duration: its lock, and the decision how the run
     begins (:func:`~repvgg_seg.work_dir.plan_training_start`).
@@ -44,7 +46,9 @@ def claim_work_dir(
     it on every rank, after the process group is up (:func:`init_distributed`). A refused
     claim changes nothing in the work dir. :class:`AtomicCheckpointRunner` trains inside a
     claim without taking its own. ``log`` gets the warnings (a lock taken over, files
-    removed to start over).
+    removed to start over). With ``config`` (tools/train.py), a work dir of an earlier
+    release, without a record, is adopted when its files are exactly a training's of that
+    config (:mod:`repvgg_seg.runner.adopt`).
 
     Raises:
         WorkDirBusyError: Another live training holds the work dir.
@@ -59,7 +63,7 @@ def claim_work_dir(
     if is_main_process():
         lock = OutputDir(work_dir, role)
         try:
-            outcome = _plan_under_lock(lock, resume, resume_from, start_over, log, outputs)
+            outcome = _plan_under_lock(lock, resume, resume_from, start_over, log, outputs, config)
         except (WorkDirBusyError, ValueError) as error:  # EarlierRunError, CheckpointError
             outcome = error
         except BaseException:
@@ -90,6 +94,7 @@ def _plan_under_lock(
     start_over: bool,
     log,
     outputs: Iterable[str],
+    config: Config | None,
 ) -> TrainingStart:
     try:
         claim.acquire()
@@ -104,12 +109,24 @@ def _plan_under_lock(
                 f"Took over the lock of work dir '{claim.path}' from a run that ended "
                 f"without releasing it ({claim.stale_owner})."
             )
+    if config is not None:
+        _adopt(claim, config, log)
     start = plan_training_start(
         claim.path, resume, resume_from, start_over, outputs, record=claim.record
     )
     if start.removed:
         log.warning(describe_removed(start.removed, "files of the earlier run (starting over)"))
     return start
+
+
+def _adopt(claim: OutputDir, config: Config, log) -> None:
+    adopted, why_not = adopt_earlier_release(claim, config, config_dump_name(config))
+    earlier = f"Work dir '{claim.path}' has no {RECORD_NAME} (an earlier release's work dir)"
+    if adopted:
+        names = ", ".join(path.name for path in adopted)
+        log.warning(f"{earlier}: adopted as a training's, its files are this config's: {names}.")
+    elif why_not:
+        log.warning(f"{earlier}: not adopted, {why_not}.")
 
 
 def config_dump_name(cfg: Config) -> str | None:
