@@ -361,3 +361,38 @@ def test_pretraining_claims_its_output_dir_and_never_replaces_a_users_file(tmp_p
         assert record.writer_of(out / name) == "pretrain", name
     assert unmarked.read_bytes() == b"the user's too" and users.exists()
     assert not (out / ".pretrain.lock").exists()
+
+
+def test_an_earlier_releases_deploy_or_quantize_set_is_adopted_and_anything_else_refused(tmp_path):
+    import onnx
+
+    def earlier_deploy(folder: Path, ids: tuple[str, str]) -> Path:
+        folder.mkdir()
+        torch.save({"meta": {"deploy_id": ids[0]}, "state_dict": {}}, folder / "m_deploy.pth")
+        (folder / "m_deploy.py").write_text(f"model = dict()\ndeploy_id = '{ids[1]}'\n")
+        return folder
+
+    new_set = {"m_deploy.pth": b"new", "m_deploy.py": b"new"}
+    adopted = publish(earlier_deploy(tmp_path / "one", ("x1", "x1")), "m", new_set)
+    assert (adopted.path / "m_deploy.pth").read_bytes() == b"new"
+    mixed = earlier_deploy(tmp_path / "two", ("x1", "y2"))
+    with pytest.raises(NotWrittenByToolError, match="m_deploy.p"):
+        publish(mixed, "m", new_set)
+    assert not (mixed / RECORD_NAME).exists()
+
+    int8 = {"m_int8.onnx": b"new", "m_int8.json": b"{}"}
+    for report in ({"onnx": "m_int8.onnx"}, {"onnx": "other.onnx"}, None):
+        folder = tmp_path / f"int8_{report is None}_{bool(report and 'm_' in report['onnx'])}"
+        folder.mkdir()
+        onnx.save(
+            onnx.helper.make_model(onnx.helper.make_graph([], "g", [], [])), folder / "m_int8.onnx"
+        )
+        if report is not None:
+            (folder / "m_int8.json").write_text(json.dumps(report))
+        args = ("m", int8)
+        kwargs = dict(kind="int8", suffixes=(".onnx", ".json"))
+        if report == {"onnx": "m_int8.onnx"}:
+            assert (publish(folder, *args, **kwargs).path / "m_int8.onnx").read_bytes() == b"new"
+        else:  # a report naming another model, or a model without its report
+            with pytest.raises(NotWrittenByToolError):
+                publish(folder, *args, **kwargs)

@@ -24,16 +24,25 @@ folder's claim (:class:`repvgg_seg.output_dir.OutputDir`, the one owner of outpu
 from __future__ import annotations
 
 import datetime
+import json
+import logging
 import os
+import re
 import shutil
 import tempfile
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
+import onnx
+from google.protobuf.message import DecodeError
+
 from ..atomic_io import temporary_prefix
+from ..checkpoint import CheckpointError, meta_of, read_checkpoint
 from ..dir_lock import LockRole
 from ..output_dir import OutputDir, check_out_dir
+
+logger = logging.getLogger(__name__)
 
 # The files a deploy of config <stem> writes, in the order they are published: the config,
 # which names the checkpoint, comes last.
@@ -92,7 +101,8 @@ class OutputFolder:
         """
         names = deployed_names(self.stem, self.kind, self.suffixes)
         check_out_dir(self.path, "Output folder", names, self.tool)
-        self.claim.refuse_foreign([self.path / name for name in names])
+        earlier = self._earlier_release()
+        self.claim.refuse_foreign([self.path / name for name in names if name not in earlier])
 
     def __enter__(self) -> OutputFolder:
         """Checks and locks the folder, removes dead runs' staging folders, makes this one's.
@@ -104,6 +114,13 @@ class OutputFolder:
         self.removed_leftovers = self.claim.acquire()
         try:
             self.check()  # again under the lock: the files may have changed meanwhile
+            if adopted := self._earlier_release():
+                self.claim.record_written(self.path / name for name in adopted)
+                logger.warning(
+                    f"Output folder '{self.path}' has no record of the files tools wrote (an "
+                    f"earlier release's): {', '.join(adopted)}, one {self.tool} run's set, "
+                    "adopted as the tool's."
+                )
             name = Path(f"{self.stem}_{self.kind}")
             self.staging = Path(
                 tempfile.mkdtemp(
@@ -122,6 +139,23 @@ class OutputFolder:
             shutil.rmtree(self.staging, ignore_errors=True)
             self.staging = None
         self.claim.release()
+
+    def _earlier_release(self) -> list[str]:
+        """The tool's files in a folder without a record (written before the record
+        existed) when they are one run's set: a deploy's files all carry one ``deploy_id``
+        (checkpoint meta, config, ONNX metadata); a quantization's JSON report names its
+        ONNX model. Else none (they are then refused as files no tool wrote)."""
+        names = deployed_names(self.stem, self.kind, self.suffixes)
+        present = {name: self.path / name for name in names if (self.path / name).is_file()}
+        if self.claim.record.path.exists() or not present:
+            return []
+        if self.kind != "deploy" and not any(name.endswith(".json") for name in present):
+            return []  # a quantization's set is tied together by its report
+        try:
+            ids = {_run_id(path, self.kind == "deploy") for path in present.values()}
+        except (CheckpointError, OSError, ValueError, DecodeError):
+            return []  # not readable as the tool's files: a user's
+        return sorted(present) if len(ids) == 1 and None not in ids else []
 
     def publish(self, staged: Iterable[Path]) -> list[Path]:
         """Moves the staged files into the folder as this deploy's complete set.
@@ -153,3 +187,18 @@ class OutputFolder:
         finally:
             os.close(folder)
         return published
+
+
+def _run_id(path: Path, deploy: bool) -> str | None:
+    """What ties a file to the run that wrote it: a deploy's ``deploy_id``, or for a
+    quantization's ``.onnx`` its own name and for its JSON report the ONNX name it records."""
+    if path.suffix == ".pth":
+        return meta_of(read_checkpoint(path)).get("deploy_id")
+    if path.suffix == ".py":
+        found = re.search(r"^deploy_id = '([^'\n]+)'$", path.read_text(), re.MULTILINE)
+        return found and found.group(1)
+    if path.suffix == ".json":
+        report = json.loads(path.read_text())
+        return report.get("onnx") if isinstance(report, dict) else None
+    props = {p.key: p.value for p in onnx.load(path, load_external_data=False).metadata_props}
+    return props.get("deploy_id") if deploy else path.name
