@@ -37,6 +37,7 @@ __all__ = [
     "NotWrittenByToolError",
     "OutputDir",
     "WrittenRecord",
+    "and_more",
     "check_file_output",
     "check_out_dir",
     "claim_result_folders",
@@ -130,6 +131,11 @@ def check_file_output(path: str | os.PathLike, option: str, overwrite: bool) -> 
     check_out_dir(path.parent if str(path.parent) else ".", f"The folder of {option}")
 
 
+def and_more(paths: list) -> str:
+    """What follows the first of ``paths`` named in a refusal: `` (and N more)`` or nothing."""
+    return f" (and {len(paths) - 1} more)" if len(paths) > 1 else ""
+
+
 def describe_removed(paths: Iterable[Path], why: str) -> str:
     """The one line that says what a run removed."""
     paths = list(paths)
@@ -207,12 +213,11 @@ class OutputDir:
         foreign = [Path(p) for p in paths if os.path.lexists(p) and not self.is_ours(p)]
         foreign = [] if self.overwrite else foreign
         if foreign:
-            more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
             raise NotWrittenByToolError(
-                f"{str(foreign[0])!r}{more} was not written by a repvgg_seg tool (it is not in "
-                f"{str(self.record.path)!r}), and this run would {action} it. Move it out of "
-                f"{self.role.subject.lower()} {str(self.path)!r}, or pass another "
-                f"{self.role.option}."
+                f"{str(foreign[0])!r}{and_more(foreign)} was not written by a repvgg_seg tool "
+                f"(it is not in {str(self.record.path)!r}), and this run would {action} it. "
+                f"Move it out of {self.role.subject.lower()} {str(self.path)!r}, or pass "
+                f"another {self.role.option}."
             )
 
     def record_written(self, paths: Iterable[str | os.PathLike]) -> None:

@@ -23,7 +23,7 @@ from .atomic_io import remove_files
 from .checkpoint import CheckpointError, UnsafeCheckpointError, read_checkpoint
 from .dir_lock import LOCK_NAME, LockOwner, LockRole, WorkDirBusyError, WorkDirLock
 from .errors import UsageError
-from .output_dir import NotWrittenByToolError, WrittenRecord, held_claim
+from .output_dir import NotWrittenByToolError, WrittenRecord, and_more, held_claim
 
 __all__ = [
     "LOCK_NAME",
@@ -254,11 +254,10 @@ def plan_training_start(
     in_the_way = [work_dir / name for name in outputs] + ([] if resume else candidates)
     foreign = [p for p in in_the_way if os.path.lexists(p) and not _trainings(p, record)]
     if foreign:
-        more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
         raise NotWrittenByToolError(
-            f"Work dir '{work_dir}' holds {foreign[0].name}{more}, which no training wrote "
-            f"(it is not in {record.path.name}); this run would replace or delete it. Move it "
-            "out of the work dir, or pass another --work-dir."
+            f"Work dir '{work_dir}' holds {foreign[0].name}{and_more(foreign)}, which no "
+            f"training wrote (it is not in {record.path.name}); this run would replace or "
+            "delete it. Move it out of the work dir, or pass another --work-dir."
         )
     runs = [path for path in candidates if _trainings(path, record)]
     if resume and runs and resume_from is not None:
