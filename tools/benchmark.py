@@ -12,6 +12,13 @@ inputs: speed does not depend on the values)::
         --size 512 1024 --threads 2 --variants deploy \
         --runtimes torch,torch-bf16,onnxruntime,onnxruntime-int8,openvino,openvino-int8
 
+ONNX files beside the config they were exported from (a ``tools/quantize.py`` PTQ file
+and a ``tools/qat.py`` one), each run as it is by each ONNX runtime named::
+
+    python tools/benchmark.py configs/pspnet_repvgg_b1g2_fast.py --size 512 1024 \
+        --variants deploy --runtimes onnxruntime,openvino \
+        --onnx work_dirs/int8/b1g2_int8.onnx work_dirs/qat/b1g2_qat.onnx
+
 On a GPU (paper Table 8's setting, batch 16 at 713x713, is the default there)::
 
     python tools/benchmark.py configs/pspnet_r50.py configs/pspnet_repvgg_b1g2_fast.py \
@@ -80,6 +87,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"comma-separated, each config timed under each (CPU): {', '.join(RUNTIMES)}; "
         "'torch' times --variants in the run's precision, the others the deployed model "
         "(default torch)",
+    )
+    parser.add_argument(
+        "--onnx",
+        nargs="+",
+        type=Path,
+        default=[],
+        metavar="FILE",
+        help="also time these ONNX files of the first config's model (float32, or INT8 from "
+        "tools/quantize.py or tools/qat.py) as they are, each in each ONNX runtime --runtimes "
+        "names (onnxruntime, openvino; their -int8 names run the same engine); rows are "
+        "named by the config and the file, GMACs are the config's deployed model's",
     )
     parser.add_argument(
         "--calib-inputs",
@@ -169,6 +187,7 @@ def request_from(args: argparse.Namespace) -> BenchmarkRequest:
         plain_repvgg=tuple(args.plain_repvgg),
         calibration_inputs=args.calib_inputs,
         peak_size=args.peak_size,
+        onnx_files=tuple(args.onnx),
     )
 
 

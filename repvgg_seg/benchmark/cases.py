@@ -8,6 +8,7 @@ from torch import nn
 
 from ..deploy import SegmentorLogits
 from .models import BackboneOnly, deployed_copy
+from .onnx_files import OnnxFile, engines_of
 from .settings import Case
 
 VARIANTS = ("train", "deploy", "winograd")
@@ -22,8 +23,10 @@ def segmentor_cases(
     runtimes: Sequence[str] = ("torch",),
     winograd: str = "auto",
     part: str = "segmentor",
+    onnx_files: Sequence[OnnxFile] = (),
 ) -> list[Case]:
-    """One case per variant under ``torch`` and one per other runtime (of the deployed model).
+    """One case per variant under ``torch`` and one per other runtime (of the deployed model),
+    then one per given ONNX file and ONNX engine named (:mod:`.onnx_files`).
 
     Args:
         name: What the case names start with (a config's stem).
@@ -32,6 +35,8 @@ def segmentor_cases(
         runtimes: Of :data:`repvgg_seg.benchmark.settings.RUNTIMES`.
         winograd: The ``winograd`` variant's mode (``off`` leaves the variant out).
         part: ``segmentor`` (logits at the input size) or ``backbone`` (its last output).
+        onnx_files: Files exported from this segmentor's config, checked; each runs as it
+            is, its MACs and parameters counted on the deployed model.
     """
     wrap = BackboneOnly if part == "backbone" else SegmentorLogits
     others = [runtime for runtime in runtimes if runtime != "torch"]
@@ -46,6 +51,16 @@ def segmentor_cases(
             model = deployed_copy(trained, winograd=winograd)
             cases.append(Case(f"{name} (deploy, winograd {winograd})", wrap(model)))
     cases += [Case(f"{name} (deploy) [{r}]", wrap(deployed), runtime=r) for r in others]
+    cases += [
+        Case(
+            f"{name} ({file.path}) [{file.runtime(engine)}]",
+            wrap(deployed),
+            runtime=file.runtime(engine),
+            onnx_file=file.path,
+        )
+        for file in onnx_files
+        for engine in engines_of(runtimes)
+    ]
     return cases
 
 

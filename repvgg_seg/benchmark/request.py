@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 from mmengine.config import Config
@@ -22,6 +23,7 @@ from .cases import VARIANTS, segmentor_cases, with_treatments
 from .cuda import cuda_settings
 from .machine import describe_machine
 from .models import plain_repvgg
+from .onnx_files import ENGINES, check_onnx_files, engines_of
 from .peaks import CpuPeakSampler, matmul_tflops
 from .runtimes import RuntimeRunners
 from .settings import RUNTIMES, TREATMENTS, BenchmarkSettings, Case, CaseResult
@@ -83,6 +85,9 @@ class BenchmarkRequest:
         plain_repvgg: ``ARCH[:MODE]`` specs of plain Conv2d+ReLU RepVGGs to time too.
         calibration_inputs: Random inputs that calibrate the INT8 runtimes.
         peak_size: CPU: side of the square matmuls that measure the host's peak rates.
+        onnx_files: ONNX files of the first config's model (float32, or INT8 from
+            ``tools/quantize.py`` / ``tools/qat.py``), each timed as it is in each ONNX
+            engine ``runtimes`` names (:mod:`.onnx_files`), checked before anything is built.
     """
 
     settings: BenchmarkSettings
@@ -95,6 +100,7 @@ class BenchmarkRequest:
     plain_repvgg: tuple[str, ...] = ()
     calibration_inputs: int = 2
     peak_size: int = 2048
+    onnx_files: tuple[Path, ...] = ()
 
     def __post_init__(self) -> None:
         for option, values, allowed in (
@@ -123,17 +129,45 @@ class BenchmarkRequest:
                     f"--plain-repvgg {spec}: unknown dilation mode {mode!r}; use one of "
                     f"{', '.join(DILATION_MODES)}."
                 )
+        if self.onnx_files:
+            self._check_onnx_request()
         if not self.configs and not self.plain_repvgg:
             raise UsageError("Nothing to benchmark: give configs and/or --plain-repvgg.")
 
+    def _check_onnx_request(self) -> None:
+        files = ", ".join(str(path) for path in self.onnx_files)
+        if not self.configs:
+            raise UsageError(
+                f"--onnx {files}: give the config the files were exported from first (it "
+                "names the rows and gives their GMACs)."
+            )
+        if not engines_of(self.runtimes):
+            raise UsageError(
+                f"--onnx {files}: --runtimes {','.join(self.runtimes)} names no ONNX runtime; "
+                f"add any of {', '.join(ENGINES)} (each file runs as it is in each)."
+            )
+        if len({Path(path).resolve() for path in self.onnx_files}) != len(self.onnx_files):
+            raise UsageError(f"--onnx {files}: a file is given twice; give each once.")
+
 
 def build_cases(request: BenchmarkRequest) -> list[Case]:
-    """Every config's cases (:func:`segmentor_cases`), the plain networks, the treatments."""
+    """Every config's cases (:func:`segmentor_cases`; the first one's with the ONNX files,
+    all checked first), the plain networks, the treatments."""
+    files = []
+    if request.onnx_files:
+        first = next(iter(request.configs.values()))
+        files = check_onnx_files(request.onnx_files, request.settings, first)
     cases = []
-    for name, cfg in request.configs.items():
+    for index, (name, cfg) in enumerate(request.configs.items()):
         trained = build_segmentor(cfg)
         cases += segmentor_cases(
-            name, trained, request.variants, request.runtimes, request.winograd, request.part
+            name,
+            trained,
+            request.variants,
+            request.runtimes,
+            request.winograd,
+            request.part,
+            onnx_files=files if index == 0 else (),
         )
     for spec in request.plain_repvgg:
         arch, _, mode = spec.partition(":")
@@ -221,6 +255,7 @@ def run_request(request: BenchmarkRequest) -> BenchmarkReport:
         "machine": machine,
         "matmul_tflops": matmul_rate,
         "cpu_peaks_gmacs": peaks and asdict(peaks),
+        "onnx_files": [str(path) for path in request.onnx_files],
         "results": results_as_dicts(results),
     }
     return BenchmarkReport(header, results, record)

@@ -77,13 +77,25 @@ class RuntimeRunners:
         self._folder.cleanup()
         self._folder, self._exports = None, {}
 
-    def runner(self, module: nn.Module, runtime: str, image: torch.Tensor) -> Callable[[], object]:
-        """One forward pass of ``image`` (float32, NCHW) by ``module`` under ``runtime``."""
+    def runner(
+        self,
+        module: nn.Module,
+        runtime: str,
+        image: torch.Tensor,
+        onnx_file: Path | None = None,
+    ) -> Callable[[], object]:
+        """One forward pass of ``image`` (float32, NCHW) by ``module`` under ``runtime``, or
+        by the given ``onnx_file`` as it is (ONNX Runtime or OpenVINO, ``-int8`` or not)."""
         if runtime not in RUNTIMES or runtime == "torch":
             raise ValueError(f"runtime must be one of {tuple(RUNTIMES)[1:]}, got {runtime!r}.")
+        if onnx_file is not None and runtime.startswith("torch"):
+            raise ValueError(f"an ONNX file runs in onnxruntime or openvino, not {runtime!r}.")
         if runtime == "torch-bf16":
             return bf16_runner(module, image)
         array = image.float().contiguous().numpy()
+        if onnx_file is not None:
+            run = onnxruntime_runner if runtime.startswith("onnxruntime") else openvino_runner
+            return run(Path(onnx_file), array, self.threads)
         if runtime.startswith("onnxruntime"):
             return onnxruntime_runner(self._onnx(module, runtime, image), array, self.threads)
         # OpenVINO reads the same files as ONNX Runtime: one INT8 model for both runtimes.
@@ -157,7 +169,8 @@ def onnxruntime_runner(path: Path, array: np.ndarray, threads: int) -> Callable[
     """One ONNX Runtime (CPU) session run of ``array`` on the model at ``path`` (the
     package's session options: :func:`repvgg_seg.onnx_session.open_session`)."""
     session = open_session(path, threads)
-    return lambda: session.run(None, {"image": array})
+    feed = {session.get_inputs()[0].name: array}  # "image" in the package's exports
+    return lambda: session.run(None, feed)
 
 
 def openvino_runner(path: Path, array: np.ndarray, threads: int) -> Callable[[], object]:

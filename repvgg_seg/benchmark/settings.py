@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -95,13 +96,16 @@ class Case:
     how it runs: eagerly, replayed from a CUDA graph, compiled, or compiled and replayed.
     ``runtime`` (one of :data:`RUNTIMES`) says what runs it: ``torch`` as the settings say,
     or the module converted for another runtime or precision
-    (:mod:`repvgg_seg.benchmark.runtimes`; CPU only).
+    (:mod:`repvgg_seg.benchmark.runtimes`; CPU only). ``onnx_file``: an ONNX runtime runs
+    this given file instead of the module's export (the module still gives the case's
+    MACs and parameters: the deployed model of the config the file was exported from).
     """
 
     name: str
     module: nn.Module
     treatment: str | None = None
     runtime: str = "torch"
+    onnx_file: Path | None = None
     times: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -113,6 +117,8 @@ class Case:
             raise UsageError(
                 f"{self.name}: runtime must be one of {tuple(RUNTIMES)}, got {self.runtime!r}."
             )
+        if self.onnx_file is not None and not self.runtime.startswith(("onnxruntime", "openvino")):
+            raise UsageError(f"{self.name}: an ONNX file runs in onnxruntime or openvino only.")
 
     def precision(self, settings: BenchmarkSettings) -> str:
         """The precision the case computes in (``int8`` for quantized runtimes)."""

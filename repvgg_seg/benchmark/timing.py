@@ -156,7 +156,7 @@ def _prepare(
             macs = count_macs(module, image[:1]) * settings.batch
         params = sum(p.numel() for p in module.parameters())
         del module
-        forward = runners.runner(case.module, case.runtime, image)
+        forward = runners.runner(case.module, case.runtime, image, case.onnx_file)
         forward()
         peak = peak_memory_bytes(forward) if case.runtime.startswith("torch") else None
         return _Prepared(forward, macs, params, peak)
