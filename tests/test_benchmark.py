@@ -311,3 +311,72 @@ def test_cli_checks_csv_and_json_paths_before_measuring(tmp_path, capsys):
     same = str(tmp_path / "speed")
     status, err = tool_exit("benchmark", [str(SYNTHETIC), "--csv", same, "--json", same], capsys)
     assert status == 2 and "pass two file names" in one_error_line(err, "benchmark")
+
+
+def test_cli_times_given_onnx_files_ptq_and_float_as_rows(tmp_path, capsys):
+    """A PTQ-like QDQ file (what tools/quantize.py and tools/qat.py write) and a float one,
+    both timed as they are in one run beside the config, one row per file and runtime."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("openvino")
+    from repvgg_seg.benchmark.runtimes import quantize_onnx_int8
+    from repvgg_seg.deploy import export_onnx
+
+    segmentor = deployed_copy(build_segmentor(SYNTHETIC)).eval()
+    float_file, int8_file = tmp_path / "model.onnx", tmp_path / "model_int8.onnx"
+    export_onnx(segmentor, float_file, torch.randn(1, 3, 32, 32))
+    quantize_onnx_int8(float_file, int8_file, [torch.randn(1, 3, 32, 32).numpy()])
+    tool = load_tool("benchmark")
+    argv = [
+        str(SYNTHETIC), "--size", "32", "32", "--rounds", "1", "--warmup", "0",
+        "--variants", "deploy", "--runtimes", "onnxruntime,openvino", "--peak-size", "64",
+        "--onnx", str(int8_file), str(float_file), "--json", str(tmp_path / "speed.json"),
+    ]  # fmt: skip
+    tool.main(argv)
+    printed = capsys.readouterr().out
+    saved = json.loads((tmp_path / "speed.json").read_text())
+    stem = SYNTHETIC.stem
+    rows = {r["name"]: r for r in saved["results"]}
+    assert list(rows) == [
+        f"{stem} (deploy) [onnxruntime]",
+        f"{stem} (deploy) [openvino]",
+        f"{stem} ({int8_file}) [onnxruntime-int8]",
+        f"{stem} ({int8_file}) [openvino-int8]",
+        f"{stem} ({float_file}) [onnxruntime]",
+        f"{stem} ({float_file}) [openvino]",
+    ]
+    assert saved["onnx_files"] == [str(int8_file), str(float_file)]
+    for name, row in rows.items():
+        assert name in printed and row["median_ms"] > 0
+        assert row["gmacs"] == rows[f"{stem} (deploy) [onnxruntime]"]["gmacs"]
+    assert [r["precision"] for r in rows.values()] == ["fp32"] * 2 + ["int8"] * 2 + ["fp32"] * 2
+
+    # Refused in one line naming the file, before anything is measured (exit 2).
+    base = argv[: argv.index("--onnx")]
+    not_onnx, fixed = tmp_path / "notes.onnx", tmp_path / "fixed.onnx"
+    not_onnx.write_text("not a model\n")
+    _fixed_size_file(fixed)
+    refusals = [
+        (base, [not_onnx], "is not an ONNX model"),
+        (base, [tmp_path / "missing.onnx"], "does not exist"),
+        (base, [fixed], "its input [1, 3, 64, 64] does not take the benchmark's 1x3x32x32"),
+        (base, [int8_file, int8_file], "a file is given twice"),
+        (base[:-4], [int8_file], "--runtimes torch names no ONNX runtime"),
+    ]
+    for options, files, message in refusals:
+        status, err = tool_exit("benchmark", [*options, "--onnx", *map(str, files)], capsys)
+        line = one_error_line(err, "benchmark")
+        assert status == 2 and message in line and str(files[0]) in line, line
+        assert capsys.readouterr().out == ""
+
+
+def _fixed_size_file(path: Path) -> None:
+    """An ONNX model whose input is fixed to 1x3x64x64 (a float identity)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    image = helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 64, 64])
+    logits = helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 3, 64, 64])
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["image"], ["logits"])], "g", [image], [logits]
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
