@@ -5,7 +5,8 @@ multiply-accumulates (:mod:`.counting`), parameters, effective GMAC/s and the pe
 one forward pass (:mod:`.memory`), and each rate's share of the host's peak for its precision,
 measured in the same run (:mod:`.peaks`). On CUDA a case can also run compiled or replayed
 from a CUDA graph (its *treatment*, :mod:`.cuda`); on CPU a deployed segmentor can also run
-in bfloat16, ONNX Runtime or OpenVINO, in float32 or INT8 (its *runtime*, :mod:`.runtimes`).
+in bfloat16, ONNX Runtime or OpenVINO, in float32 or INT8 (its *runtime*, :mod:`.runtimes`),
+and given ONNX files run as they are beside it (:mod:`.onnx_files`).
 :mod:`.tables` formats the results and writes them as CSV and JSON, :mod:`.machine`
 describes the host, and :mod:`.request` turns one typed request (what ``tools/benchmark.py``
 parses its command line into) into cases, a run and its report.
@@ -17,6 +18,7 @@ from .cuda import capture_graph, cuda_settings
 from .machine import SIMD_FLAGS, cpu_info, describe_machine
 from .memory import cuda_peak_memory_bytes, peak_memory_bytes
 from .models import BackboneOnly, deployed_copy, plain_repvgg
+from .onnx_files import ENGINES, OnnxFile, check_onnx_file, check_onnx_files
 from .peaks import CpuPeaks, CpuPeakSampler, matmul_tflops
 from .request import (
     PARTS,
@@ -44,6 +46,7 @@ from .timing import make_forward, prepare_module, run_benchmark, time_once, trea
 __all__ = [
     "COLUMNS",
     "CSV_HEADER",
+    "ENGINES",
     "PARTS",
     "PRECISIONS",
     "RUNTIMES",
@@ -56,10 +59,13 @@ __all__ = [
     "BenchmarkSettings",
     "Case",
     "CaseResult",
+    "OnnxFile",
     "CpuPeakSampler",
     "CpuPeaks",
     "RuntimeRunners",
     "build_cases",
+    "check_onnx_file",
+    "check_onnx_files",
     "capture_graph",
     "check_report_path",
     "check_report_paths",
