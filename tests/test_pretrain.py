@@ -19,6 +19,7 @@ from torchvision.transforms import InterpolationMode
 from repvgg_seg.atomic_io import TEMPORARY_SUFFIX
 from repvgg_seg.errors import UsageError
 from repvgg_seg.models import RepVGGClassifier
+from repvgg_seg.output_dir import RECORD_NAME
 from repvgg_seg.pretrain import (
     PretrainConfig,
     build_optimizer,
@@ -123,8 +124,9 @@ def test_checkpoints_are_complete_and_load_weights_only(three_epoch_run):
     assert last["args"]["model"] == "A0" and last["args"]["global_batch_size"] == 16
     best = load(output_dir / "model_best.pth")
     assert best["best_acc1"] == last["best_acc1"]
-    # write_atomically's temporary files are hidden (".checkpoint.pth.<random>.part").
-    assert not [p.name for p in output_dir.iterdir() if p.name.startswith(".")]
+    # write_atomically's temporary files are hidden (".checkpoint.pth.<random>.part"); the
+    # one hidden file left is the folder's record of what the run wrote.
+    assert [p.name for p in output_dir.iterdir() if p.name.startswith(".")] == [RECORD_NAME]
 
 
 def test_deployed_classifier_matches_unfused_accuracy(three_epoch_run, data_root):
