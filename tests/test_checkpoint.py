@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 from pathlib import Path
 
@@ -27,6 +26,8 @@ from repvgg_seg.checkpoint import (
 from repvgg_seg.datasets import make_synthetic_cityscapes
 from repvgg_seg.models import RepVGG
 from repvgg_seg.reparam import reparameterize_model
+
+from helpers import load_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "pspnet_repvgg_a0_synthetic.py"
@@ -172,13 +173,6 @@ def test_is_deployed_state_dict_reads_our_block_layout():
 # --------------------------------------------------------------------------- tools/test.py
 
 
-def load_test_tool():
-    spec = importlib.util.spec_from_file_location("tools_test", ROOT / "tools" / "test.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
-
-
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory) -> Path:
     return make_synthetic_cityscapes(tmp_path_factory.mktemp("data"), 1, 2, (64, 32), 0)
@@ -194,7 +188,7 @@ def segmentor_state() -> dict[str, torch.Tensor]:
 
 def run_test_tool(tmp_path, data_root, checkpoint, config=CONFIG):
     options = [f"test_dataloader.dataset.data_root={data_root}"]
-    return load_test_tool()(
+    return load_tool("test").main(
         [str(config), str(checkpoint), "--work-dir", str(tmp_path / "w"), "--cfg-options"] + options
     )
 
@@ -282,3 +276,34 @@ def test_failed_onnx_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path, 
         export_onnx(torch.nn.Conv2d(3, 2, 1), path, torch.randn(1, 3, 8, 8))
     assert path.read_bytes() == b"previous export"
     assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
+
+
+def test_reading_a_checkpoint_keeps_mmengine_types_allowed(tmp_path):
+    # mmengine's --resume loads with plain torch.load: the process-wide allow-list must
+    # survive a read_checkpoint call (a safe_globals context removed it on exit).
+    path = tmp_path / "hub.pth"
+    torch.save({"message_hub": HistoryBuffer([1.0, 2.0], [1, 1])}, path)
+    read_checkpoint(path)
+    assert torch.load(path, weights_only=True)["message_hub"].current() == 2.0
+
+
+def test_corrupt_zip_and_symlink_loop_are_named_as_such(tmp_path):
+    path = tmp_path / "corrupt.pth"
+    torch.save({"state_dict": {"w": torch.zeros(100)}}, path)
+    data = bytearray(path.read_bytes())
+    pickle_start = data.index(b"\x80\x02")  # data.pkl's PROTO opcode, the zip's first entry
+    data[pickle_start + 2 : pickle_start + 12] = b"A" * 10
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError) as error:
+        read_checkpoint(path)
+    assert not isinstance(error.value, UnsafeCheckpointError)
+    assert "is not a readable PyTorch checkpoint" in str(error.value)
+    assert "not loaded for safety" not in str(error.value)
+
+    (tmp_path / "a.pth").symlink_to(tmp_path / "b.pth")
+    (tmp_path / "b.pth").symlink_to(tmp_path / "a.pth")
+    with pytest.raises(CheckpointError, match="is a loop of symbolic links"):
+        read_checkpoint(tmp_path / "a.pth")
+    (tmp_path / "dangling.pth").symlink_to(tmp_path / "gone.pth")
+    with pytest.raises(FileNotFoundError, match="is a symbolic link to .*gone.pth'"):
+        read_checkpoint(tmp_path / "dangling.pth")

@@ -33,6 +33,7 @@ from repvgg_seg.cli import (
     set_work_dir,
     take_verbose_flag,
 )
+from repvgg_seg.datasets import CityscapesDataError
 
 from helpers import load_tool, one_error_line, tool_exit
 
@@ -284,3 +285,17 @@ def test_verbose_keeps_the_noise_and_quiet_restores_everything(monkeypatch):
         warnings.warn_explicit(message, module="mmseg.models.builder", **mmseg_warning)
     assert [str(w.message) for w in shown] == ["a warning of our own", message]
     assert MMLogger.callHandlers is call_handlers and KINETO_LOG_LEVEL[0] not in os.environ
+
+
+def test_error_from_a_dataloader_worker_is_one_line():
+    from torch._utils import ExceptionWrapper
+
+    try:
+        raise CityscapesDataError("Label 'x.png' holds values outside: 50 (9 pixels).")
+    except CityscapesDataError:
+        wrapped = ExceptionWrapper(where="in DataLoader worker process 0")
+    with pytest.raises(CityscapesDataError) as error:
+        wrapped.reraise()  # what the main process gets: the worker's traceback in the text
+    assert "Traceback" in str(error.value)
+    message = one_line(error.value)
+    assert message == "Label 'x.png' holds values outside: 50 (9 pixels)."

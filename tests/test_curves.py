@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from mmengine.config import Config
 from mmengine.runner import Runner
 from PIL import Image
@@ -18,19 +16,13 @@ from repvgg_seg.curves import NoLogsError, plot_runs, read_run, unique_names
 from repvgg_seg.datasets import make_synthetic_cityscapes
 from repvgg_seg.pretrain import PretrainConfig, run_pretraining
 
-from helpers import one_error_line, tool_exit
+from helpers import load_tool, one_error_line, tiny_config, tool_exit
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "pspnet_repvgg_a0_synthetic.py"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The cores are shared: more OpenMP threads only contend on these tiny models.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def png_size(path: Path) -> tuple[int, int]:
@@ -42,27 +34,17 @@ def png_size(path: Path) -> tuple[int, int]:
 def tiny_training(root: Path, iters: int = 2) -> Path:
     """mmengine's Runner on the synthetic config: ``iters`` iterations, validated at each."""
     data_root = make_synthetic_cityscapes(root / "data", 2, 1, (128, 64), 0)
-    cfg = Config.fromfile(str(CONFIG))
-    cfg.work_dir = str(root / "work")
-    for name in ("train", "val", "test"):
-        cfg[f"{name}_dataloader"].dataset.data_root = str(data_root)
-    cfg.merge_from_dict(
-        {
-            "model.data_preprocessor.size": (64, 64),
-            "train_dataloader.batch_size": 2,
-            "train_dataloader.num_workers": 0,
-            "train_dataloader.persistent_workers": False,
-            "train_cfg.max_iters": iters,
-            "train_cfg.val_interval": 1,
-            "default_hooks.checkpoint.interval": iters,
-            "default_hooks.logger.interval": 1,
-            "param_scheduler": [],
-            "log_level": "WARNING",
-            # mmengine keeps one Visualizer per name per process, with the save dir of the
-            # first Runner that made it: a fresh name logs into this run's own folder.
-            "visualizer.name": f"curves_{root.name}",
-        }
+    # mmengine keeps one Visualizer per name per process, with the save dir of the first
+    # Runner that made it: a fresh name logs into this run's own folder.
+    config = tiny_config(
+        root / "tiny.py",
+        data_root,
+        train_cfg={"max_iters": iters, "val_interval": 1},
+        default_hooks={"checkpoint": {"interval": iters}},
+        visualizer={"name": f"curves_{root.name}"},
     )
+    cfg = Config.fromfile(str(config))
+    cfg.work_dir = str(root / "work")
     Runner.from_cfg(cfg).train()
     return Path(cfg.work_dir)
 
@@ -131,9 +113,7 @@ def test_tool_overlays_runs_and_resumed_runs_keep_the_later_record(work_dir, tmp
     (newer / "scalars.json").write_text('{"loss": 0.5, "lr": 0.01, "step": 2}\n{"loss": 0.4, "st')
     assert read_run(resumed).panels["loss"]["loss"][-1] == (2.0, 0.5)
 
-    spec = importlib.util.spec_from_file_location("plot_logs", ROOT / "tools" / "plot_logs.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool("plot_logs")
     out = tmp_path / "both.png"
     tool.main([str(work_dir), str(resumed), "--out", str(out)])
     assert png_size(out)[0] > 0

@@ -21,7 +21,7 @@ from repvgg_seg.datasets import (
 )
 from repvgg_seg.datasets.labels import convert_label_ids_file, find_label_id_files
 
-from helpers import one_error_line, tool_exit
+from helpers import load_tool, one_error_line, tool_exit
 
 ROOT = Path(__file__).resolve().parents[1]
 NAME = re.compile(r"^(leftImg8bit|gtFine)/(train|val)/([a-z]+)/\3_\d{6}_\d{6}_(\w+)\.png$")
@@ -206,3 +206,51 @@ def test_prepare_cityscapes_names_a_corrupt_label_file(synthetic, capsys):
         message = one_error_line(err, "prepare_cityscapes")
         assert status == 2
         assert message.startswith(f"'{broken}' cannot be decoded as an image (truncated")
+
+
+def test_out_of_range_train_ids_name_the_label_file(synthetic):
+    dataset = build_dataset(synthetic)
+    label = dataset.get_data_info(1)["seg_map_path"]
+    train_ids = cv2.imread(label, cv2.IMREAD_UNCHANGED)
+    train_ids[:2, :5] = 50
+    train_ids[10, 10] = 19
+    cv2.imwrite(label, train_ids)
+    assert dataset[0]["gt_seg_map"].shape == (64, 128)
+    with pytest.raises(CityscapesDataError) as error:
+        dataset[1]
+    message = str(error.value)
+    assert f"Label '{label}'" in message and "19 (1 pixels), 50 (10 pixels)" in message
+    assert "0-18" in message and "tools/prepare_cityscapes.py" in message
+
+
+def test_wrong_size_label_names_the_file(synthetic):
+    dataset = build_dataset(synthetic)
+    info = dataset.get_data_info(0)
+    label = info["seg_map_path"]
+    cv2.imwrite(label, cv2.imread(label, cv2.IMREAD_UNCHANGED)[:32, :64])
+    with pytest.raises(
+        CityscapesDataError, match=r"is 64x32 pixels but its image .* is 128x64"
+    ) as error:
+        dataset[0]
+    assert label in str(error.value) and info["img_path"] in str(error.value)
+
+
+def test_prepare_cityscapes_refuses_unknown_label_ids(synthetic, capsys):
+    source = sorted((synthetic / "gtFine" / "val").rglob("*_labelIds.png"))[0]
+    label_ids = cv2.imread(str(source), cv2.IMREAD_UNCHANGED)
+    label_ids[0, :3] = 34
+    label_ids[1, 0] = 200
+    cv2.imwrite(str(source), label_ids)
+    target = Path(str(source).replace("_labelIds", "_labelTrainIds"))
+    before = target.read_bytes()
+    status, err = tool_exit("prepare_cityscapes", [str(synthetic)], capsys)
+    message = one_error_line(err, "prepare_cityscapes")
+    assert status == 2 and f"'{source}'" in message
+    assert "34 (3 pixels), 200 (1 pixels)" in message and "--unknown-ids-to-ignore" in message
+    assert target.read_bytes() == before
+    load_tool("prepare_cityscapes").main([str(synthetic), "--unknown-ids-to-ignore"])
+    train_ids = cv2.imread(str(target), cv2.IMREAD_UNCHANGED)
+    assert (train_ids[0, :3] == 255).all() and train_ids[1, 0] == 255
+    np.testing.assert_array_equal(
+        train_ids[5:], cv2.imdecode(np.frombuffer(before, np.uint8), -1)[5:]
+    )

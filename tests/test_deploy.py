@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ import repvgg_seg  # noqa: F401  (registers the RepVGG backbone)
 from repvgg_seg.checkpoint import CheckpointError, read_checkpoint
 from repvgg_seg.cli import CheckFailedError, UsageError
 from repvgg_seg.deploy import (
+    BF16_RTOL,
     Agreement,
     DeployOptions,
     DeployReport,
@@ -29,10 +31,22 @@ from repvgg_seg.deploy import (
     fold_conv_bn,
     is_bf16_deployment,
     make_deploy_config,
+    native_bf16,
 )
-from repvgg_seg.equivalence import FusionMismatchError
+from repvgg_seg.equivalence import FusionMismatchError, compare_logits
+from repvgg_seg.inference import load_inference_model, predict_labels, read_image
+from repvgg_seg.loader import load_segmentor
+from repvgg_seg.reparam import reparameterize_model
 
-from helpers import assert_outputs_close, load_tool, one_error_line, randomize_bn, tool_exit
+from helpers import (
+    assert_outputs_close,
+    load_tool,
+    logits,
+    one_error_line,
+    randomize_bn,
+    tiny_config,
+    tool_exit,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 BN = {"type": "BN", "requires_grad": True}
@@ -187,21 +201,11 @@ def small_trained_model(tmp_path_factory):
     data_root = make_synthetic_cityscapes(
         root / "data", num_train=4, num_val=2, image_size=(128, 64)
     )
-    config = root / "config.py"
-    config.write_text(
-        f"_base_ = {str(ROOT / 'configs' / 'pspnet_repvgg_a0_synthetic.py')!r}\n"
-        f"data_root = {str(data_root) + '/'!r}\n"
-        "image_scale = (128, 64)\n"
-        "crop_size = (64, 64)\n"
-        "model = dict(data_preprocessor=dict(size=crop_size))\n"
-        "train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,\n"
-        "    dataset=dict(data_root=data_root))\n"
-        "val_dataloader = dict(dataset=dict(data_root=data_root))\n"
-        "test_dataloader = val_dataloader\n"
-        "train_cfg = dict(max_iters=3, val_interval=1000)\n"
-        "param_scheduler = []\n"
-        "default_hooks = dict(checkpoint=dict(interval=3), logger=dict(interval=1))\n"
-        "log_level = 'WARNING'\n"
+    config = tiny_config(
+        root / "config.py",
+        data_root,
+        train_cfg={"max_iters": 3},
+        default_hooks={"checkpoint": {"interval": 3}},
     )
     cfg = Config.fromfile(str(config))
     cfg.work_dir = str(root / "work")
@@ -440,6 +444,49 @@ def test_the_tool_prints_the_onnx_verdict_of_the_report(capsys):
         tool.print_report(report)
         onnx_line = capsys.readouterr().out.splitlines()[-1]
         assert onnx_line.endswith(verdict) and report.passed == (verdict == "ok")
+
+
+def test_deploy_accepts_a_fused_checkpoint(tiny, tmp_path, capsys):
+    fused = tmp_path / "fused.pth"
+    fused_model = reparameterize_model(copy.deepcopy(tiny.model))
+    torch.save({"state_dict": fused_model.state_dict()}, fused)
+    out = tmp_path / "out"
+    assert load_tool("deploy").main([str(tiny.config), str(fused), str(out), "--no-winograd"]) == 0
+    assert "random input: max |logit diff|" in capsys.readouterr().out
+    deployed = load_segmentor(out / "tiny_deploy.py", out / "tiny_deploy.pth")
+    assert compare_logits(logits(tiny.model), logits(deployed)).ok
+
+
+def test_bf16_deploy_round_trips_through_its_config_and_reports_agreement(tiny, tmp_path, capsys):
+    out = tmp_path / "bf16"
+    args = [str(tiny.config), str(tiny.checkpoint), str(out), "--bf16", "--random-size", "32", "64"]
+    assert load_tool("deploy").main(args) == 0
+    printed = capsys.readouterr().out
+    # deploy's own criterion: pixels may flip only within the bf16 margin (this untrained
+    # model has many near-ties, so the share of changed pixels varies with the CPU's kernels).
+    line = (
+        r"bf16 vs float32, dataset image: .*\(\d+/2048 changed, 0 beyond the bf16 margin\).*: ok$"
+    )
+    assert re.search(line, printed, re.MULTILINE), printed
+    assert ("warning: this CPU has no native bfloat16" in printed) == (native_bf16() is False)
+
+    config, checkpoint = out / "tiny_deploy.py", out / "tiny_deploy.pth"
+    assert Config.fromfile(str(config)).model.precision == "bf16"
+    state = read_checkpoint(checkpoint)["state_dict"]
+    assert state["backbone.stages.1.0.fused_conv.weight"].dtype == torch.bfloat16
+    model = load_segmentor(config, checkpoint)
+    conv = model.backbone.stages[1][0].fused_conv
+    assert conv.weight.dtype == torch.bfloat16
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert compare_logits(logits(tiny.model), logits(model), rtol=BF16_RTOL).ok
+
+    # tools/test.py and inference run it through the loader.
+    metrics = load_tool("test").main([str(config), str(checkpoint), "--work-dir", str(tmp_path)])
+    assert 0 <= metrics["mIoU"] <= 100
+    inference = load_inference_model(config, checkpoint)
+    (image,) = sorted((tiny.data_root / "leftImg8bit" / "val").rglob("*.png"))
+    (labels,) = predict_labels(inference, [read_image(image)])
+    assert labels.shape == read_image(image).shape[:2]
 
 
 def test_a_bug_in_deploy_options_keeps_its_traceback(monkeypatch):

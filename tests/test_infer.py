@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 import io
 import json
 import re
@@ -33,7 +32,7 @@ from repvgg_seg.output_dir import RECORD_NAME
 from repvgg_seg.reparam import reparameterize_model
 from repvgg_seg.work_dir import WorkDirLock
 
-from helpers import one_error_line, randomize_bn, tool_exit
+from helpers import load_tool, one_error_line, randomize_bn, tool_exit
 
 ROOT = Path(__file__).resolve().parents[1]
 SYNTHETIC_CONFIG = ROOT / "configs" / "pspnet_repvgg_a0_synthetic.py"
@@ -46,13 +45,6 @@ IMAGES = [
     ("rgba.png", 33, 33, "RGBA"),
     ("nested/street.png", 48, 64, "RGB"),  # same file name as the first, in a subfolder
 ]
-
-
-def load_tool():
-    spec = importlib.util.spec_from_file_location("tools_infer", ROOT / "tools" / "infer.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def blobs(height: int, width: int, seed: int) -> np.ndarray:
@@ -132,7 +124,7 @@ def labels_of(out_dir: Path) -> dict[str, np.ndarray]:
 def test_every_checkpoint_form_gives_the_same_labels_at_input_size(
     checkpoints, image_folder, tmp_path, capsys
 ):
-    tool = load_tool()
+    tool = load_tool("infer")
     results = {}
     for form, (config, checkpoint, flags) in checkpoints.items():
         out = tmp_path / form.replace(" ", "_")
@@ -184,7 +176,7 @@ def test_unreadable_files_are_reported_and_skipped(checkpoints, image_folder, tm
     out = tmp_path / "out"
     argv = [str(config), str(checkpoint), str(image_folder), "--out-dir", str(out)]
 
-    assert load_tool().main(argv) == 1
+    assert load_tool("infer").main(argv) == 1
     captured = capsys.readouterr()
     assert str(image_folder / "broken.png") in captured.err
     assert str(image_folder / "nested" / "truncated.jpg") in captured.err
@@ -205,7 +197,7 @@ def test_nothing_is_overwritten_without_the_flag(checkpoints, image_folder, tmp_
     out = tmp_path / "out"
     image = image_folder / "street.png"
     argv = [str(config), str(checkpoint), str(image), "--out-dir", str(out), "--save-labels"]
-    tool = load_tool()
+    tool = load_tool("infer")
     assert tool.main(argv) == 0
     overlay = out / "overlays" / "street.png"
     before = overlay.stat().st_mtime_ns
@@ -228,7 +220,7 @@ def test_video_in_annotated_video_out(checkpoints, tmp_path, capsys):
     config, checkpoint, _ = checkpoints["deployed"]
     out = tmp_path / "out"
     argv = [str(config), str(checkpoint), str(video), "--out-dir", str(out), "--save-labels"]
-    assert load_tool().main([*argv, "--batch-size", "2"]) == 0
+    assert load_tool("infer").main([*argv, "--batch-size", "2"]) == 0
     assert "0 images and 5 frames of 1 videos" in capsys.readouterr().out
 
     capture = cv2.VideoCapture(str(out / "overlays" / "drive.mp4"))
@@ -259,9 +251,10 @@ def test_bad_arguments_run_nothing(checkpoints, image_folder, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_gives_the_same_labels_for_every_form(checkpoints, image_folder, tmp_path):
-    tool = load_tool()
+    tool = load_tool("infer")
     labels = {}
     for form in ("training-time", "deployed"):
         config, checkpoint, flags = checkpoints[form]
@@ -318,7 +311,7 @@ def test_results_of_all_inputs_are_distinct_before_anything_runs(checkpoints, tm
 def test_results_inside_an_input_folder_are_not_inputs(checkpoints, image_folder, capsys):
     out = image_folder / "res"
     for flags in ([], ["--overwrite"]):  # the second run sees the first one's results
-        assert load_tool().main(infer_argv(checkpoints, image_folder, out=out) + flags) == 0
+        assert load_tool("infer").main(infer_argv(checkpoints, image_folder, out=out) + flags) == 0
         assert "segmented 5 images" in capsys.readouterr().out
     assert len(list((out / "overlays").rglob("*.png"))) == 5
     status, err = tool_exit(
@@ -356,7 +349,7 @@ def test_image_above_max_pixels_is_skipped_before_decoding(
         lambda im, *a, **k: decoded.append(im.size) or real_convert(im, *a, **k),
     )
     argv = infer_argv(checkpoints, image_folder, out=tmp_path / "out") + ["--max-pixels", "1500"]
-    assert load_tool().main(argv) == 1
+    assert load_tool("infer").main(argv) == 1
     captured = capsys.readouterr()
     assert "segmented 2 images" in captured.out and "3 failed" in captured.out
     assert (
@@ -379,7 +372,7 @@ def test_truncated_video_is_reported(checkpoints, tmp_path, capsys):
     write_video(video, 8)
     data = video.read_bytes()
     video.write_bytes(data[: len(data) // 2])  # the header still declares 8 frames
-    assert load_tool().main(infer_argv(checkpoints, video, out=tmp_path / "out")) == 1
+    assert load_tool("infer").main(infer_argv(checkpoints, video, out=tmp_path / "out")) == 1
     captured = capsys.readouterr()
     decoded = int(re.search(r"and (\d+) frames of 1 videos", captured.out).group(1))
     assert 0 < decoded < 8
@@ -431,7 +424,7 @@ def test_killed_runs_leftovers_are_removed_and_a_live_run_is_not_disturbed(
     for path in (leftover, scratch / "video.mp4", users):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"\0" * 100)
-    assert load_tool().main(argv + ["--overwrite"]) == 0
+    assert load_tool("infer").main(argv + ["--overwrite"]) == 0
     err = capsys.readouterr().err
     assert f"removed {leftover}" in err and not leftover.exists()
     assert f"removed {scratch}" in err and not scratch.exists()
@@ -541,7 +534,7 @@ def test_links_that_lead_nowhere(checkpoints, image_folder, tmp_path, capsys):
     (image_folder / "gone.png").symlink_to(tmp_path / "deleted.png")
     (image_folder / "loop.png").symlink_to(image_folder / "loop.png")
     out = tmp_path / "out"
-    assert load_tool().main(infer_argv(checkpoints, image_folder, out=out)) == 0
+    assert load_tool("infer").main(infer_argv(checkpoints, image_folder, out=out)) == 0
     notes = [line for line in capsys.readouterr().err.splitlines() if "symbolic link" in line]
     assert len(notes) == 1 and notes[0].startswith("skipped 2 symbolic link(s)")
     for link in ("loop.png", "gone.png"):

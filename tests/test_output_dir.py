@@ -315,6 +315,29 @@ def test_quantize_tool_refuses_a_users_report_file_in_one_line(tmp_path, capsys)
     assert users.read_text() == '{"my notes": 1}' and sorted(out.iterdir()) == [users]
 
 
+@pytest.mark.parametrize("link", ["same name", "hard link", "symlink to src", "src is a symlink"])
+def test_convert_refuses_to_write_over_its_source(tmp_path, capsys, link):
+    source = tmp_path / "segmentor.pth"
+    torch.save({"state_dict": {"backbone.stage0.0.fused_conv.weight": torch.ones(3)}}, source)
+    before = source.read_bytes()
+    src, dst = source, tmp_path / "other.pth"
+    if link == "same name":
+        dst = source
+    elif link == "hard link":
+        os.link(source, dst)
+    elif link == "symlink to src":
+        dst.symlink_to(source)
+    else:
+        src = tmp_path / "link.pth"
+        src.symlink_to(source)
+        dst = source
+    status, err = tool_exit("convert_checkpoint", [str(src), str(dst)], capsys)
+    assert status == 2
+    assert "would replace the source checkpoint" in one_error_line(err, "convert_checkpoint")
+    assert source.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
 def test_quantize_says_which_staging_folders_of_a_killed_run_it_removed(tmp_path, capsys):
     from types import SimpleNamespace
 

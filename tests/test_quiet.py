@@ -18,16 +18,14 @@ import warnings
 from pathlib import Path
 
 import pytest
-import torch
 from test_curves import tiny_image_folder
 
 from repvgg_seg.cli import run_tool
 from repvgg_seg.datasets import make_synthetic_cityscapes
 
-from helpers import load_tool
+from helpers import load_tool, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
-BASE = ROOT / "configs" / "pspnet_repvgg_a0_synthetic.py"
 # ERROR in capitals only: torch's build settings in mmengine's report hold "-Wno-error=...".
 NOISE = re.compile(r"\bERROR\b|(?i:warning)|\bUSDT\b|(?i:profiler)|Traceback")
 # What a plain `python tools/x.py` shows: Python's default filters hide these categories.
@@ -38,36 +36,20 @@ def noise_lines(text: str) -> list[str]:
     return [line for line in text.splitlines() if NOISE.search(line)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the shared cores: more threads only contend on tiny models
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def config(tmp_path_factory) -> Path:
     """The synthetic config on 2 + 1 tiny images, trained for 2 iterations."""
     root = tmp_path_factory.mktemp("quiet")
     data_root = make_synthetic_cityscapes(root / "data", 2, 1, (128, 64), 0)
-    path = root / "tiny.py"
-    path.write_text(
-        f"_base_ = {str(BASE)!r}\n"
-        f"data_root = {str(data_root) + '/'!r}\n"
-        "model = dict(data_preprocessor=dict(size=(64, 64)))\n"
-        "train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,\n"
-        "    dataset=dict(data_root=data_root))\n"
-        "val_dataloader = dict(dataset=dict(data_root=data_root))\n"
-        "test_dataloader = val_dataloader\n"
-        "train_cfg = dict(max_iters=2, val_interval=2)\n"
-        "param_scheduler = []\n"
-        "default_hooks = dict(checkpoint=dict(interval=2), logger=dict(interval=1))\n"
+    return tiny_config(
+        root / "tiny.py",
+        data_root,
+        train_cfg={"val_interval": 2},
+        log_level="INFO",  # train's iteration lines are part of what is checked
         # mmengine keeps one Visualizer per name per process, logging into the save dir of
         # the first Runner that made it: a fresh name makes train log into its own work dir.
-        f"visualizer = dict(name={root.name!r})\n"
+        visualizer={"name": root.name},
     )
-    return path
 
 
 def run_quietly(name: str, argv: list[str], capfd, caplog) -> str:
@@ -97,6 +79,8 @@ def run_quietly(name: str, argv: list[str], capfd, caplog) -> str:
     assert ended.value.code == 0, text[-3000:]
     return text
 
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 TRAINED: dict = {}  # tools/train.py's run, shared by the tests that need its checkpoint
 

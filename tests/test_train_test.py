@@ -27,7 +27,7 @@ from repvgg_seg.datasets import make_synthetic_cityscapes
 from repvgg_seg.reparam import reparameterize_model
 from repvgg_seg.runner import allow_mmengine_checkpoint_types
 
-from helpers import randomize_bn
+from helpers import load_tool, one_error_line, randomize_bn, tool_exit
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "pspnet_repvgg_a0_synthetic.py")
@@ -209,3 +209,46 @@ def test_two_process_torchrun_gloo(tmp_path, data_root):
     assert "backend': 'gloo'" in log
     assert (work_dir / "iter_1.pth").is_file()
     assert any("mIoU" in entry for entry in scalars(work_dir))
+
+
+def test_test_tool_refuses_bad_input_in_one_line(tiny, tmp_path, capsys):
+    config, checkpoint = str(tiny.config), str(tiny.checkpoint)
+    work = ["--work-dir", str(tmp_path / "work")]
+    existing = tmp_path / "predictions"
+    existing.write_text("a file")
+    status, err = tool_exit("test", [config, checkpoint, "--out", str(existing), *work], capsys)
+    assert status == 2 and "is an existing file" in one_error_line(err, "test")
+
+    status, err = tool_exit("test", [str(tmp_path / "nope.py"), checkpoint, *work], capsys)
+    assert status == 2 and "nope.py' does not exist" in one_error_line(err, "test")
+
+    no_data = ["--cfg-options", f"test_dataloader.dataset.data_root={tmp_path / 'nothing'}"]
+    status, err = tool_exit("test", [config, checkpoint, *work, *no_data], capsys)
+    assert status == 2 and "nothing" in one_error_line(err, "test")
+
+    status, err = tool_exit("test", [config, checkpoint, "--fuse", *work, *no_data], capsys)
+    line = one_error_line(err, "test")
+    assert status == 2 and "--fuse" in line and "--skip-real-image" not in line
+
+
+def test_test_tool_refuses_an_rgb_label_in_one_line(tiny, tmp_path, capsys):
+    data = tmp_path / "data"
+    make_synthetic_cityscapes(data, 2, 1, (64, 32), 0)
+    (label,) = (data / "gtFine" / "val").rglob("*_labelTrainIds.png")
+    cv2.imwrite(str(label), cv2.cvtColor(cv2.imread(str(label), 0), cv2.COLOR_GRAY2BGR))
+    options = ["--cfg-options", f"test_dataloader.dataset.data_root={data}"]
+    args = [str(tiny.config), str(tiny.checkpoint), "--work-dir", str(tmp_path / "w"), *options]
+    status, err = tool_exit("test", args, capsys)
+    assert status == 2 and label.name in one_error_line(err, "test")
+
+
+def test_test_tool_never_replaces_a_file_of_its_work_dir(tiny, tmp_path, capsys):
+    work_dir = tmp_path / "mine"
+    work_dir.mkdir()
+    users = work_dir / Path(tiny.config).name  # where mmengine dumps the config
+    users.write_text("# the user's own notes\n")
+    options = ["--cfg-options", f"test_dataloader.dataset.data_root={tiny.data_root}"]
+    args = [str(tiny.config), str(tiny.checkpoint), "--work-dir", str(work_dir), *options]
+    assert load_tool("test").main(args)["mIoU"] >= 0
+    assert users.read_text() == "# the user's own notes\n"
+    assert not [p for p in work_dir.glob("*.py") if p != users]  # no dump beside it

@@ -12,7 +12,6 @@ import argparse
 import copy
 import hashlib
 import http.server
-import importlib.util
 import re
 import threading
 from dataclasses import replace
@@ -31,7 +30,7 @@ from repvgg_seg.weights import (
     published_weights,
 )
 
-from helpers import assert_outputs_close, one_error_line, randomize_bn, tool_exit
+from helpers import assert_outputs_close, load_tool, one_error_line, randomize_bn, tool_exit
 
 FIXTURES = Path(__file__).parent / "fixtures" / "checkpoint_formats"
 ROOT = Path(__file__).resolve().parents[1]
@@ -448,15 +447,6 @@ def test_missing_local_path_is_named(tmp_path):
 # ---------------------------------------------------------------- tools/convert_checkpoint.py
 
 
-def convert_tool():
-    spec = importlib.util.spec_from_file_location(
-        "convert_checkpoint", ROOT / "tools/convert_checkpoint.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
-
-
 @pytest.mark.parametrize(
     "fmt, deployed, flags",
     [
@@ -470,7 +460,7 @@ def test_convert_tool_writes_a_strict_state_dict(tmp_path, fmt, deployed, flags)
     source = source_model("A0", deployed)
     torch.save(in_layout(source.state_dict(), fmt), tmp_path / "src.pth")
     dst = tmp_path / "out" / "dst.pth"
-    assert convert_tool()([str(tmp_path / "src.pth"), str(dst), *flags]) == 0
+    assert load_tool("convert_checkpoint").main([str(tmp_path / "src.pth"), str(dst), *flags]) == 0
 
     saved = torch.load(dst, weights_only=True)
     state = saved if "--bare" in flags else saved["state_dict"]

@@ -1,7 +1,7 @@
 """A training's work dir holds only what trainings wrote (issue 25, case 1b).
 
 ``tools/train.py`` runs in this process on tiny synthetic Cityscapes (the helpers of
-tests/test_robustness.py); a user's files in the work dir are never replaced or deleted,
+tests/test_train.py); a user's files in the work dir are never replaced or deleted,
 and the refusal names them as what they are.
 """
 
@@ -11,17 +11,19 @@ import os
 from pathlib import Path
 
 import pytest
-from test_robustness import snapshot, train_exit, train_in_process
+from test_train import save_iterations, snapshot, train_exit, train_in_process
 
 from repvgg_seg.checkpoint import read_checkpoint
 from repvgg_seg.datasets import make_synthetic_cityscapes
 from repvgg_seg.output_dir import RECORD_NAME, WrittenRecord
-from repvgg_seg.work_dir import written_only_by
+from repvgg_seg.work_dir import checkpoint_to_resume, written_only_by
 
 from helpers import one_error_line
 
 CONFIG_DUMP = "pspnet_repvgg_a0_synthetic.py"
 ONE_ITERATION = ("train_cfg.max_iters=1", "default_hooks.checkpoint.interval=1")
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +98,24 @@ def test_a_demos_own_work_dir_is_told_from_another_runs(tmp_path):
     assert written_only_by(work_dir, "demo") and not written_only_by(work_dir, "train")
     (work_dir / "last_checkpoint").write_text("/elsewhere/a_users_file.pth")
     assert not written_only_by(work_dir, "demo")
+
+
+@pytest.mark.parametrize("record", ["", "{work_dir}/moved/iter_9.pth", "{work_dir}/iter_3.pth"])
+def test_resume_falls_back_to_newest_readable_iteration(tmp_path, record):
+    save_iterations(tmp_path, 1, 2, 10)
+    (tmp_path / "iter_3.pth").write_bytes(b"PK\3\4 truncated")
+    (tmp_path / "iter_10.pth").write_bytes(b"")
+    (tmp_path / "last_checkpoint").write_text(record.format(work_dir=tmp_path))
+    choice = checkpoint_to_resume(tmp_path)
+    assert choice.path == str(tmp_path / "iter_2.pth") and choice.fell_back
+    assert any("iter_10.pth' cannot be read" in reason for reason in choice.skipped)
+
+
+def test_resume_uses_last_checkpoint_when_readable(tmp_path):
+    save_iterations(tmp_path, 1, 2)
+    (tmp_path / "last_checkpoint").write_text(str(tmp_path / "iter_1.pth"))
+    assert checkpoint_to_resume(tmp_path).path == str(tmp_path / "iter_1.pth")
+    assert checkpoint_to_resume(tmp_path / "empty").path is None
 
 
 def test_resuming_another_folders_checkpoint_into_a_work_dir_of_a_third_run_is_refused(tmp_path):

@@ -76,6 +76,7 @@ class AtomicCheckpointRunner(Runner):
 
         Raises:
             NothingToTrainError: ``train_cfg`` asks for zero (or fewer) iterations or epochs.
+            UsageError: ``train_dataloader.batch_size`` is not a positive whole number.
             WorkDirBusyError: Another live training holds the work dir (on every rank).
             EarlierRunError: The work dir holds an earlier run's checkpoints and this run
                 does not resume.
@@ -95,6 +96,13 @@ class AtomicCheckpointRunner(Runner):
         )
 
     def _check_schedule(self) -> None:
+        loader = self._train_dataloader
+        batch_size = loader.get("batch_size", 1) if isinstance(loader, dict) else 1
+        if not isinstance(batch_size, int) or batch_size <= 0:  # else torch's bare ValueError
+            raise UsageError(
+                f"train_dataloader.batch_size is {batch_size!r}: set a positive whole number "
+                "(e.g. --cfg-options train_dataloader.batch_size=2)."
+            )
         loop = self._train_loop
         if not isinstance(loop, dict):
             return
