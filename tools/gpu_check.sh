@@ -4,7 +4,7 @@
 #   bash tools/gpu_check.sh [OUT_DIR]        (from the project root, on a CUDA machine)
 #
 # Steps (each with its own time limit; about 8 minutes in all on one H200):
-#   gpu_tests   pytest -m cuda (fusion checks under TF32 / fp16, deploy and benchmark on CUDA)
+#   gpu_tests   pytest -m cuda (fusion checks under TF32 / fp16, deploy, benchmark, infer on CUDA)
 #   train_amp   tools/train.py --amp on synthetic Cityscapes (40 iterations)
 #   test_fuse   tools/test.py --fuse on that checkpoint (fused-vs-unfused check, then mIoU)
 #   deploy      tools/deploy.py --device cuda (verified on the GPU, files written after checks)
@@ -45,7 +45,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out
 $py -c 'import torch; print("torch", torch.__version__, "CUDA", torch.version.cuda, "cuDNN",
     torch.backends.cudnn.version())' | tee -a "$out/machine.txt"
 
-check gpu_tests 60 $py -m pytest -q -p no:cacheprovider -m cuda tests/test_gpu.py
+check gpu_tests 120 $py -m pytest -q -p no:cacheprovider -m cuda tests
 
 data=$work/synthetic_cityscapes
 $py tools/make_synthetic_cityscapes.py "$data" --num-train 16 --num-val 4 >/dev/null
