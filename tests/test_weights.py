@@ -174,18 +174,7 @@ def pretrained(arch: str, checkpoint: str | Path, deploy: bool = False) -> RepVG
 # ---------------------------------------------------------------- formats
 
 
-@pytest.mark.parametrize(
-    "fmt, arch, deployed",
-    [
-        ("official", "A0", False),
-        ("official", "A0", True),
-        ("official", "B1g2", False),
-        ("official", "B1g2", True),
-        ("mmpretrain", "A0", False),
-        ("mmpretrain", "B1g2", False),
-        ("timm", "A0", False),
-    ],
-)
+@pytest.mark.parametrize("fmt, arch, deployed", list(REFERENCE_LISTS))
 def test_layout_matches_reference_key_list(fmt, arch, deployed):
     reference = read_reference(REFERENCE_LISTS[fmt, arch, deployed])
     written = in_layout(source_model(arch, deployed).state_dict(), fmt)
@@ -212,14 +201,8 @@ def wrap(fmt: str, state: dict, deployed: bool, arch: str) -> dict:
 @pytest.mark.parametrize(
     "fmt, arch, deployed",
     [
-        ("official", "A0", False),
-        ("official", "A0", True),
-        ("official", "B1g2", False),
-        ("official", "B1g2", True),
-        ("mmpretrain", "A0", False),
+        *REFERENCE_LISTS,  # and the forms without a stored key list:
         ("mmpretrain", "A0", True),
-        ("mmpretrain", "B1g2", False),
-        ("timm", "A0", False),
         ("timm", "A0", True),
         ("repvgg_seg", "A0", False),
         ("repvgg_seg", "A0", True),
