@@ -18,10 +18,6 @@ from repvgg_seg.pretrain import PretrainConfig, run_pretraining
 
 from helpers import load_tool, one_error_line, tiny_config, tool_exit
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIG = ROOT / "configs" / "pspnet_repvgg_a0_synthetic.py"
-
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 

@@ -48,7 +48,6 @@ from helpers import (
     tool_exit,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
 BN = {"type": "BN", "requires_grad": True}
 BACKBONES = {
     "repvgg_a0_fast": (

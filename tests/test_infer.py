@@ -32,10 +32,7 @@ from repvgg_seg.output_dir import RECORD_NAME
 from repvgg_seg.reparam import reparameterize_model
 from repvgg_seg.work_dir import WorkDirLock
 
-from helpers import load_tool, one_error_line, randomize_bn, tool_exit
-
-ROOT = Path(__file__).resolve().parents[1]
-SYNTHETIC_CONFIG = ROOT / "configs" / "pspnet_repvgg_a0_synthetic.py"
+from helpers import load_tool, one_error_line, randomize_bn, tiny_config, tool_exit
 
 # (name, height, width, Pillow mode): several sizes and aspect ratios, grayscale and RGBA.
 IMAGES = [
@@ -70,12 +67,13 @@ def checkpoints(tmp_path_factory):
     exact for any weights, and default BN statistics would hide fusion bugs.
     """
     root = tmp_path_factory.mktemp("infer_model")
-    config = root / "pspnet_tiny.py"
-    config.write_text(
-        f"_base_ = {str(SYNTHETIC_CONFIG)!r}\n"
-        "test_pipeline = [dict(type='LoadImageFromFile'),\n"
-        "    dict(type='Resize', scale=(96, 48), keep_ratio=True), dict(type='PackSegInputs')]\n"
-        "test_dataloader = dict(dataset=dict(pipeline=test_pipeline))\n"
+    pipeline = [
+        {"type": "LoadImageFromFile"},
+        {"type": "Resize", "scale": (96, 48), "keep_ratio": True},
+        {"type": "PackSegInputs"},
+    ]
+    config = tiny_config(
+        root / "pspnet_tiny.py", test_dataloader={"dataset": {"pipeline": pipeline}}
     )
     model = randomize_bn(build_segmentor(Config.fromfile(str(config))), seed=1)
     with torch.no_grad():  # larger class scores, so that the argmax varies over the image
