@@ -18,6 +18,7 @@ import copy
 import importlib.util
 import logging
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -249,31 +250,44 @@ def test_classifier_quantization_measures_float_and_both_int8_forms(tmp_path):
 # ---------------------------------------------------------------- the quantization study
 
 
-def load_experiment(name: str):
-    path = Path(__file__).resolve().parents[1] / "experiments" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"experiments_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    # dataclasses look their module up in sys.modules while the class is being built.
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+# The study's data checks run in a process of their own: scikit-learn (the digits) brings its
+# own OpenMP runtime, and importing it first into the test process, after earlier tests' torch,
+# ONNX Runtime and OpenVINO threads, crashed pytest with SIGSEGV in .ci/run (2 threads).
+STUDY_DATA_CHECKS = """
+import importlib.util, sys, torch
+from pathlib import Path
+path = Path("experiments/quantization_study.py").resolve()
+spec = importlib.util.spec_from_file_location("experiments_quantization_study", path)
+study = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = study
+spec.loader.exec_module(study)
+train, val = study.digits()
+assert train.images.shape == (1437, 3, 16, 16) and val.images.shape == (360, 3, 16, 16)
+assert sorted(set(val.labels.tolist())) == list(range(10))
+# No flips or crops: two calls give the same tensors, and the three channels are one.
+again, _ = study.digits()
+torch.testing.assert_close(again.images, train.images, rtol=0, atol=0)
+torch.testing.assert_close(
+    train.images[:, 0] * 0.229 + 0.485, train.images[:, 2] * 0.225 + 0.406
+)
+fit, holdout = study.holdout(train)
+assert len(fit.labels) + len(holdout.labels) == 1437 and len(holdout.labels) == 360
+# The LR is chosen on a quarter of train (never on val), and trained on the rest.
+torch.testing.assert_close(holdout.images, train.images[::4], rtol=0, atol=0)
+keep = torch.arange(1437) % 4 != 0
+torch.testing.assert_close(fit.images, train.images[keep], rtol=0, atol=0)
+print("checked")
+"""
 
 
 def test_study_data_is_every_digit_once_unaugmented_and_the_lr_holdout_is_disjoint():
-    pytest.importorskip("sklearn")
-    study = load_experiment("quantization_study")
-    train, val = study.digits()
-    assert train.images.shape == (1437, 3, 16, 16) and val.images.shape == (360, 3, 16, 16)
-    assert sorted(set(val.labels.tolist())) == list(range(10))
-    # No flips or crops: two calls give the same tensors, and the three channels are one.
-    again, _ = study.digits()
-    torch.testing.assert_close(again.images, train.images, rtol=0, atol=0)
-    torch.testing.assert_close(
-        train.images[:, 0] * 0.229 + 0.485, train.images[:, 2] * 0.225 + 0.406
+    if importlib.util.find_spec("sklearn") is None:  # found without importing it here
+        pytest.skip("needs scikit-learn (requirements/dev.txt)")
+    done = subprocess.run(
+        [sys.executable, "-c", STUDY_DATA_CHECKS],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
-    fit, holdout = study.holdout(train)
-    assert len(fit.labels) + len(holdout.labels) == 1437 and len(holdout.labels) == 360
-    # The LR is chosen on a quarter of train (never on val), and trained on the rest.
-    torch.testing.assert_close(holdout.images, train.images[::4], rtol=0, atol=0)
-    keep = torch.arange(1437) % 4 != 0
-    torch.testing.assert_close(fit.images, train.images[keep], rtol=0, atol=0)
+    assert done.returncode == 0 and done.stdout.strip() == "checked", done.stderr
