@@ -1,20 +1,12 @@
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
-# One OpenMP thread in the test process unless the environment says otherwise (tests that time
-# thread counts set their own). With two, on a 2-core CI host, the long-lived pytest process
-# that had run torch, ONNX Runtime and OpenVINO thread pools crashed with SIGSEGV at a later,
-# unrelated test (twice, at different tests; not reproduced in smaller runs). Set before torch
-# is imported.
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+import pytest
+import torch
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-from helpers import randomize_bn, tiny_config  # noqa: E402
+from helpers import randomize_bn, tiny_config
 
 
 @pytest.fixture(autouse=True)

@@ -7,6 +7,8 @@ import csv
 import json
 import math
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -380,3 +382,49 @@ def _fixed_size_file(path: Path) -> None:
         [helper.make_node("Identity", ["image"], ["logits"])], "g", [image], [logits]
     )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+# Runs in a process of its own: where it fails, the process dies with SIGSEGV.
+OPENVINO_SIGNALS = """
+import gc, os, signal, sys
+from pathlib import Path
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+from repvgg_seg.benchmark.runtimes import openvino_runner
+
+path = Path(sys.argv[1])
+weight = numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float32), "w")
+graph = helper.make_graph(
+    [helper.make_node("Conv", ["x", "w"], ["y"])], "conv",
+    [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+    [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 6, 6])], [weight],
+)
+onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+array = np.zeros((1, 3, 8, 8), np.float32)
+first = openvino_runner(path, array, 1)  # two cases, as a benchmark has
+second = openvino_runner(path, array, 1)
+first(), second()
+del first  # released in the order they were made
+gc.collect()
+del second
+gc.collect()
+handled = []
+signal.signal(signal.SIGUSR1, lambda *_: handled.append(True))
+os.kill(os.getpid(), signal.SIGUSR1)
+print("handled" if handled else "not handled")
+"""
+
+
+def test_openvino_runners_leave_signal_handling_working(tmp_path):
+    # Two OpenVINO Cores destroyed in creation order left the main thread on a freed signal
+    # stack: the next Python-handled signal (SIGTERM, Ctrl-C, DataLoader's SIGCHLD) was SIGSEGV.
+    pytest.importorskip("openvino")
+    done = subprocess.run(
+        [sys.executable, "-c", OPENVINO_SIGNALS, str(tmp_path / "conv.onnx")],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "handled", (done.returncode, done.stderr)

@@ -158,8 +158,8 @@ def test_interrupt_line_starts_a_line_after_an_unfinished_progress_bar(monkeypat
     assert "write" not in vars(console)  # the watch is undone
 
 
-# A real SIGTERM, in a process of its own: in the test process, threads that earlier tests'
-# runtimes started (OpenVINO, ONNX Runtime) are still alive when the signal arrives.
+# A real SIGTERM, in a process of its own: the signal goes to the whole process, and the test
+# process should not depend on what earlier tests left in it (signal handlers, threads).
 SIGTERM_AFTER_A_BAR = """
 import os, signal, sys
 from mmengine.utils import ProgressBar

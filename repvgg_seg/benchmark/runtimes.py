@@ -20,6 +20,7 @@ do not spin, so that the interleaved cases do not steal each other's cores.
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import tempfile
 from collections.abc import Callable
@@ -173,12 +174,27 @@ def onnxruntime_runner(path: Path, array: np.ndarray, threads: int) -> Callable[
     return lambda: session.run(None, feed)
 
 
+@functools.cache
+def openvino_core():
+    """The process's one ``openvino.Core``, kept until the process ends.
+
+    OpenVINO 2026.4's CPU plugin installs a signal stack of its own on the thread that first
+    compiles a model for a Core, and puts back the one it found when that Core is destroyed.
+    Two Cores destroyed in the order they were made leave the thread on the first Core's
+    freed stack, and the next signal Python handles there (Ctrl-C, SIGTERM, the SIGCHLD of
+    torch's DataLoader) kills the process with SIGSEGV. One Core that lives as long as the
+    process never puts a freed stack back (``tests/test_benchmark.py``:
+    ``test_openvino_runners_leave_signal_handling_working``).
+    """
+    import openvino
+
+    return openvino.Core()
+
+
 def openvino_runner(path: Path, array: np.ndarray, threads: int) -> Callable[[], object]:
     """One OpenVINO (CPU) inference of ``array`` by the ONNX model at ``path`` (float32, or
     INT8 QDQ, whose Quantize/DequantizeLinear pairs OpenVINO turns into int8 kernels)."""
-    import openvino
-
-    core = openvino.Core()
+    core = openvino_core()
     model = core.read_model(str(path))
     compiled = core.compile_model(
         model,
