@@ -27,7 +27,7 @@ pytest.importorskip("onnxruntime")
 
 from repvgg_seg.loader import build_segmentor, load_segmentor  # noqa: E402
 from repvgg_seg.quantize import qat  # noqa: E402
-from repvgg_seg.quantize.qat_model import QATSegmentor  # noqa: E402
+from repvgg_seg.quantize.qat_runner import QATSegmentor  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ITERATIONS = 12
@@ -273,3 +273,74 @@ def _counting(forward, steps: list):
         return forward(self, inputs, data_samples, mode)
 
     return counted
+
+
+def _deployed(model_files):
+    from mmengine.config import Config
+
+    from repvgg_seg.quantize.calibration import evaluation_dataset, evaluation_samples
+    from repvgg_seg.quantize.pipeline import _deploy
+
+    cfg = Config.fromfile(str(model_files[0]))
+    sample = next(evaluation_samples(evaluation_dataset(cfg), 1))
+    return _deploy(load_segmentor(cfg, model_files[1]), sample)
+
+
+@pytest.fixture(scope="module")
+def trained_scales(model_files, tmp_path_factory):
+    """tools/qat.py --learn-scales (a higher LR: the scales move in 12 iterations), and the
+    student it trained."""
+    out_dir = tmp_path_factory.mktemp("qat_scales")
+    args = qat_args(model_files, out_dir, "--iters", str(ITERATIONS), "--lr", "0.01")
+    convert, students = qat.with_conv_weights, []
+
+    def keep_student(prepared, trained, reference):
+        students.append(trained)
+        return convert(prepared, trained, reference)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(qat, "with_conv_weights", keep_student)
+        with contextlib.redirect_stdout(io.StringIO()) as printed:
+            assert load_tool("qat").main([*args, "--learn-scales", "--max-miou-drop", "100"]) == 0
+    stem = model_files[0].stem
+    report = json.loads((out_dir / f"{stem}_qat.json").read_text())
+    return out_dir / f"{stem}_qat.onnx", report, printed.getvalue(), students[0]
+
+
+def test_learned_scales_move_and_are_the_ones_exported(trained_scales):
+    from onnx import numpy_helper
+
+    path, report, printed, student = trained_scales
+    assert report["qat"]["learn_scales"]
+    assert report["qat"]["scale_change_percent"]["median"] > 0.01
+    assert "learned activation scales: changed by" in printed
+    learned = student.activation_scales.values()
+    initializers = {i.name: i for i in onnx.load(str(path)).graph.initializer}
+    exported = {name: float(numpy_helper.to_array(initializers[name])) for name in learned}
+    assert exported == pytest.approx(learned, rel=1e-6)  # float32 both: equal
+    calibrated = {}  # the convs' buffers keep the calibration's scales
+    for conv in student.modules():
+        for side in ("input", "output"):
+            if getattr(conv, f"quantize_{side}", False):
+                name = getattr(conv, f"{side}_scale_name")
+                calibrated[name] = float(getattr(conv, f"{side}_scale"))
+    assert calibrated.keys() == learned.keys() and len(learned) > 20
+    moved = [name for name in learned if learned[name] != pytest.approx(calibrated[name])]
+    assert len(moved) > len(learned) // 2
+
+
+def test_learned_scales_export_the_trained_model(model_files, trained_scales):
+    """The exported INT8 model is the trained fake-quantized model with its learned scales:
+    the same check as before training, on the trained student."""
+    from repvgg_seg.deploy import SegmentorLogits
+    from repvgg_seg.onnx_segmentor import open_session
+
+    path, _, _, student = trained_scales
+    deployed = _deployed(model_files)
+    image = torch.randn(2, 3, 48, 96, generator=torch.Generator().manual_seed(0))
+    (int8,) = open_session(str(path)).run(["logits"], {"image": image.numpy()})
+    with torch.no_grad():
+        simulated = SegmentorLogits(student.eval())(image).numpy()
+        reference = SegmentorLogits(deployed.eval())(image).numpy()
+    assert np.linalg.norm(simulated - int8) < 0.5 * np.linalg.norm(int8 - reference)
+    assert (simulated.argmax(1) == int8.argmax(1)).mean() > 0.95

@@ -1,7 +1,8 @@
 """Quantization-aware fine-tuning of a trained segmentor, exported as INT8 (ONNX Runtime QDQ).
 
     python tools/qat.py CONFIG CHECKPOINT OUT_DIR [--iters 200] [--lr 0.001]
-        [--label-weight 0] [--distill-weight 1] [--work-dir DIR]
+        [--label-weight 0] [--distill-weight 1] [--learn-scales]
+        [--work-dir DIR]
         [--resume | --overwrite-work-dir] [--amp] [--launcher none|pytorch]
         [--calib-images N] [--calib-method minmax|percentile]
         [--per-channel|--no-per-channel] [--activations auto|int8|uint8]
@@ -70,6 +71,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="delete the work dir's earlier checkpoints and start over",
     )
     training.add_argument("--amp", action="store_true", help="mixed precision (needs a GPU)")
+    training.add_argument(
+        "--learn-scales",
+        action="store_true",
+        help="train the activation scales too (LSQ; the INT8 model holds the trained ones)",
+    )
     training.add_argument("--launcher", choices=["none", "pytorch"], default="none")
     training.add_argument("--local_rank", "--local-rank", type=int, default=0)
     quant = parser.add_argument_group("quantization and measurement (as tools/quantize.py)")
@@ -115,6 +121,7 @@ def options_of(args: argparse.Namespace) -> QATOptions:
             checkpoint_interval=args.checkpoint_interval,
             log_interval=args.log_interval,
             amp=args.amp,
+            learn_scales=args.learn_scales,
         ),
         work_dir=args.work_dir,
         resume=args.resume,
@@ -127,6 +134,11 @@ def options_of(args: argparse.Namespace) -> QATOptions:
 def print_report(report: QATReport) -> None:
     seconds = ", ".join(f"{step} {value:.1f}" for step, value in report.seconds.items())
     print(f"QAT: {report.qat.schedule.iterations} iterations; seconds: {seconds}")
+    if report.scale_change is not None:
+        largest, median = report.scale_change
+        print(
+            f"learned activation scales: changed by {median:.2f} % (median), {largest:.2f} % (max)"
+        )
     if report.ptq_evaluation is not None:
         print(f"post-training INT8: {report.ptq_evaluation.describe()}")
     print(f"QAT INT8:           {report.evaluation.describe()}")

@@ -55,8 +55,13 @@ from .onnx_quant import (
     with_uint8_activations,
 )
 from .pipeline import QuantizeOptions, QuantizeReport, _check_layer_names, _deploy, _Steps, describe
-from .qat_model import QATSegmentor, conv_quantization, insert_fake_quant
-from .qat_runner import QATSchedule, build_qat_runner, qat_config
+from .qat_model import (
+    conv_quantization,
+    insert_fake_quant,
+    learn_activation_scales,
+    with_activation_scales,
+)
+from .qat_runner import QATSchedule, QATSegmentor, build_qat_runner, qat_config
 
 
 @dataclass(frozen=True)
@@ -99,12 +104,15 @@ class QATReport(QuantizeReport):
         ptq_evaluation: The post-training INT8 model (``compare_ptq``).
         work_dir: The training's work dir.
         final_lr: Learning rate at the last iteration.
+        scale_change: With learned scales: the largest and the median relative change of
+            an activation scale, in percent.
     """
 
     qat: QATOptions = field(default_factory=QATOptions)
     ptq_evaluation: Evaluation | None = None
     work_dir: str = ""
     final_lr: float | None = None
+    scale_change: tuple[float, float] | None = None
 
 
 def qat_checkpoint(
@@ -145,8 +153,9 @@ def qat_checkpoint(
         ptq = shared[0]
         steps.done("calibration")
 
-        student = copy.deepcopy(deployed)
-        insert_fake_quant(student, ptq.quantization, options.quantize.per_channel)
+        student = _student(deployed, calibration_set, ptq.quantization, options)
+        if options.schedule.learn_scales:
+            initial_scales = student.activation_scales.values()
         model = QATSegmentor(
             student, deployed, options.schedule.label_weight, options.schedule.distill_weight
         )
@@ -166,6 +175,10 @@ def qat_checkpoint(
         quantized = quantize_model(
             qat_float, ptq.ranges, options.quantize.per_channel, nodes_to_exclude=report.kept_float
         )
+        if options.schedule.learn_scales:
+            learned = trained.student.activation_scales.values()
+            with_activation_scales(quantized, learned)
+            report.scale_change = _scale_change(learned, initial_scales)
         report.activations = ptq.activations
         if report.activations == "uint8":  # as tools/quantize.py writes it on this host
             quantized = with_uint8_activations(quantized)
@@ -180,6 +193,20 @@ def qat_checkpoint(
             report.onnx, report.report = folder.publish([report.onnx, report.report])
             report.written = True
         return report
+
+
+def _student(deployed, calibration_set, quantization: dict, options: QATOptions):
+    """The fake-quantized copy of ``deployed`` that trains, with the options' variants."""
+    student = copy.deepcopy(deployed)
+    insert_fake_quant(student, quantization, options.quantize.per_channel)
+    if options.schedule.learn_scales:
+        learn_activation_scales(student)
+    return student
+
+
+def _scale_change(learned: dict[str, float], initial: dict[str, float]) -> tuple[float, float]:
+    change = [abs(learned[name] / initial[name] - 1) * 100 for name in initial]
+    return max(change), float(np.median(change))
 
 
 @dataclass
@@ -292,7 +319,13 @@ def describe_qat(report: QATReport, cfg: Config, checkpoint: str | os.PathLike) 
         "distill_weight": schedule.distill_weight,
         "batch_size": cfg.train_dataloader.get("batch_size"),
         "work_dir": report.work_dir,
+        "learn_scales": schedule.learn_scales,
     }
+    if report.scale_change is not None:
+        described["qat"]["scale_change_percent"] = {
+            "max": round(report.scale_change[0], 3),
+            "median": round(report.scale_change[1], 3),
+        }
     if report.ptq_evaluation is not None:
         ptq = report.ptq_evaluation
         described["ptq_evaluation"] = {

@@ -6,26 +6,25 @@ Quantization-aware training here simulates exactly the INT8 model that
 - the activation scales and zero points are read from that QDQ model
   (:func:`conv_quantization`): each Conv node (named after its PyTorch module) reads a
   ``DequantizeLinear`` input and feeds a ``QuantizeLinear`` output, whose parameters come
-  from the calibration; they stay fixed during training and are the ones exported;
+  from the calibration; they stay fixed during training and are the ones exported, or,
+  with :class:`ActivationScales` (LSQ), the scales train, one per tensor of the QDQ model,
+  and the trained ones are exported (:func:`with_activation_scales`);
 - the weights are fake-quantized as ONNX Runtime quantizes them at export, from their
   current values: signed 8-bit, symmetric, ``scale = max|w| / 127`` per output channel (or
   per tensor), so the exported weights are the trained ones rounded the same way.
 
 Rounding uses PyTorch's own fake-quantization ops (straight-through gradients).
-:class:`QATSegmentor` is the mmengine model the runner trains: the fake-quantized segmentor,
-trained on the config's loss and, optionally, distilled from the float model's logits.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
 import torch
-import torch.nn.functional as F
-from mmengine.model import BaseModel
 from onnx import numpy_helper
 from torch import nn
 
@@ -40,10 +39,13 @@ WEIGHT_RANGE = (-127, 127)
 
 @dataclass(frozen=True)
 class TensorQuant:
-    """One activation's quantization parameters (per tensor)."""
+    """One activation's quantization parameters (per tensor), and the name of the QDQ
+    model's scale initializer (shared by the QuantizeLinear and DequantizeLinear nodes of
+    one tensor)."""
 
     scale: float
     zero_point: int
+    scale_name: str = ""
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,7 @@ def conv_quantization(qdq_model: onnx.ModelProto) -> dict[str, ConvQuant]:
         zero_point = numpy_helper.to_array(constants[node.input[2]])
         # A uint8 activation (tools/quantize.py --activations uint8) is the int8 one + 128.
         shift = 128 if zero_point.dtype == np.uint8 else 0
-        return TensorQuant(float(scale), int(zero_point) - shift)
+        return TensorQuant(float(scale), int(zero_point) - shift, node.input[1])
 
     found = {}
     for node in graph.node:
@@ -116,15 +118,42 @@ def fake_quantize_weight(weight: torch.Tensor, per_channel: bool) -> torch.Tenso
     return rounded.to(weight.dtype)
 
 
+class ActivationScales(nn.Module):
+    """Learned activation scales (LSQ, Esser et al. 2020): one per scale initializer of the
+    QDQ model, initialised from the calibration's and shared by every conv that reads or
+    writes that tensor, so that the exported model can hold them. Zero points stay fixed.
+
+    Args:
+        initial: The calibration's scales by initializer name.
+    """
+
+    def __init__(self, initial: dict[str, float]) -> None:
+        super().__init__()
+        self.names = sorted(initial)
+        self.index = {name: i for i, name in enumerate(self.names)}
+        self.scales = nn.Parameter(torch.tensor([initial[name] for name in self.names]))
+
+    def get(self, name: str) -> torch.Tensor:
+        i = self.index[name]
+        # Kept positive: LSQ's step size is a scale; a tiny floor keeps x / scale finite.
+        return self.scales[i : i + 1].clamp(min=1e-8)
+
+    def values(self) -> dict[str, float]:
+        """The current scales by initializer name, as the exported model holds them."""
+        return dict(zip(self.names, self.scales.detach().clamp(min=1e-8).tolist(), strict=True))
+
+
 class FakeQuantConv2d(nn.Conv2d):
     """``nn.Conv2d`` whose input, weight and output are rounded as in the QDQ model.
 
     Its parameters keep the names of the conv it replaces (``weight``, ``bias``); the
-    activations' scales and zero points are buffers (``input_scale``, ...), fixed.
+    activations' scales and zero points are buffers (``input_scale``, ...), fixed, unless
+    ``learned_scales`` (:func:`learn_activation_scales`) holds trained ones.
     """
 
     per_channel: bool = True
     quantize_weight: bool = True
+    learned_scales: ActivationScales | None = None  # not a submodule: shared, owned above
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, quant: ConvQuant, per_channel: bool) -> FakeQuantConv2d:
@@ -149,13 +178,26 @@ class FakeQuantConv2d(nn.Conv2d):
             new.register_buffer(f"{side}_scale", scale.to(conv.weight.device))
             new.register_buffer(f"{side}_zero_point", zero_point.to(conv.weight.device))
             setattr(new, f"quantize_{side}", params is not None)
+            setattr(new, f"{side}_scale_name", params.scale_name if params else "")
         return new
 
     def _fake_quantize(self, x: torch.Tensor, side: str) -> torch.Tensor:
         scale, zero_point = getattr(self, f"{side}_scale"), getattr(self, f"{side}_zero_point")
-        rounded = torch.fake_quantize_per_tensor_affine(
-            x.float(), scale, zero_point, *ACTIVATION_RANGE
-        )
+        if self.learned_scales is None:
+            rounded = torch.fake_quantize_per_tensor_affine(
+                x.float(), scale, zero_point, *ACTIVATION_RANGE
+            )
+        else:
+            # Gradient factor 1 (torch's _LearnableFakeQuantize default), not LSQ's
+            # 1 / sqrt(numel * Qp): on the demo model that made a scale's relative gradient
+            # 1500x smaller than a weight's, and the scales would not move in 200 iterations.
+            rounded = torch._fake_quantize_learnable_per_tensor_affine(
+                x.float(),
+                self.learned_scales.get(getattr(self, f"{side}_scale_name")),
+                zero_point.float().reshape(1),
+                *ACTIVATION_RANGE,
+                1.0,
+            )
         return rounded.to(x.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -196,75 +238,34 @@ def insert_fake_quant(
     return replaced
 
 
-class QATSegmentor(BaseModel):
-    """What the runner trains: a fake-quantized segmentor, and its float teacher.
+def fake_quant_convs(model: nn.Module) -> Iterable[tuple[str, FakeQuantConv2d]]:
+    return ((n, m) for n, m in model.named_modules() if isinstance(m, FakeQuantConv2d))
 
-    Only the fake-quantized convs' weights and biases train (the exported graph holds no
-    other parameter). The loss is the config's decode-head loss times ``label_weight`` plus
-    ``distill_weight`` times the KL divergence from the float model's per-pixel class
-    distribution (at the head's resolution), which keeps the INT8 predictions on the
-    float model's.
 
-    Args:
-        student: The deployed segmentor after :func:`insert_fake_quant`.
-        teacher: The deployed float segmentor (frozen; needed when ``distill_weight > 0``).
-        label_weight: Weight of the config's loss on the ground truth.
-        distill_weight: Weight of the distillation loss.
+def learn_activation_scales(model: nn.Module) -> ActivationScales:
+    """Makes the activation scales of ``model``'s fake-quantized convs trainable, shared per
+    QDQ tensor; registers them as ``model.activation_scales`` and returns them."""
+    convs = [conv for _, conv in fake_quant_convs(model)]
+    initial = {}
+    for conv, side in ((c, s) for c in convs for s in ("input", "output")):
+        if getattr(conv, f"quantize_{side}"):
+            initial[getattr(conv, f"{side}_scale_name")] = float(getattr(conv, f"{side}_scale"))
+    model.activation_scales = ActivationScales(initial).to(next(model.parameters()).device)
+    for conv in convs:
+        object.__setattr__(conv, "learned_scales", model.activation_scales)
+    return model.activation_scales
+
+
+def with_activation_scales(qdq_model: onnx.ModelProto, scales: dict[str, float]) -> None:
+    """Writes ``scales`` into ``qdq_model``'s scale initializers of the same names, in place.
+
+    Raises:
+        RuntimeError: A name is no scalar float32 initializer of the model (the model is not
+            the one the scales were read from).
     """
-
-    def __init__(
-        self,
-        student: nn.Module,
-        teacher: nn.Module | None = None,
-        label_weight: float = 1.0,
-        distill_weight: float = 0.0,
-    ) -> None:
-        super().__init__(data_preprocessor=student.data_preprocessor)
-        self.student = student
-        self.teacher = teacher if distill_weight > 0 else None
-        self.label_weight, self.distill_weight = label_weight, distill_weight
-        trained = {
-            id(p)
-            for m in student.modules()
-            if isinstance(m, FakeQuantConv2d)
-            for p in m.parameters()
-        }
-        for parameter in student.parameters():
-            parameter.requires_grad_(id(parameter) in trained)
-        if self.teacher is not None:
-            self.teacher.requires_grad_(False)
-
-    def init_weights(self) -> None:
-        """Nothing: the weights are the checkpoint's (mmengine's runner calls this before
-        training, and the default would re-initialize them)."""
-
-    def train(self, mode: bool = True) -> QATSegmentor:
-        super().train(mode)
-        if self.teacher is not None:
-            self.teacher.eval()  # its dropout off: a fixed target
-        for module in self.student.modules():
-            # A BN that was not folded keeps its statistics; dropout would only add noise
-            # to a fine-tuning whose target is the float model's function.
-            if isinstance(module, nn.modules.batchnorm._BatchNorm | nn.Dropout2d | nn.Dropout):
-                module.eval()
-        return self
-
-    def forward(self, inputs: torch.Tensor, data_samples=None, mode: str = "tensor"):
-        if mode != "loss":
-            return self.student(inputs, data_samples, mode)
-        logits = self.student.decode_head.forward(self.student.extract_feat(inputs))
-        losses = {}
-        if self.label_weight > 0:
-            for key, value in self.student.decode_head.loss_by_feat(logits, data_samples).items():
-                losses[key] = value * self.label_weight if "loss" in key else value
-        if self.teacher is not None:
-            with torch.no_grad():
-                target = self.teacher.decode_head.forward(self.teacher.extract_feat(inputs))
-            divergence = F.kl_div(
-                F.log_softmax(logits.float(), 1),
-                F.log_softmax(target.float(), 1),
-                reduction="none",
-                log_target=True,
-            )
-            losses["loss_distill"] = self.distill_weight * divergence.sum(1).mean()
-        return losses
+    initializers = {init.name: init for init in qdq_model.graph.initializer}
+    for name, value in scales.items():
+        init = initializers.get(name)
+        if init is None or numpy_helper.to_array(init).shape != () or init.data_type != 1:
+            raise RuntimeError(f"QDQ model: {name!r} is no scalar float32 scale initializer.")
+        init.CopyFrom(numpy_helper.from_array(np.array(value, dtype=np.float32), name))

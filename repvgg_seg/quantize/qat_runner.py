@@ -1,5 +1,6 @@
-"""The mmengine runner of a quantization-aware fine-tuning: the config's data, optimizer and
-runtime settings, a poly schedule over the QAT iterations, and atomic checkpoints."""
+"""The mmengine runner of a quantization-aware fine-tuning: the model it trains
+(:class:`QATSegmentor`), the config's data, optimizer and runtime settings, a poly schedule
+over the QAT iterations, and atomic checkpoints."""
 
 from __future__ import annotations
 
@@ -8,15 +9,17 @@ import os
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from mmengine.config import Config
-from mmengine.model import is_model_wrapper
+from mmengine.model import BaseModel, is_model_wrapper
 from mmengine.runner.checkpoint import _load_checkpoint_to_model
+from torch import nn
 
 from ..checkpoint import CheckpointError, describe_key_mismatch, read_checkpoint
 from ..errors import UsageError
 from ..loader import check_finite_weights, segmentor_state
 from ..runner import AtomicCheckpointRunner, configure_for_cpu
-from .qat_model import QATSegmentor
+from .qat_model import ActivationScales, FakeQuantConv2d
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,7 @@ class QATSchedule:
         checkpoint_interval: Iterations between checkpoints (``--resume`` continues there).
         log_interval: Iterations between log lines (loss, LR, ETA).
         amp: mmengine's AmpOptimWrapper (needs a GPU).
+        learn_scales: Train the activation scales too (LSQ; exported as the QDQ model's).
     """
 
     iterations: int = 200
@@ -42,6 +46,7 @@ class QATSchedule:
     checkpoint_interval: int = 50
     log_interval: int = 10
     amp: bool = False
+    learn_scales: bool = False
 
     def __post_init__(self) -> None:
         for flag, value in (
@@ -72,6 +77,9 @@ def qat_config(cfg: Config, work_dir: str | os.PathLike, schedule: QATSchedule) 
     for key in ("val_dataloader", "val_cfg", "val_evaluator", "test_dataloader", "test_cfg"):
         cfg.pop(key, None)  # the INT8 model is measured after export, by the pipeline
     cfg.optim_wrapper.optimizer.lr = schedule.lr
+    if schedule.learn_scales:  # weight decay would shrink the scales
+        paramwise = cfg.optim_wrapper.setdefault("paramwise_cfg", {})
+        paramwise.setdefault("custom_keys", {})["activation_scales"] = dict(decay_mult=0.0)
     if schedule.amp:
         if not torch.cuda.is_available():
             raise UsageError("--amp needs a CUDA GPU (mmengine's AmpOptimWrapper); none found.")
@@ -106,9 +114,84 @@ def qat_config(cfg: Config, work_dir: str | os.PathLike, schedule: QATSchedule) 
         lr=schedule.lr,
         label_weight=schedule.label_weight,
         distill_weight=schedule.distill_weight,
+        learn_scales=schedule.learn_scales,
     )
     configure_for_cpu(cfg)
     return cfg
+
+
+class QATSegmentor(BaseModel):
+    """What the runner trains: a fake-quantized segmentor, and its float teacher.
+
+    Only the fake-quantized convs' weights and biases train, and the activation scales if
+    learned (the exported graph holds no other parameter). The loss is the config's
+    decode-head loss times ``label_weight`` plus ``distill_weight`` times the KL divergence
+    from the float model's per-pixel class distribution (at the head's resolution), which
+    keeps the INT8 predictions on the float model's.
+
+    Args:
+        student: The deployed segmentor after :func:`insert_fake_quant`.
+        teacher: The deployed float segmentor (frozen; needed when ``distill_weight > 0``).
+        label_weight: Weight of the config's loss on the ground truth.
+        distill_weight: Weight of the distillation loss.
+    """
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module | None = None,
+        label_weight: float = 1.0,
+        distill_weight: float = 0.0,
+    ) -> None:
+        super().__init__(data_preprocessor=student.data_preprocessor)
+        self.student = student
+        self.teacher = teacher if distill_weight > 0 else None
+        self.label_weight, self.distill_weight = label_weight, distill_weight
+        trained = {
+            id(p)
+            for m in student.modules()
+            if isinstance(m, FakeQuantConv2d | ActivationScales)
+            for p in m.parameters()
+        }
+        for parameter in student.parameters():
+            parameter.requires_grad_(id(parameter) in trained)
+        if self.teacher is not None:
+            self.teacher.requires_grad_(False)
+
+    def init_weights(self) -> None:
+        """Nothing: the weights are the checkpoint's (mmengine's runner calls this before
+        training, and the default would re-initialize them)."""
+
+    def train(self, mode: bool = True) -> QATSegmentor:
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()  # its dropout off: a fixed target
+        for module in self.student.modules():
+            # A BN that was not folded keeps its statistics; dropout would only add noise
+            # to a fine-tuning whose target is the float model's function.
+            if isinstance(module, nn.modules.batchnorm._BatchNorm | nn.Dropout2d | nn.Dropout):
+                module.eval()
+        return self
+
+    def forward(self, inputs: torch.Tensor, data_samples=None, mode: str = "tensor"):
+        if mode != "loss":
+            return self.student(inputs, data_samples, mode)
+        logits = self.student.decode_head.forward(self.student.extract_feat(inputs))
+        losses = {}
+        if self.label_weight > 0:
+            for key, value in self.student.decode_head.loss_by_feat(logits, data_samples).items():
+                losses[key] = value * self.label_weight if "loss" in key else value
+        if self.teacher is not None:
+            with torch.no_grad():
+                target = self.teacher.decode_head.forward(self.teacher.extract_feat(inputs))
+            divergence = F.kl_div(
+                F.log_softmax(logits.float(), 1),
+                F.log_softmax(target.float(), 1),
+                reduction="none",
+                log_target=True,
+            )
+            losses["loss_distill"] = self.distill_weight * divergence.sum(1).mean()
+        return losses
 
 
 class QATRunner(AtomicCheckpointRunner):
