@@ -137,6 +137,7 @@ def test_report_and_files(trained):
     path, report, _ = trained
     assert report["qat"]["iterations"] == ITERATIONS and report["qat"]["final_lr"] == 0.0
     assert report["qat"]["lr"] == 1e-3 and report["qat"]["distill_weight"] == 1.0
+    assert report["qat"]["optimizer"]["lr"] == 1e-3  # the fine-tuning's, not the config's
     assert report["quantization"]["calibration"]["images"] == 4
     assert report["quantization"]["per_channel"] is False
     assert set(report["seconds"]) >= {"deploy", "calibration", "training", "export"}

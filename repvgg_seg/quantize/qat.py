@@ -314,7 +314,8 @@ def describe_qat(report: QATReport, cfg: Config, checkpoint: str | os.PathLike) 
         "lr": schedule.lr,
         "final_lr": report.final_lr,
         "lr_schedule": "poly (power 0.9) to 0",
-        "optimizer": dict(cfg.optim_wrapper.get("optimizer", {})),
+        # The config's optimizer as the fine-tuning ran it (qat_config sets its LR).
+        "optimizer": {**cfg.optim_wrapper.get("optimizer", {}), "lr": schedule.lr},
         "label_weight": schedule.label_weight,
         "distill_weight": schedule.distill_weight,
         "batch_size": cfg.train_dataloader.get("batch_size"),
