@@ -1,13 +1,14 @@
-"""PSPNet-A0 with RepVGG and QARepVGG blocks on synthetic Cityscapes: float vs INT8 mIoU.
+"""PSPNet-A0 with RepVGG and QARepVGG blocks on synthetic Cityscapes: float vs INT8 vs QAT mIoU.
 
     python experiments/pspnet_int8.py [--work-dir work_dirs/pspnet_int8] [--iters 200]
 
 Runs the tools as a user would, printing each command first:
 ``tools/make_synthetic_cityscapes.py`` (60 train, 12 val scenes at 256x128), ``tools/train.py`` on
 ``configs/pspnet_{repvgg,qarepvgg}_a0_synthetic.py`` for ``--iters`` iterations, then
-``tools/quantize.py`` per tensor and per channel (8 calibration crops, all 12 val images,
-mmseg's IoUMetric). One seed, each config's own schedule: a smoke comparison, not a study
-(the classifier study with seeds and an LR sweep is ``quantization_study.py``).
+``tools/quantize.py`` and ``tools/qat.py`` (its defaults: 200 iterations distilled from the
+float model at LR 0.001), each per tensor and per channel (8 calibration crops, all 12 val
+images, mmseg's IoUMetric). One seed, each config's own schedule: a smoke comparison, not a
+study (the classifier study with seeds and an LR sweep is ``quantization_study.py``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SEGMENTORS = ("pspnet_repvgg_a0_synthetic", "pspnet_qarepvgg_a0_synthetic")
-# One thread per process: on a shared 2-core machine a second one mostly waits on the first.
+# (tool, the form's name in the table); the tool's files are named "<stem>_{int8,qat}.*".
+INT8_TOOLS = (("quantize", "INT8"), ("qat", "QAT"))
+WEIGHTS = (("--no-per-channel", "per tensor"), ("--per-channel", "per channel"))
+# One thread per process: on a shared 2-core machine a second one mostly waits on the first,
+# and a fixed count keeps reruns equal (PSPNet's training loss differs in the fourth digit
+# between one and two threads).
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 
@@ -33,13 +39,21 @@ def run(tool: str, *args: object) -> None:
     subprocess.run(command, cwd=ROOT, check=True, env={**os.environ, **ONE_THREAD})
 
 
-def quantize(config: str, checkpoint: Path, out: Path, flag: str, roots: list[str]) -> dict:
-    """``tools/quantize.py`` (once; its JSON report is reused); returns the evaluation."""
-    report = out / f"{Path(config).stem}_int8.json"
+def int8_evaluation(
+    tool: str, config: str, checkpoint: Path, out_dir: Path, flag: str, roots: list[str]
+) -> dict:
+    """``tools/quantize.py`` or ``tools/qat.py`` (once; its JSON report is reused).
+
+    Returns:
+        The ``evaluation`` entry of the tool's JSON report.
+    """
+    report = out_dir / f"{Path(config).stem}_{'qat' if tool == 'qat' else 'int8'}.json"
     if not report.exists():
+        # A QAT work dir without a report is an interrupted run: start it over, as train does.
+        restart = ("--overwrite-work-dir",) if tool == "qat" else ()
         run(
-            "quantize",
-            *(config, checkpoint, out, flag),
+            tool,
+            *(config, checkpoint, out_dir, flag, *restart),
             *("--calib-images", 8, "--eval-images", 12, "--max-miou-drop", 100),
             "--cfg-options",
             *roots,
@@ -47,8 +61,8 @@ def quantize(config: str, checkpoint: Path, out: Path, flag: str, roots: list[st
     return json.loads(report.read_text())["evaluation"]
 
 
-def segmentor_rows(work_dir: Path, iters: int) -> list[tuple[str, str, float, float]]:
-    """(config, form, mIoU, % of pixels as float) for both blocks and the three forms."""
+def segmentor_rows(work_dir: Path, iters: int) -> dict[str, dict[str, tuple[float, float]]]:
+    """``{config: {form: (mIoU, % of pixels as float)}}`` for both blocks and five forms."""
     data = work_dir / "synthetic_cityscapes"
     if not data.exists():
         run(
@@ -72,7 +86,7 @@ def segmentor_rows(work_dir: Path, iters: int) -> list[tuple[str, str, float, fl
         f"default_hooks.checkpoint.interval={iters}",
         f"param_scheduler.0.end={iters}",
     ]
-    rows = []
+    rows = {}
     for name in SEGMENTORS:
         config, run_dir = f"configs/{name}.py", work_dir / name
         checkpoint = run_dir / f"iter_{iters}.pth"
@@ -82,12 +96,18 @@ def segmentor_rows(work_dir: Path, iters: int) -> list[tuple[str, str, float, fl
                 *(config, "--work-dir", run_dir, "--overwrite-work-dir"),
                 *("--cfg-options", *roots, *schedule),
             )
-        for flag, form in (("--no-per-channel", "per-tensor"), ("--per-channel", "per-channel")):
-            evaluation = quantize(config, checkpoint, run_dir / f"int8_{form}", flag, roots)
-            if form == "per-tensor":
-                rows.append((name, "float", evaluation["float32"]["mIoU"], 100.0))
-            agreement = evaluation["pixel_agreement_percent"]
-            rows.append((name, f"int8 {form}", evaluation["int8"]["mIoU"], agreement))
+        forms = {}
+        for tool, label in INT8_TOOLS:
+            for flag, weights in WEIGHTS:
+                out_dir = run_dir / f"{label.lower()}_{weights.replace(' ', '-')}"
+                evaluation = int8_evaluation(tool, config, checkpoint, out_dir, flag, roots)
+                # Every report measures the same float model: the checkpoint's.
+                forms["float"] = (evaluation["float32"]["mIoU"], 100.0)
+                forms[f"{label} {weights}"] = (
+                    evaluation["int8"]["mIoU"],
+                    evaluation["pixel_agreement_percent"],
+                )
+        rows[name] = forms
     return rows
 
 
@@ -97,9 +117,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--iters", type=int, default=200, help="PSPNet iterations")
     args = parser.parse_args(argv)
     rows = segmentor_rows(args.work_dir, args.iters)
-    print(f"\n{'PSPNet (synthetic val)':<30}{'form':<18}{'mIoU':>10}{'pixels as float %':>20}")
-    for model, form, value, agreement in rows:
-        print(f"{model:<30}{form:<18}{value:10.2f}{agreement:20.2f}")
+    forms = ("float", *(f"{label} {w}" for _, label in INT8_TOOLS for _, w in WEIGHTS))
+    print("\nmIoU on the 12 synthetic val images (pixels predicted as by the float model, %)\n")
+    print("| PSPNet-A0 | " + " | ".join(forms) + " |")
+    print("|---" * (len(forms) + 1) + "|")
+    for name, measured in rows.items():
+        cells = [f"{measured['float'][0]:.2f}"]
+        cells += [f"{measured[form][0]:.2f} ({measured[form][1]:.2f})" for form in forms[1:]]
+        print(f"| {name} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
