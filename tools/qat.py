@@ -25,25 +25,34 @@ from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
 
 from repvgg_seg.cli import CheckFailedError, DictAction, load_config, run_tool
-from repvgg_seg.quantize.onnx_quant import ACTIVATION_FORMATS, CALIBRATION_METHODS
-from repvgg_seg.quantize.pipeline import QuantizeOptions
+from repvgg_seg.cli.quantize_flags import (
+    add_checkpoint_arguments,
+    add_quantize_flags,
+    quantize_options_from,
+)
 from repvgg_seg.quantize.qat import QATOptions, QATReport, qat_checkpoint
 from repvgg_seg.quantize.qat_runner import QATSchedule
 from repvgg_seg.runner import init_distributed
 from repvgg_seg.work_dir import START_OVER_FLAG
 
-PTQ = QuantizeOptions()
 TRAINING = QATSchedule()
+# tools/quantize.py's flags that apply here (not the sensitivity ranking), in this order.
+QAT_FLAGS = (
+    "--calib-images",
+    "--calib-method",
+    "--per-channel",
+    "--activations",
+    "--keep-float-layers",
+    "--eval-images",
+    "--max-miou-drop",
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("config", help="the checkpoint's config (training or *_deploy.py)")
-    parser.add_argument("checkpoint", help="training-time, fused or deployed checkpoint")
-    parser.add_argument("out_dir", type=Path, help="output folder")
+    add_checkpoint_arguments(parser)
     training = parser.add_argument_group("fine-tuning")
     training.add_argument("--iters", type=int, default=TRAINING.iterations, metavar="N")
     training.add_argument("--lr", type=float, default=TRAINING.lr, help="start LR (poly to 0)")
@@ -79,18 +88,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     training.add_argument("--launcher", choices=["none", "pytorch"], default="none")
     training.add_argument("--local_rank", "--local-rank", type=int, default=0)
     quant = parser.add_argument_group("quantization and measurement (as tools/quantize.py)")
-    quant.add_argument("--calib-images", type=int, default=PTQ.calib_images, metavar="N")
-    quant.add_argument("--calib-method", choices=sorted(CALIBRATION_METHODS), default="minmax")
-    quant.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=True)
-    quant.add_argument(
-        "--activations",
-        choices=ACTIVATION_FORMATS,
-        default=PTQ.activations,
-        help="how the INT8 model stores activations (as tools/quantize.py; auto: by the host)",
-    )
-    quant.add_argument("--keep-float-layers", nargs="+", default=[], metavar="NAME")
-    quant.add_argument("--eval-images", type=int, default=PTQ.eval_images, metavar="M")
-    quant.add_argument("--max-miou-drop", type=float, default=PTQ.max_miou_drop, metavar="D")
+    add_quantize_flags(quant, QAT_FLAGS, short=True)
     quant.add_argument(
         "--compare-ptq",
         action="store_true",
@@ -104,15 +102,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def options_of(args: argparse.Namespace) -> QATOptions:
     return QATOptions(
-        quantize=QuantizeOptions(
-            calib_images=args.calib_images,
-            calib_method=args.calib_method,
-            per_channel=args.per_channel,
-            activations=args.activations,
-            eval_images=args.eval_images,
-            max_miou_drop=args.max_miou_drop,
-            keep_float_layers=tuple(args.keep_float_layers),
-        ),
+        quantize=quantize_options_from(args),
         schedule=QATSchedule(
             iterations=args.iters,
             lr=args.lr,

@@ -19,84 +19,23 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from mmengine.utils import ProgressBar
 
 from repvgg_seg.cli import CheckFailedError, DictAction, load_config, run_tool
+from repvgg_seg.cli.quantize_flags import (
+    add_checkpoint_arguments,
+    add_quantize_flags,
+    quantize_options_from,
+)
 from repvgg_seg.output_dir import describe_removed
-from repvgg_seg.quantize import QuantizeOptions, QuantizeReport, quantize_checkpoint
-from repvgg_seg.quantize.onnx_quant import ACTIVATION_FORMATS, CALIBRATION_METHODS
-
-DEFAULTS = QuantizeOptions()
+from repvgg_seg.quantize import QuantizeReport, quantize_checkpoint
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("config", help="the checkpoint's config (training or *_deploy.py)")
-    parser.add_argument("checkpoint", help="training-time, fused or deployed checkpoint")
-    parser.add_argument("out_dir", type=Path, help="output folder")
-    parser.add_argument(
-        "--calib-images",
-        type=int,
-        default=DEFAULTS.calib_images,
-        metavar="N",
-        help=f"calibration images from the train pipeline (default {DEFAULTS.calib_images})",
-    )
-    parser.add_argument(
-        "--calib-method",
-        choices=sorted(CALIBRATION_METHODS),
-        default=DEFAULTS.calib_method,
-        help=f"how activation ranges are set (default {DEFAULTS.calib_method})",
-    )
-    parser.add_argument(
-        "--per-channel",
-        action=argparse.BooleanOptionalAction,
-        default=DEFAULTS.per_channel,
-        help="one weight scale per output channel (default: on)",
-    )
-    parser.add_argument(
-        "--activations",
-        choices=ACTIVATION_FORMATS,
-        default=DEFAULTS.activations,
-        help="how the INT8 model stores activations: int8, uint8 (the same numbers; ONNX "
-        "Runtime's fast form on CPUs with VNNI or AMX) or auto, by this host's CPU (default)",
-    )
-    parser.add_argument(
-        "--eval-images",
-        type=int,
-        default=DEFAULTS.eval_images,
-        metavar="M",
-        help=f"val images INT8 is measured on against float (default {DEFAULTS.eval_images})",
-    )
-    parser.add_argument(
-        "--max-miou-drop",
-        type=float,
-        default=DEFAULTS.max_miou_drop,
-        metavar="D",
-        help=f"refuse (exit 1, write nothing) above this mIoU drop (default "
-        f"{DEFAULTS.max_miou_drop})",
-    )
-    parser.add_argument(
-        "--sensitivity",
-        action="store_true",
-        help="rank the convs by how much each alone, quantized, moves the logits",
-    )
-    parser.add_argument(
-        "--keep-float",
-        type=int,
-        default=0,
-        metavar="K",
-        help="leave the K most sensitive convs in float32 (ranks them; default 0)",
-    )
-    parser.add_argument(
-        "--keep-float-layers",
-        nargs="+",
-        default=[],
-        metavar="NAME",
-        help="leave these convs (PyTorch module names, e.g. backbone.stages.2.13.fused_conv) "
-        "in float32",
-    )
+    add_checkpoint_arguments(parser)
+    add_quantize_flags(parser)
     parser.add_argument("--cfg-options", nargs="+", action=DictAction)
     return parser.parse_args(argv)
 
@@ -150,17 +89,7 @@ def print_report(report: QuantizeReport) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    options = QuantizeOptions(
-        calib_images=args.calib_images,
-        calib_method=args.calib_method,
-        per_channel=args.per_channel,
-        activations=args.activations,
-        eval_images=args.eval_images,
-        max_miou_drop=args.max_miou_drop,
-        sensitivity=args.sensitivity,
-        keep_float=args.keep_float,
-        keep_float_layers=tuple(args.keep_float_layers),
-    )
+    options = quantize_options_from(args)
     cfg = load_config(args.config, args.cfg_options)
     bars = ProgressBars()
     try:
