@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
 from unittest import mock
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -57,6 +59,25 @@ def load_tool(name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def run_script(
+    source: str, *args: str, timeout: float, merge_stderr: bool = False
+) -> subprocess.CompletedProcess:
+    """Runs the Python ``source`` with ``args`` in a process of its own (``python -c``), in the
+    repository root, its output captured as text (``merge_stderr``: stderr into stdout).
+
+    For what the long-lived test process should not run, or not depend on: a crash there
+    ends every later test, and earlier tests leave threads and signal handlers behind.
+    """
+    return subprocess.run(
+        [sys.executable, "-c", source, *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def tool_exit(name: str, argv: list[str], capsys) -> tuple[int, str]:
@@ -114,3 +135,62 @@ def _merge(into: dict, update: dict) -> None:
             _merge(into[key], value)
         else:
             into[key] = value
+
+
+def quantization_model_files(
+    root: Path,
+    images: tuple[int, int],
+    crop: tuple[int, int],
+    dataloaders: str,
+    label_split: str,
+    moderate_bn: bool = False,
+) -> tuple[Path, Path]:
+    """``(config, checkpoint)`` of a tiny random PSPNet-RepVGG-A0 for the INT8 tools' tests.
+
+    ``root/data``: a synthetic Cityscapes of ``images`` (train, val) 96x48 images.
+    ``root/tiny.py``: the synthetic Cityscapes config on it, crops of ``crop``, 16-channel
+    heads, then the ``dataloaders`` lines. ``root/model.pth``: seeded
+    random weights and BN statistics (``moderate_bn``: BN scales that keep the activations
+    O(1) through 20 layers); ``root/other.pth``: another model's weights. The labels of
+    ``label_split`` are replaced by the fused float model's predictions, so that float
+    scores 100 % there.
+    """
+    from mmseg.apis import inference_model
+    from PIL import Image
+
+    from repvgg_seg.datasets.synthetic import make_synthetic_cityscapes
+    from repvgg_seg.loader import build_segmentor, load_segmentor
+
+    num_train, num_val = images
+    data_root = make_synthetic_cityscapes(
+        root / "data", num_train=num_train, num_val=num_val, image_size=(96, 48)
+    )
+    config = root / "tiny.py"
+    config.write_text(
+        f"_base_ = {str(SYNTHETIC_CONFIG)!r}\n"
+        f"data_root = {str(data_root) + '/'!r}\n"
+        "image_scale = (96, 48)\n"
+        f"crop_size = {tuple(crop)}\n"
+        "model = dict(data_preprocessor=dict(size=crop_size),\n"
+        "    decode_head=dict(channels=16), auxiliary_head=dict(channels=16))\n"
+        f"{dataloaders}"
+        "test_dataloader = val_dataloader\n"
+    )
+    torch.manual_seed(0)
+    model = randomize_bn(build_segmentor(config), seed=1)
+    if moderate_bn:
+        with torch.no_grad():
+            for module in model.modules():
+                if isinstance(module, _BatchNorm):
+                    module.running_var.fill_(1.0)
+                    module.weight.mul_(0.5)
+    checkpoint = root / "model.pth"
+    torch.save({"state_dict": model.state_dict()}, checkpoint)
+    torch.save({"state_dict": {"conv.weight": torch.zeros(1)}}, root / "other.pth")
+    fused = load_segmentor(config, checkpoint, fuse=True)
+    for image in sorted((data_root / "leftImg8bit" / label_split).rglob("*_leftImg8bit.png")):
+        labels = inference_model(fused, str(image)).pred_sem_seg.data[0].numpy()
+        name = image.name.replace("_leftImg8bit.png", "_gtFine_labelTrainIds.png")
+        target = data_root / "gtFine" / image.relative_to(data_root / "leftImg8bit").parent
+        Image.fromarray(labels.astype(np.uint8)).save(target / name)
+    return config, checkpoint

@@ -18,8 +18,6 @@ import copy
 import importlib.util
 import logging
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -28,7 +26,7 @@ import torch
 from repvgg_seg.models import ARCHS, DILATION_MODES, RepVGG, RepVGGClassifier
 from repvgg_seg.weights import CheckpointError, convert_checkpoint_file
 
-from helpers import assert_outputs_close, load_tool, randomize_bn
+from helpers import assert_outputs_close, load_tool, randomize_bn, run_script
 
 FIXTURES = Path(__file__).parent / "fixtures" / "checkpoint_formats"
 AUTHORS_B0_PARAMETERS = 15_808_616
@@ -222,52 +220,6 @@ def test_segmentor_deploys_to_the_repvgg_deploy_config():
             assert_outputs_close(rebuilt(image, mode="tensor"), trained(image, mode="tensor"))
 
 
-# ---------------------------------------------------------------- INT8 of a classifier
-
-
-# In a process of its own: run inside the long-lived test process (.ci/run, after the earlier
-# tests' ONNX Runtime, OpenVINO and torch.export work), this export + quantization crashed
-# pytest with SIGSEGV three times out of three, while alone or in smaller runs it passed.
-CLASSIFIER_QUANTIZATION = """
-import sys, torch
-from pathlib import Path
-sys.path.insert(0, "tests")
-from helpers import randomize_bn
-from repvgg_seg.models import RepVGGClassifier
-from repvgg_seg.quantize.classifier import quantize_classifier
-
-torch.manual_seed(0)
-model = RepVGGClassifier("A0", num_classes=4, block_type="QARepVGG")
-model = randomize_bn(model).eval()
-model.switch_to_deploy()
-images = torch.randn(16, 3, 16, 16)
-with torch.no_grad():
-    labels = model(images).argmax(1).numpy()  # float is right on every image
-calibration = [image[None].numpy() for image in images[:4]]
-out = Path(sys.argv[1])
-results = quantize_classifier(model, 16, calibration, images.numpy(), labels, out, num_threads=1)
-assert [r.name for r in results] == ["float", "int8 per-tensor", "int8 per-channel"], results
-assert results[0].top1 == results[0].agreement == 100.0, results
-for result in results[1:]:
-    assert result.top1 == result.agreement, result  # labels are the float predictions
-    assert 0.0 <= result.top1 <= 100.0, result
-print("checked")
-"""
-
-
-def test_classifier_quantization_measures_float_and_both_int8_forms(tmp_path):
-    if importlib.util.find_spec("onnxruntime") is None:
-        pytest.skip("needs onnxruntime (requirements/dev.txt)")
-    done = subprocess.run(
-        [sys.executable, "-c", CLASSIFIER_QUANTIZATION, str(tmp_path)],
-        cwd=Path(__file__).resolve().parents[1],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0 and done.stdout.strip().endswith("checked"), done.stderr
-
-
 # ---------------------------------------------------------------- the quantization study
 
 
@@ -304,11 +256,5 @@ print("checked")
 def test_study_data_is_every_digit_once_unaugmented_and_the_lr_holdout_is_disjoint():
     if importlib.util.find_spec("sklearn") is None:  # found without importing it here
         pytest.skip("needs scikit-learn (requirements/dev.txt)")
-    done = subprocess.run(
-        [sys.executable, "-c", STUDY_DATA_CHECKS],
-        cwd=Path(__file__).resolve().parents[1],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = run_script(STUDY_DATA_CHECKS, timeout=300)
     assert done.returncode == 0 and done.stdout.strip() == "checked", done.stderr

@@ -19,19 +19,18 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import load_tool, randomize_bn
+from helpers import load_tool, quantization_model_files
 
 pytest.importorskip("onnxruntime")
 
 from repvgg_seg.cli import CheckFailedError, run_tool  # noqa: E402
 from repvgg_seg.deploy import DatasetUnavailableError  # noqa: E402
-from repvgg_seg.loader import build_segmentor, load_segmentor  # noqa: E402
+from repvgg_seg.loader import load_segmentor  # noqa: E402
 from repvgg_seg.onnx_segmentor import OnnxModelError, build_onnx_segmentor  # noqa: E402
 from repvgg_seg.output_dir import RECORD_NAME  # noqa: E402
 from repvgg_seg.quantize import calibration_inputs  # noqa: E402
 from repvgg_seg.quantize.calibration import calibration_dataset  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 CROP = (32, 64)
 KEEP = ["backbone.stem.fused_conv", "decode_head.conv_seg"]
 
@@ -46,41 +45,12 @@ def run_main(tool, args: list[str], capsys) -> tuple[int, str]:
 @pytest.fixture(scope="module")
 def model_files(tmp_path_factory):
     """(config, checkpoint): random weights; val labels are the float model's predictions."""
-    from repvgg_seg.datasets.synthetic import make_synthetic_cityscapes
-
-    root = tmp_path_factory.mktemp("quantize")
-    data_root = make_synthetic_cityscapes(
-        root / "data", num_train=3, num_val=2, image_size=(96, 48)
-    )
-    config = root / "tiny.py"
-    config.write_text(
-        f"_base_ = {str(ROOT / 'configs' / 'pspnet_repvgg_a0_synthetic.py')!r}\n"
-        f"data_root = {str(data_root) + '/'!r}\n"
-        "image_scale = (96, 48)\n"
-        f"crop_size = {CROP}\n"
-        "model = dict(data_preprocessor=dict(size=crop_size),\n"
-        "    decode_head=dict(channels=16), auxiliary_head=dict(channels=16))\n"
+    dataloaders = (
         "train_dataloader = dict(dataset=dict(data_root=data_root))\n"
         "val_dataloader = dict(dataset=dict(data_root=data_root))\n"
-        "test_dataloader = val_dataloader\n"
     )
-    torch.manual_seed(0)
-    model = randomize_bn(build_segmentor(config), seed=1)
-    checkpoint = root / "model.pth"
-    torch.save({"state_dict": model.state_dict()}, checkpoint)
-    torch.save({"state_dict": {"conv.weight": torch.zeros(1)}}, root / "other.pth")
-    _labels_from_predictions(load_segmentor(config, checkpoint, fuse=True), data_root)
-    return config, checkpoint
-
-
-def _labels_from_predictions(model, data_root: Path) -> None:
-    from mmseg.apis import inference_model
-
-    for image in sorted((data_root / "leftImg8bit" / "val").rglob("*_leftImg8bit.png")):
-        labels = inference_model(model, str(image)).pred_sem_seg.data[0].numpy()
-        relative = image.relative_to(data_root / "leftImg8bit")
-        name = relative.name.replace("_leftImg8bit.png", "_gtFine_labelTrainIds.png")
-        Image.fromarray(labels.astype(np.uint8)).save(data_root / "gtFine" / relative.parent / name)
+    root = tmp_path_factory.mktemp("quantize")
+    return quantization_model_files(root, (3, 2), CROP, dataloaders, "val")
 
 
 def quantize_args(model_files, out_dir: Path, *options: str) -> list[str]:

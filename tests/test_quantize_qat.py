@@ -19,65 +19,33 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from PIL import Image
 
-from helpers import load_tool, one_error_line, randomize_bn, tool_exit
+from helpers import load_tool, one_error_line, quantization_model_files, tool_exit
 
 pytest.importorskip("onnxruntime")
 
-from repvgg_seg.loader import build_segmentor, load_segmentor  # noqa: E402
+from repvgg_seg.loader import load_segmentor  # noqa: E402
 from repvgg_seg.quantize import qat  # noqa: E402
 from repvgg_seg.quantize.qat_runner import QATSegmentor  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 ITERATIONS = 12
 
 
 @pytest.fixture(scope="module")
 def model_files(tmp_path_factory):
-    """(config, checkpoint): random weights; labels are the float model's predictions."""
-    from mmseg.apis import inference_model
-
-    from repvgg_seg.datasets.synthetic import make_synthetic_cityscapes
-
-    root = tmp_path_factory.mktemp("qat")
-    data_root = make_synthetic_cityscapes(
-        root / "data", num_train=4, num_val=1, image_size=(96, 48)
-    )
-    config = root / "tiny.py"
-    config.write_text(
-        f"_base_ = {str(ROOT / 'configs' / 'pspnet_repvgg_a0_synthetic.py')!r}\n"
-        f"data_root = {str(data_root) + '/'!r}\n"
-        "image_scale = (96, 48)\n"
-        "crop_size = (48, 96)\n"
+    """(config, checkpoint): random weights, BN scales that keep the activations O(1);
+    labels (of train, which is val too) are the float model's predictions."""
+    dataloaders = (
         "train_pipeline = [dict(type='LoadImageFromFile'), dict(type='LoadAnnotations'),\n"
         "    dict(type='Resize', scale=image_scale, keep_ratio=True),\n"
         "    dict(type='RandomFlip', prob=0.5), dict(type='PackSegInputs')]\n"
-        "model = dict(data_preprocessor=dict(size=crop_size),\n"
-        "    decode_head=dict(channels=16), auxiliary_head=dict(channels=16))\n"
         "train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,\n"
         "    dataset=dict(data_root=data_root, pipeline=train_pipeline))\n"
         "val_dataloader = dict(dataset=dict(data_root=data_root, data_prefix=dict(\n"
         "    img_path='leftImg8bit/train', seg_map_path='gtFine/train')))\n"
-        "test_dataloader = val_dataloader\n"
     )
-    torch.manual_seed(0)
-    model = randomize_bn(build_segmentor(config), seed=1)
-    with torch.no_grad():  # BN scales that keep the activations O(1) through 20 layers
-        for module in model.modules():
-            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-                module.running_var.fill_(1.0)
-                module.weight.mul_(0.5)
-    checkpoint = root / "model.pth"
-    torch.save({"state_dict": model.state_dict()}, checkpoint)
-    torch.save({"state_dict": {"conv.weight": torch.zeros(1)}}, root / "other.pth")
-    fused = load_segmentor(config, checkpoint, fuse=True)
-    for image in sorted((data_root / "leftImg8bit" / "train").rglob("*_leftImg8bit.png")):
-        labels = inference_model(fused, str(image)).pred_sem_seg.data[0].numpy()
-        name = image.name.replace("_leftImg8bit.png", "_gtFine_labelTrainIds.png")
-        target = data_root / "gtFine" / image.relative_to(data_root / "leftImg8bit").parent
-        Image.fromarray(labels.astype(np.uint8)).save(target / name)
-    return config, checkpoint
+    root = tmp_path_factory.mktemp("qat")
+    return quantization_model_files(root, (4, 1), (48, 96), dataloaders, "train", moderate_bn=True)
 
 
 def qat_args(model_files, out_dir: Path, *options: str) -> list[str]:
@@ -166,12 +134,13 @@ def test_the_fake_quantized_model_is_the_exported_int8_model(model_files, traine
         evaluation_dataset,
         evaluation_samples,
     )
-    from repvgg_seg.quantize.pipeline import QuantizeOptions, _deploy
+    from repvgg_seg.quantize.pipeline import QuantizeOptions
     from repvgg_seg.quantize.qat_model import insert_fake_quant
+    from repvgg_seg.quantize.steps import deploy_checked
 
     cfg = Config.fromfile(str(model_files[0]))
     val = evaluation_dataset(cfg)
-    deployed = _deploy(load_segmentor(cfg, model_files[1]), next(evaluation_samples(val, 1)))
+    deployed = deploy_checked(load_segmentor(cfg, model_files[1]), next(evaluation_samples(val, 1)))
     staging = trained[0].parent.parent / "check"
     staging.mkdir()
     shutil.copy(trained[0].parent.parent / "exported.onnx", staging / "float.onnx")
@@ -280,11 +249,11 @@ def _deployed(model_files):
     from mmengine.config import Config
 
     from repvgg_seg.quantize.calibration import evaluation_dataset, evaluation_samples
-    from repvgg_seg.quantize.pipeline import _deploy
+    from repvgg_seg.quantize.steps import deploy_checked
 
     cfg = Config.fromfile(str(model_files[0]))
     sample = next(evaluation_samples(evaluation_dataset(cfg), 1))
-    return _deploy(load_segmentor(cfg, model_files[1]), sample)
+    return deploy_checked(load_segmentor(cfg, model_files[1]), sample)
 
 
 @pytest.fixture(scope="module")
@@ -293,14 +262,14 @@ def trained_scales(model_files, tmp_path_factory):
     student it trained."""
     out_dir = tmp_path_factory.mktemp("qat_scales")
     args = qat_args(model_files, out_dir, "--iters", str(ITERATIONS), "--lr", "0.01")
-    convert, students = qat.with_conv_weights, []
+    convert, students = qat.with_trained_weights, []
 
-    def keep_student(prepared, trained, reference):
+    def keep_student(prepared, trained, reference, parameters):
         students.append(trained)
-        return convert(prepared, trained, reference)
+        return convert(prepared, trained, reference, parameters)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(qat, "with_conv_weights", keep_student)
+        patch.setattr(qat, "with_trained_weights", keep_student)
         with contextlib.redirect_stdout(io.StringIO()) as printed:
             assert load_tool("qat").main([*args, "--learn-scales", "--max-miou-drop", "100"]) == 0
     stem = model_files[0].stem

@@ -26,7 +26,6 @@ import numpy as np
 import onnx
 import torch
 import torch.nn.functional as F
-from onnx import numpy_helper
 from torch import nn
 
 from ..deploy.fold import replace_submodule
@@ -40,6 +39,7 @@ from .qat_model import (
     conv_quantization,
     fake_quantize_weight,
     insert_fake_quant,
+    with_trained_weights,
 )
 
 QAT_LOSSES = ("distill", "labels")
@@ -280,32 +280,3 @@ def fine_tune_classifier(student: nn.Module, teacher: nn.Module, qat: Classifier
         optimizer.step()
         scheduler.step()
     student.eval()
-
-
-def with_trained_weights(
-    prepared: onnx.ModelProto, trained: nn.Module, reference: nn.Module
-) -> onnx.ModelProto:
-    """A copy of the float graph whose initializers named after ``reference``'s parameters
-    hold ``trained``'s values (``trained`` has the same parameter names).
-
-    Raises:
-        RuntimeError: An initializer differs from ``reference``'s parameter of its name (the
-            graph is not this model's), or a parameter of ``trained`` is not in the graph.
-    """
-    model = onnx.ModelProto()
-    model.CopyFrom(prepared)
-    before = dict(reference.named_parameters())
-    after = dict(trained.named_parameters())
-    replaced = set()
-    for init in model.graph.initializer:
-        if init.name not in before:
-            continue
-        old = before[init.name].detach().float().numpy()
-        if not np.allclose(numpy_helper.to_array(init), old, atol=1e-6):
-            raise RuntimeError(f"Initializer {init.name!r} is not the model's parameter.")
-        new = after[init.name].detach().float().numpy()
-        init.CopyFrom(numpy_helper.from_array(new, init.name))
-        replaced.add(init.name)
-    if missing := sorted(set(after) - replaced):
-        raise RuntimeError(f"Trained parameters not in the float graph: {missing}.")
-    return model

@@ -3,11 +3,9 @@ publish (only when the INT8 model is within ``max_miou_drop`` of the float one).
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import platform
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,13 +15,10 @@ import onnx
 import onnxruntime
 import torch
 from mmengine.config import Config
-from torch import nn
 
 from ..atomic_io import write_atomically
 from ..deploy import (
     OutputFolder,
-    compare_on_batch,
-    deploy_segmentor,
     export_onnx,
     refuse_bf16_deployment,
 )
@@ -50,9 +45,7 @@ from .onnx_quant import (
     with_uint8_activations,
 )
 from .sensitivity import LayerSensitivity, rank_convs
-
-# A progress factory: (what, total steps) -> a function called once per step.
-ProgressFactory = Callable[[str, int], Callable[[], None]]
+from .steps import ProgressFactory, Steps, check_layer_names, deploy_checked
 
 
 @dataclass(frozen=True)
@@ -181,14 +174,14 @@ def quantize_checkpoint(
         NotADirectoryError, IsADirectoryError, PermissionError: ``out_dir`` is unusable.
         WorkDirBusyError: Another tools/quantize.py run writes into ``out_dir``.
     """
-    steps = _Steps(progress)
+    steps = Steps(progress)
     stem = Path(config_name(cfg)).stem
     folder = OutputFolder(out_dir, stem, "int8", (".onnx", ".json"), "tools/quantize.py")
     folder.check()  # an unusable out_dir, like missing datasets, ends the run before any long step
     refuse_bf16_deployment(cfg, checkpoint, "quantization exports and calibrates float32 weights")
     calibration_set, val_set = calibration_dataset(cfg), evaluation_dataset(cfg)
-    deployed = _deploy(load_segmentor(cfg, checkpoint), next(evaluation_samples(val_set, 1)))
-    _check_layer_names(options.keep_float_layers, deployed)
+    deployed = deploy_checked(load_segmentor(cfg, checkpoint), next(evaluation_samples(val_set, 1)))
+    check_layer_names(options.keep_float_layers, deployed)
     steps.done("deploy")
 
     with folder:
@@ -230,29 +223,22 @@ def quantize_checkpoint(
         )
         steps.done("evaluation")
         report.seconds = steps.seconds
-        if report.passed:
-            text = json.dumps(describe(report, cfg, checkpoint), indent=2) + "\n"
-            write_atomically(report.report, lambda file: file.write(text.encode()))
-            report.onnx, report.report = folder.publish([report.onnx, report.report])
-            report.written = True
+        publish_if_passed(report, folder, lambda: describe(report, cfg, checkpoint))
     return report
 
 
-class _Steps:
-    """The wall time of each step, and the progress callbacks of the long ones."""
-
-    def __init__(self, progress: ProgressFactory | None) -> None:
-        self.progress = progress
-        self.seconds: dict[str, float] = {}
-        self._last = time.perf_counter()
-
-    def done(self, step: str) -> None:
-        now = time.perf_counter()
-        self.seconds[step] = now - self._last
-        self._last = now
-
-    def bar(self, what: str, total: int) -> Callable[[], None] | None:
-        return self.progress(what, total) if self.progress is not None else None
+def publish_if_passed(
+    report: QuantizeReport, folder: OutputFolder, description: Callable[[], dict]
+) -> None:
+    """Within ``max_miou_drop``: writes the JSON report (``description()``) beside the INT8
+    model in ``folder``'s staging and publishes both into OUT_DIR (``report`` then names the
+    published files and is marked written); otherwise leaves OUT_DIR as it was."""
+    if not report.passed:
+        return
+    text = json.dumps(description(), indent=2) + "\n"
+    write_atomically(report.report, lambda file: file.write(text.encode()))
+    report.onnx, report.report = folder.publish([report.onnx, report.report])
+    report.written = True
 
 
 def _choose_float_convs(
@@ -260,7 +246,7 @@ def _choose_float_convs(
     prepared: onnx.ModelProto,
     ranges,
     images: list,
-    steps: _Steps,
+    steps: Steps,
 ) -> None:
     """Sets ``report.kept_float``: the named convs, then (ranking them) the most sensitive."""
     options = report.options
@@ -272,29 +258,6 @@ def _choose_float_convs(
     ranked = [layer.name for layer in report.sensitivity if layer.name not in report.kept_float]
     report.kept_float += ranked[: options.keep_float]
     steps.done("sensitivity")
-
-
-def _deploy(model: torch.nn.Module, batch: dict) -> torch.nn.Module:
-    """The deployed form of ``model`` (fused, conv+BN folded), checked on one val image."""
-    deployed = copy.deepcopy(model)
-    deploy_segmentor(deployed, torch.randn(1, 3, 64, 64))
-    compare_on_batch(model, deployed, batch).check(
-        "deployed vs loaded segmentor on the first val image"
-    )
-    return deployed.float()
-
-
-def _check_layer_names(requested: tuple[str, ...], model: torch.nn.Module) -> None:
-    """Refuses names that are not convs of the deployed model (the ONNX Conv nodes carry
-    their modules' names)."""
-    names = [name for name, module in model.named_modules() if isinstance(module, nn.Conv2d)]
-    unknown = [name for name in requested if name not in names]
-    if unknown:
-        raise UsageError(
-            f"--keep-float-layers {' '.join(unknown)}: no such conv in the deployed model; "
-            f"its convs are {', '.join(names[:3])}, ..., {names[-1]} ({len(names)}; "
-            "--sensitivity lists them all)."
-        )
 
 
 def describe(report: QuantizeReport, cfg: Config, checkpoint: str | os.PathLike) -> dict:

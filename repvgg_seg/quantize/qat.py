@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -28,8 +27,6 @@ import onnx
 import torch
 from mmengine.config import Config
 from mmengine.dist import broadcast_object_list, is_distributed, is_main_process
-from onnx import numpy_helper
-from torch import nn
 
 from ..atomic_io import write_atomically
 from ..deploy import OutputFolder, export_onnx
@@ -54,14 +51,17 @@ from .onnx_quant import (
     save_model,
     with_uint8_activations,
 )
-from .pipeline import QuantizeOptions, QuantizeReport, _check_layer_names, _deploy, _Steps, describe
+from .pipeline import QuantizeOptions, QuantizeReport, describe, publish_if_passed
 from .qat_model import (
+    conv_parameters,
     conv_quantization,
     insert_fake_quant,
     learn_activation_scales,
     with_activation_scales,
+    with_trained_weights,
 )
 from .qat_runner import QATSchedule, QATSegmentor, build_qat_runner, qat_config
+from .steps import Steps, check_layer_names, deploy_checked
 
 
 @dataclass(frozen=True)
@@ -127,15 +127,15 @@ def qat_checkpoint(
         EarlierRunError: The work dir holds an earlier run and neither ``resume`` nor
             ``start_over`` is set.
     """
-    steps = _Steps(None)
+    steps = Steps(None)
     stem = Path(config_name(cfg)).stem
     folder = OutputFolder(out_dir, stem, "qat", (".onnx", ".json"), "tools/qat.py")
     work_dir = options.work_dir or os.path.join(out_dir, f"{stem}_qat_work")
     folder.check()
     calibration_set, val_set = calibration_dataset(cfg), evaluation_dataset(cfg)
     run_cfg = qat_config(cfg, work_dir, options.schedule)  # refuses --amp without a GPU
-    deployed = _deploy(load_segmentor(cfg, checkpoint), next(evaluation_samples(val_set, 1)))
-    _check_layer_names(options.quantize.keep_float_layers, deployed)
+    deployed = deploy_checked(load_segmentor(cfg, checkpoint), next(evaluation_samples(val_set, 1)))
+    check_layer_names(options.quantize.keep_float_layers, deployed)
     steps.done("deploy")
 
     with contextlib.ExitStack() as stack:
@@ -171,7 +171,8 @@ def qat_checkpoint(
         report.convs, report.kept_float = ptq.convs, list(options.quantize.keep_float_layers)
         report.calibration_images = min(options.quantize.calib_images, len(calibration_set))
         report.final_lr = _last_lr(runner)
-        qat_float = with_conv_weights(ptq.prepared, trained.student, deployed)
+        parameters = conv_parameters(ptq.prepared.graph, deployed)
+        qat_float = with_trained_weights(ptq.prepared, trained.student, deployed, parameters)
         quantized = quantize_model(
             qat_float, ptq.ranges, options.quantize.per_channel, nodes_to_exclude=report.kept_float
         )
@@ -187,11 +188,7 @@ def qat_checkpoint(
         _evaluate(report, cfg, ptq, val_set)
         steps.done("evaluation")
         report.seconds = steps.seconds
-        if report.passed:
-            text = json.dumps(describe_qat(report, cfg, checkpoint), indent=2) + "\n"
-            write_atomically(report.report, lambda file: file.write(text.encode()))
-            report.onnx, report.report = folder.publish([report.onnx, report.report])
-            report.written = True
+        publish_if_passed(report, folder, lambda: describe_qat(report, cfg, checkpoint))
         return report
 
 
@@ -249,34 +246,6 @@ def _post_training(cfg, deployed, calibration_set, staging: Path, options: QATOp
         len(conv_names(prepared)),
         activations,
     )
-
-
-def with_conv_weights(
-    prepared: onnx.ModelProto, trained: nn.Module, reference: nn.Module
-) -> onnx.ModelProto:
-    """A copy of the float graph whose Conv weights and biases are ``trained``'s.
-
-    Raises:
-        RuntimeError: A Conv's initializer does not hold ``reference``'s (the float model the
-            graph was exported from) weights: the graph is not this model's.
-    """
-    model = onnx.ModelProto()
-    model.CopyFrom(prepared)
-    constants = {init.name: init for init in model.graph.initializer}
-    for node in model.graph.node:
-        if node.op_type != "Conv":
-            continue
-        module_name = node.name.split("#")[0]
-        new, old = trained.get_submodule(module_name), reference.get_submodule(module_name)
-        for index, name in ((1, "weight"), (2, "bias")):
-            if len(node.input) <= index or getattr(old, name) is None:
-                continue
-            init = constants.get(node.input[index])
-            before = getattr(old, name).detach().numpy()
-            if init is None or not np.allclose(numpy_helper.to_array(init), before, atol=1e-6):
-                raise RuntimeError(f"Conv {node.name!r}: its {name} is not the model's.")
-            init.CopyFrom(numpy_helper.from_array(getattr(new, name).detach().numpy(), init.name))
-    return model
 
 
 def _evaluate(report: QATReport, cfg: Config, ptq: _PostTraining, val_set) -> None:

@@ -19,7 +19,7 @@ Rounding uses PyTorch's own fake-quantization ops (straight-through gradients).
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -269,3 +269,62 @@ def with_activation_scales(qdq_model: onnx.ModelProto, scales: dict[str, float])
         if init is None or numpy_helper.to_array(init).shape != () or init.data_type != 1:
             raise RuntimeError(f"QDQ model: {name!r} is no scalar float32 scale initializer.")
         init.CopyFrom(numpy_helper.from_array(np.array(value, dtype=np.float32), name))
+
+
+def conv_parameters(graph: onnx.GraphProto, model: nn.Module) -> dict[str, str]:
+    """Initializer name -> name of the parameter it holds, for each Conv node's weight and
+    bias (a Conv node is named after its module, ``#2`` marking a module run twice; a bias
+    the module does not have is left out)."""
+    parameters = {}
+    for node in graph.node:
+        if node.op_type != "Conv":
+            continue
+        module_name = node.name.split("#")[0]
+        module = model.get_submodule(module_name)
+        for index, attribute in ((1, "weight"), (2, "bias")):
+            if len(node.input) > index and getattr(module, attribute) is not None:
+                parameters[node.input[index]] = f"{module_name}.{attribute}"
+    return parameters
+
+
+def with_trained_weights(
+    prepared: onnx.ModelProto,
+    trained: nn.Module,
+    reference: nn.Module,
+    parameters: Mapping[str, str] | None = None,
+) -> onnx.ModelProto:
+    """A copy of the float graph whose initializers named in ``parameters`` hold
+    ``trained``'s values instead of ``reference``'s (the model the graph was exported from).
+
+    Args:
+        prepared: The float graph (:func:`~.onnx_quant.prepare_float_model`).
+        trained: The fine-tuned model; same parameter names as ``reference``.
+        reference: The model ``prepared`` was exported from.
+        parameters: Initializer name -> the parameter it holds (e.g. ``conv1.weight``);
+            :func:`conv_parameters` for the segmentor's export. None: every parameter of
+            ``trained``, by its own name (a classifier's export names its initializers so).
+
+    Raises:
+        RuntimeError: An initializer is not in the graph, or does not hold ``reference``'s
+            parameter (the graph is not this model's).
+    """
+    model = onnx.ModelProto()
+    model.CopyFrom(prepared)
+    constants = {init.name: init for init in model.graph.initializer}
+    if parameters is None:
+        parameters = {name: name for name, _ in trained.named_parameters()}
+    if missing := sorted(parameters[name] for name in parameters if name not in constants):
+        raise RuntimeError(f"Trained parameters not in the float graph: {missing}.")
+    for name, parameter in parameters.items():
+        init = constants[name]
+        before = _tensor(reference, parameter).detach().float().numpy()
+        if not np.allclose(numpy_helper.to_array(init), before, atol=1e-6):
+            raise RuntimeError(f"Initializer {name!r} is not the model's {parameter}.")
+        after = _tensor(trained, parameter).detach().float().numpy()
+        init.CopyFrom(numpy_helper.from_array(after, name))
+    return model
+
+
+def _tensor(model: nn.Module, name: str) -> torch.Tensor:
+    module_name, _, attribute = name.rpartition(".")
+    return getattr(model.get_submodule(module_name), attribute)
