@@ -7,8 +7,6 @@ import csv
 import json
 import math
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -42,7 +40,7 @@ from repvgg_seg.errors import UsageError
 from repvgg_seg.loader import build_segmentor
 from repvgg_seg.models import RepVGG
 
-from helpers import load_tool, one_error_line, tool_exit
+from helpers import load_tool, one_error_line, run_script, tool_exit
 
 ROOT = Path(__file__).resolve().parents[1]
 SYNTHETIC = ROOT / "configs" / "pspnet_repvgg_a0_synthetic.py"
@@ -420,11 +418,5 @@ def test_openvino_runners_leave_signal_handling_working(tmp_path):
     # Two OpenVINO Cores destroyed in creation order left the main thread on a freed signal
     # stack: the next Python-handled signal (SIGTERM, Ctrl-C, DataLoader's SIGCHLD) was SIGSEGV.
     pytest.importorskip("openvino")
-    done = subprocess.run(
-        [sys.executable, "-c", OPENVINO_SIGNALS, str(tmp_path / "conv.onnx")],
-        cwd=Path(__file__).resolve().parents[1],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = run_script(OPENVINO_SIGNALS, str(tmp_path / "conv.onnx"), timeout=300)
     assert done.returncode == 0 and done.stdout.strip() == "handled", (done.returncode, done.stderr)

@@ -7,7 +7,6 @@ import io
 import os
 import re
 import signal
-import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -36,7 +35,7 @@ from repvgg_seg.cli import (
 )
 from repvgg_seg.datasets import CityscapesDataError
 
-from helpers import load_tool, one_error_line, tool_exit
+from helpers import load_tool, one_error_line, run_script, tool_exit
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -175,14 +174,7 @@ run_tool(main)
 
 
 def test_sigterm_line_starts_a_line_after_an_unfinished_progress_bar():
-    ended = subprocess.run(
-        [sys.executable, "-c", SIGTERM_AFTER_A_BAR],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=ROOT,
-        timeout=300,
-    )
+    ended = run_script(SIGTERM_AFTER_A_BAR, timeout=300, merge_stderr=True)
     text = ended.stdout
     assert ended.returncode == 128 + signal.SIGTERM, text
     assert "1/4" in text and text.endswith("\ntools/x.py: error: terminated (SIGTERM)\n"), text
