@@ -228,6 +228,21 @@ def test_cfg_options_take_dict_values_as_mmseg_configs_write_them():
             parser.parse_args(["--cfg-options", value])
 
 
+def test_cfg_options_data_root_reaches_every_dataloader(tmp_path):
+    config = ROOT / "configs/pspnet_repvgg_a0_synthetic.py"
+    default = load_config(config)
+    assert default.train_dataloader.dataset.data_root == default.data_root  # read the variable
+    moved = load_config(config, {"data_root": str(tmp_path)})
+    for loader in ("train_dataloader", "val_dataloader", "test_dataloader"):
+        assert moved[loader].dataset.data_root == str(tmp_path), loader
+    # A dataset given its own root keeps it.
+    own = load_config(
+        config, {"data_root": str(tmp_path), "val_dataloader.dataset.data_root": "elsewhere"}
+    )
+    assert own.val_dataloader.dataset.data_root == "elsewhere"
+    assert own.test_dataloader.dataset.data_root == str(tmp_path)
+
+
 def tools_taking_cfg_options() -> list[str]:
     declares = re.compile(r'add_argument\(\s*"--cfg-options"')
     return sorted(p.stem for p in (ROOT / "tools").glob("*.py") if declares.search(p.read_text()))

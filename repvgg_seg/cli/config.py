@@ -98,13 +98,31 @@ def load_config(path: str | os.PathLike, cfg_options: dict | None = None) -> Con
     except Exception as error:  # mmengine raises SyntaxError, KeyError, ImportError, ...
         raise UsageError(f"Config file '{path}' cannot be read: {one_line(error)}") from error
     if cfg_options:
+        data_root = cfg.get("data_root")
         try:
             cfg.merge_from_dict(_replacing_no_dict(cfg, cfg_options))
         except Exception as error:
             raise UsageError(
                 f"--cfg-options do not apply to '{path}': {one_line(error)}"
             ) from error
+        if "data_root" in cfg_options and data_root is not None:
+            _move_data_root(cfg, data_root, cfg.data_root)
     return cfg
+
+
+def _move_data_root(cfg: Config, old: str, new: str) -> None:
+    """``--cfg-options data_root=DIR`` reaches every dataloader's dataset that read the
+    config's ``data_root``: mmengine copies the variable into them when it loads the file, so
+    setting it afterwards alone would change nothing that reads data. A dataset given its own
+    root (by the file or by another option) keeps it."""
+    for key, value in cfg.items():
+        if not key.endswith("_dataloader") or not isinstance(value, dict):
+            continue
+        dataset = value.get("dataset")
+        while isinstance(dataset, dict):  # wrappers (RepeatDataset, ...) hold theirs inside
+            if dataset.get("data_root") == old:
+                dataset["data_root"] = new
+            dataset = dataset.get("dataset")
 
 
 def set_work_dir(cfg: Config, config_path: str | os.PathLike, work_dir: str | None) -> None:
