@@ -20,6 +20,7 @@ from repvgg_seg.benchmark import (
     BenchmarkSettings,
     Case,
     CpuPeakSampler,
+    CpuPeaks,
     RuntimeRunners,
     build_cases,
     check_report_paths,
@@ -211,6 +212,9 @@ def test_cpu_peaks_and_each_rows_share_of_its_precisions_peak():
     assert set(rates) == {"fp32", "bf16", "int8"} and min(rates.values()) > 0
     assert rates["fp32"] == pytest.approx(2 * max(peaks.fp32_matmul, peaks.fp32_conv) / 1000)
     assert "int8 matmul" in peaks.describe() and "bf16 matmul" in peaks.describe()
+    assert "int8 3x3 conv" in peaks.describe()
+    int8_rates = [peaks.int8_matmul, peaks.int8_conv or 0.0]
+    assert rates["int8"] == pytest.approx(2 * max(int8_rates) / 1000)
 
     conv = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
     settings = BenchmarkSettings(height=16, width=16, warmup=0, rounds=2)
@@ -230,6 +234,23 @@ def test_cpu_peaks_and_each_rows_share_of_its_precisions_peak():
     assert sampler.peaks().fp32_conv == median
     fp32_peak = sampler.peaks().by_precision()["fp32"]
     assert result.matmul_pct == pytest.approx(100 * result.tflops / fp32_peak)
+
+
+def test_the_int8_peak_is_the_better_of_the_matmul_and_openvinos_int8_convs(monkeypatch):
+    pytest.importorskip("openvino")
+    from repvgg_seg.benchmark import peaks as peaks_module
+
+    sampler = CpuPeakSampler(matmul_size=64, conv_channels=8, conv_size=8, repeats=1)
+    rates = sampler.sample()
+    assert rates.int8_conv > 0 and f"(OpenVINO) {rates.int8_conv:.0f}" in rates.describe()
+    assert CpuPeaks(1, 1, 1, int8_matmul=100, int8_conv=300).by_precision()["int8"] == 0.6
+    assert CpuPeaks(1, 1, 1, int8_matmul=300, int8_conv=100).by_precision()["int8"] == 0.6
+
+    monkeypatch.setattr(peaks_module, "openvino_int8_conv_chain", lambda *shape: None)
+    without = CpuPeakSampler(matmul_size=64, conv_channels=8, conv_size=8, repeats=1)
+    assert without.sample().int8_conv is None and without.peaks().int8_conv is None
+    assert "OpenVINO not installed" in without.peaks().describe()
+    assert without.peaks().by_precision()["int8"] == 2 * without.peaks().int8_matmul / 1000
 
 
 def test_runtimes_time_the_deployed_model_and_int8_is_quantized():
