@@ -69,6 +69,79 @@ def test_uint8_activations_are_the_same_numbers(tmp_path):
     )
 
 
+def test_matmuls_stay_float(tmp_path):
+    """A segmentor graph's MatMuls are the export's pooling and resizing: their averaging
+    weights (1/8192 beside 1/231) are not rounded to 8 bits; the convs are quantized."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from repvgg_seg.onnx_session import open_session
+    from repvgg_seg.quantize import onnx_quant
+
+    rng = np.random.default_rng(0)
+    pooling = np.concatenate([np.full((1, 64), 1 / 64), np.eye(64)[:6] / 2]).astype(np.float32)
+    weights = [
+        numpy_helper.from_array(rng.standard_normal((4, 3, 1, 1)).astype(np.float32), "w"),
+        numpy_helper.from_array(pooling, "pooling"),
+        numpy_helper.from_array(np.array([1, 4, 64, 1], np.int64), "shape"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["image", "w"], ["c"]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("Reshape", ["r", "shape"], ["flat"]),
+        helper.make_node("MatMul", ["pooling", "flat"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 4, 7, 1])],
+        weights,
+    )
+    onnx.save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "f.onnx"
+    )
+    prepared = onnx_quant.prepare_float_model(tmp_path / "f.onnx", tmp_path / "prep.onnx")
+    images = [rng.standard_normal((1, 3, 8, 8)).astype(np.float32) for _ in range(2)]
+    ranges = onnx_quant.collect_ranges(tmp_path / "prep.onnx", images, "minmax", tmp_path)
+    quantized = onnx_quant.quantize_model(prepared, ranges, per_channel=True)
+
+    produced_by = {out: node.op_type for node in quantized.graph.node for out in node.output}
+    [matmul] = [node for node in quantized.graph.node if node.op_type == "MatMul"]
+    assert matmul.input[0] == "pooling"  # the matrix as it was, no DequantizeLinear
+    [conv] = [node for node in quantized.graph.node if node.op_type == "Conv"]
+    assert produced_by[conv.input[1]] == "DequantizeLinear"
+    # It runs, and agrees with float within the activations' 8-bit steps.
+    relu = open_session(tmp_path / "prep.onnx").run(None, {"image": images[0]})[0]
+    int8 = open_session(quantized.SerializeToString()).run(None, {"image": images[0]})[0]
+    assert int8.shape == relu.shape and np.abs(int8 - relu).max() < 0.05 * np.abs(relu).max()
+
+
+def test_values_computed_from_the_input_size_stay_float():
+    from onnx import TensorProto, helper, numpy_helper
+
+    from repvgg_seg.quantize import onnx_quant
+
+    one = numpy_helper.from_array(np.array(1.0, np.float32), "one")
+    w = numpy_helper.from_array(np.ones((2, 3, 1, 1), np.float32), "w")
+    nodes = [
+        helper.make_node("Conv", ["image", "w"], ["c"], name="conv"),
+        helper.make_node("Shape", ["c"], ["shape"], name="shape", start=3),
+        helper.make_node("Cast", ["shape"], ["width"], name="cast", to=TensorProto.FLOAT),
+        helper.make_node("Div", ["one", "width"], ["weight"], name="weight"),
+        helper.make_node("Mul", ["c", "weight"], ["scaled"], name="scale"),
+        helper.make_node("Relu", ["scaled"], ["out"], name="relu"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, "h", "w"])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
+        [one, w],
+    )
+    model = helper.make_model(graph)
+    assert onnx_quant.size_computations(model) == ["shape", "cast", "weight"]
+
+
 @pytest.mark.parametrize(
     "flags, expected",
     [(["avx2", "fma"], "int8"), (["avx2", "avx512_vnni"], "uint8"), (["amx_int8"], "uint8")],

@@ -47,8 +47,13 @@ CALIBRATION_METHODS = {
     "minmax": CalibrationMethod.MinMax,
     "percentile": CalibrationMethod.Percentile,
 }
-# Every op type ONNX Runtime quantizes (quantize_static's default).
-QUANTIZED_OP_TYPES = sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
+# Every op type ONNX Runtime quantizes (quantize_static's default) but MatMul: a segmentor's
+# MatMuls are the export's shape-generic pooling and resizing (repvgg_seg.deploy.onnx_export),
+# whose left operand is a matrix of averaging or interpolation weights built from the input's
+# size (see size_computations). Rounded to 8 bits, 1/8192 (the global pool of a 64 x 128
+# map) shares a scale with 1/231 (a bin of the 6 x 6 pool), and the range calibrated at one
+# size is wrong at the next; OpenVINO runs these MatMuls in float32 either way.
+QUANTIZED_OP_TYPES = sorted((set(QLinearOpsRegistry) | set(QDQRegistry)) - {"MatMul"})
 ACTIVATION_TYPE = QuantType.QInt8
 WEIGHT_TYPE = QuantType.QInt8
 # The exporter records each node's PyTorch module path in this metadata entry.
@@ -208,12 +213,32 @@ def quantize_model(
             ACTIVATION_TYPE,
             ranges,
             list(nodes_to_quantize),
-            list(nodes_to_exclude),
+            [*nodes_to_exclude, *size_computations(model)],
             QUANTIZED_OP_TYPES,
             {},
         )
         quantizer.quantize_model()
     return quantizer.model.model
+
+
+def size_computations(model: onnx.ModelProto) -> list[str]:
+    """The nodes whose values follow from the input's size, not from its values.
+
+    The export's shape-generic pooling and resizing (:mod:`repvgg_seg.deploy.onnx_export`)
+    build their matrices from the image's height and width. A calibrated range holds for
+    activations at any size; it does not hold for a value computed from the size (a source
+    coordinate up to the width, a weight of 1 / pixels): rounded to the calibration
+    images' range, such values are wrong at every other size. These nodes stay float.
+    """
+    constants = {initializer.name for initializer in model.graph.initializer}
+    by_values = {graph_input.name for graph_input in model.graph.input} - constants
+    names = []
+    for node in model.graph.node:  # ONNX graphs list their nodes in topological order
+        if node.op_type not in ("Shape", "Size") and by_values.intersection(node.input):
+            by_values.update(node.output)
+        else:
+            names.append(node.name)
+    return names
 
 
 ACTIVATION_FORMATS = ("auto", "int8", "uint8")
