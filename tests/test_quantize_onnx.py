@@ -14,9 +14,23 @@ from helpers import load_tool
 pytest.importorskip("onnxruntime")
 
 
+def _model(nodes, weights, image_shape, output_shape=None) -> onnx.ModelProto:
+    """A float ONNX model of ``nodes`` from ``image`` to ``logits`` (opset 17)."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, image_shape)],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, output_shape)],
+        weights,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
 def _conv_relu_conv(path: Path) -> None:
     """A float ONNX model: 3x3 conv, ReLU, 1x1 conv (seeded weights)."""
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     rng = np.random.default_rng(0)
     weights = [
@@ -28,14 +42,7 @@ def _conv_relu_conv(path: Path) -> None:
         helper.make_node("Relu", ["c1"], ["r1"]),
         helper.make_node("Conv", ["r1", "w2"], ["logits"]),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "g",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 16, 16])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 4, 16, 16])],
-        weights,
-    )
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    onnx.save(_model(nodes, weights, [1, 3, 16, 16], [1, 4, 16, 16]), str(path))
 
 
 def test_uint8_activations_are_the_same_numbers(tmp_path):
@@ -72,7 +79,7 @@ def test_uint8_activations_are_the_same_numbers(tmp_path):
 def test_matmuls_stay_float(tmp_path):
     """A segmentor graph's MatMuls are the export's pooling and resizing: their averaging
     weights (1/8192 beside 1/231) are not rounded to 8 bits; the convs are quantized."""
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     from repvgg_seg.onnx_session import open_session
     from repvgg_seg.quantize import onnx_quant
@@ -90,16 +97,7 @@ def test_matmuls_stay_float(tmp_path):
         helper.make_node("Reshape", ["r", "shape"], ["flat"]),
         helper.make_node("MatMul", ["pooling", "flat"], ["logits"]),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "g",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 8, 8])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 4, 7, 1])],
-        weights,
-    )
-    onnx.save(
-        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "f.onnx"
-    )
+    onnx.save(_model(nodes, weights, [1, 3, 8, 8], [1, 4, 7, 1]), tmp_path / "f.onnx")
     prepared = onnx_quant.prepare_float_model(tmp_path / "f.onnx", tmp_path / "prep.onnx")
     images = [rng.standard_normal((1, 3, 8, 8)).astype(np.float32) for _ in range(2)]
     ranges = onnx_quant.collect_ranges(tmp_path / "prep.onnx", images, "minmax", tmp_path)
@@ -129,16 +127,9 @@ def test_values_computed_from_the_input_size_stay_float():
         helper.make_node("Cast", ["shape"], ["width"], name="cast", to=TensorProto.FLOAT),
         helper.make_node("Div", ["one", "width"], ["weight"], name="weight"),
         helper.make_node("Mul", ["c", "weight"], ["scaled"], name="scale"),
-        helper.make_node("Relu", ["scaled"], ["out"], name="relu"),
+        helper.make_node("Relu", ["scaled"], ["logits"], name="relu"),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "g",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, "h", "w"])],
-        [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
-        [one, w],
-    )
-    model = helper.make_model(graph)
+    model = _model(nodes, [one, w], [1, 3, "h", "w"])
     assert onnx_quant.size_computations(model) == ["shape", "cast", "weight"]
 
 
