@@ -13,6 +13,8 @@ decided here once:
   whatever the path says, which also closes a symbolic link inside the model's folder. The
   file is read once, checked, and ONNX Runtime gets those bytes, not the path: the model
   checked is the model run.
+- **NaN or infinite weights: refused**, naming the file, as the loader refuses such a
+  checkpoint: the model would label every pixel 0 and a test would still print an mIoU.
 - **threads**: intra-op threads as the caller asks (0: ONNX Runtime's choice, one per
   physical core); one inter-op thread (the sequential executor runs one node at a time);
   idle threads sleep instead of spinning, so that a session does not take the cores from
@@ -77,7 +79,7 @@ def open_session(source: str | os.PathLike | bytes, num_threads: int = 0):
 
     name = "The model" if isinstance(source, bytes) else f"'{os.fspath(source)}'"
     model_bytes = source if isinstance(source, bytes) else read_model_bytes(source)
-    check_self_contained(model_bytes, name)
+    check_finite_weights(check_self_contained(model_bytes, name), name)
     try:
         return onnxruntime.InferenceSession(
             model_bytes, session_options(num_threads), providers=["CPUExecutionProvider"]
@@ -94,12 +96,15 @@ def read_model_bytes(path: str | os.PathLike) -> bytes:
     return path.read_bytes()
 
 
-def check_self_contained(model_bytes: bytes, name: str) -> None:
+def check_self_contained(model_bytes: bytes, name: str):
     """Refuses a model any of whose tensors keeps its data in an external file.
 
     Args:
         model_bytes: The serialized model.
         name: How messages name it (``'path/model.onnx'``).
+
+    Returns:
+        The parsed ``onnx.ModelProto``.
 
     Raises:
         OnnxModelError: The bytes are not an ONNX model, or a tensor uses external data
@@ -122,6 +127,33 @@ def check_self_contained(model_bytes: bytes, name: str) -> None:
                 "files. Save it as one file (onnx.save without save_as_external_data) or "
                 f"{WRITTEN_BY}."
             )
+    return model
+
+
+def check_finite_weights(model, name: str) -> None:
+    """Refuses a model whose floating-point weights hold NaN or infinity.
+
+    As with a checkpoint (:func:`repvgg_seg.loader.check_finite_weights`): such a model
+    computes NaN logits, and a test would report an mIoU and inference label every pixel 0.
+
+    Raises:
+        OnnxModelError: Some float tensor is not finite; the message names the model and
+            the first such tensors.
+    """
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE}
+    tensors = [tensor for tensor in _model_tensors(model) if tensor.data_type in floats]
+    bad = [t.name for t in tensors if not np.isfinite(numpy_helper.to_array(t)).all()]
+    if bad:
+        shown = ", ".join(repr(name) for name in bad[:3]) + (", ..." if len(bad) > 3 else "")
+        raise OnnxModelError(
+            f"ONNX model {name} holds NaN or infinite weights in {len(bad)} of "
+            f"{len(tensors)} float tensors ({shown}): the training it was exported from "
+            f"diverged. Export an earlier checkpoint of that run, or {WRITTEN_BY}."
+        )
 
 
 def _not_loadable(name: str, error: BaseException) -> OnnxModelError:

@@ -118,6 +118,22 @@ def test_test_and_infer_refuse_external_data_in_one_line(tmp_path, kind, capsys)
     assert not (tmp_path / "out" / "overlays").exists()
 
 
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_nan_or_inf_weights_are_refused_naming_the_file(tmp_path, value, capsys):
+    model = conv_model()
+    weight = onnx.numpy_helper.to_array(model.graph.initializer[0]).copy()
+    weight[3, 1] = value
+    model.graph.initializer[0].CopyFrom(onnx.numpy_helper.from_array(weight, "weight"))
+    path = tmp_path / "diverged.onnx"
+    path.write_bytes(model.SerializeToString())
+    with pytest.raises(OnnxModelError, match="holds NaN or infinite weights in 1 of 1") as error:
+        open_session(path)
+    assert str(path) in str(error.value) and "'weight'" in str(error.value)
+    argv = [str(SYNTHETIC_CONFIG), str(path), "--work-dir", str(tmp_path / "w")]
+    status, err = tool_exit("test", argv, capsys)
+    assert status == 2 and "NaN or infinite weights" in one_error_line(err, "test")
+
+
 def test_fuse_on_an_onnx_model_is_refused(tmp_path, capsys):
     path = tmp_path / "model.onnx"
     path.write_bytes(conv_model().SerializeToString())
