@@ -69,9 +69,9 @@ def linear_interpolation_matrix(
     high = (low + 1).clamp(max=in_length - 1)
     weight = (source - low)[:, None]
     inputs = torch.arange(in_length, device=like.device).to(like.dtype)[None, :]
-    return (inputs == low[:, None]).to(like.dtype) * (1 - weight) + (inputs == high[:, None]).to(
-        like.dtype
-    ) * weight
+    at_low = (inputs == low[:, None]).to(like.dtype)
+    at_high = (inputs == high[:, None]).to(like.dtype)
+    return at_low * (1 - weight) + at_high * weight
 
 
 def resize_bilinear_by_matmul(
