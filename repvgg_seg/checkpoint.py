@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from mmengine.logging import HistoryBuffer
 
-from .errors import UsageError
+from .errors import UsageError, preview_keys
 
 # Our key layout (the attribute names of models.blocks.RepVGGBlock): a deployed block holds
 # one ``fused_conv``, a training-time block ``branch_3x3``, ``branch_1x1`` and maybe
@@ -242,13 +242,6 @@ def _is_onnx_model(path: str) -> bool:
     return (
         len(head) == 3 and head[0] == 0x08 and 0 < head[1] < 0x80 and head[2] in _ONNX_SECOND_TAGS
     )
-
-
-def preview_keys(keys: Iterable[object], limit: int = 5) -> str:
-    """``'a', 'b', 'c' and 4 more``: the start of a key list, for messages."""
-    keys = list(keys)
-    shown = ", ".join(repr(key) for key in keys[:limit])
-    return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
 
 
 def state_dict_of(checkpoint: object, source: str | os.PathLike) -> Mapping[str, torch.Tensor]:

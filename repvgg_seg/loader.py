@@ -43,10 +43,10 @@ from .checkpoint import (
     describe_key_mismatch,
     is_deployed_state_dict,
     meta_of,
-    preview_keys,
     read_checkpoint,
     state_dict_of,
 )
+from .errors import preview_keys
 from .models import RepVGG
 from .onnx_segmentor import build_onnx_segmentor, is_onnx_file
 from .reparam import reparameterize_model

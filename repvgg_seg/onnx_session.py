@@ -36,7 +36,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import UsageError
+from .errors import UsageError, preview_keys
 
 # ONNX Runtime's "use the default logger's severity" (set_default_logger_severity).
 DEFAULT_LOGGER_SEVERITY = -1
@@ -148,11 +148,10 @@ def check_finite_weights(model, name: str) -> None:
     tensors = [tensor for tensor in _model_tensors(model) if tensor.data_type in floats]
     bad = [t.name for t in tensors if not np.isfinite(numpy_helper.to_array(t)).all()]
     if bad:
-        shown = ", ".join(repr(name) for name in bad[:3]) + (", ..." if len(bad) > 3 else "")
         raise OnnxModelError(
             f"ONNX model {name} holds NaN or infinite weights in {len(bad)} of "
-            f"{len(tensors)} float tensors ({shown}): the training it was exported from "
-            f"diverged. Export an earlier checkpoint of that run, or {WRITTEN_BY}."
+            f"{len(tensors)} float tensors ({preview_keys(bad, 3)}): the training it was "
+            f"exported from diverged. Export an earlier checkpoint of that run, or {WRITTEN_BY}."
         )
 
 

@@ -36,9 +36,9 @@ from ..checkpoint import (
     TRAINING_BRANCH,
     CheckpointError,
     is_deployed_state_dict,
-    preview_keys,
     state_dict_of,
 )
+from ..errors import preview_keys
 from ..models.arch import ARCHS, RepVGGArch
 
 # The module name of a QARepVGG block's BN after the sum (models.blocks.QARepVGGBlock.bn);
